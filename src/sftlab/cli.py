@@ -1,0 +1,180 @@
+"""The `sftlab` command line."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from sftlab.errors import SftlabError
+
+app = typer.Typer(help="sftlab: supervised fine-tuning end to end.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+data_app = typer.Typer(help="Inspect and convert datasets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+console = Console()
+
+
+def _quiet() -> None:
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+
+
+def _fail(e: Exception) -> None:
+    # markup off: error text may contain [brackets]; soft wrap: keep paths and messages on one line
+    console.print(f"error: {e}", soft_wrap=True, markup=False, style="red")
+    raise typer.Exit(2)
+
+
+@app.command()
+def demo(name: str = typer.Option("Orca", help="Identity name the model should learn."),
+         author: str = typer.Option("the sftlab team", help="Who built the model, per its new identity."),
+         model: str = typer.Option("gemma-3-270m", help="Student (base) model."),
+         out: Path = typer.Option(Path("runs/demo"), help="Output folder."),
+         shared: Path = typer.Option(Path("../shared/data"), help="Shared data folder, used when present."),
+         epochs: float = typer.Option(2.0), general_examples: int = typer.Option(160),
+         method: str = typer.Option("lora", help="lora or full")) -> None:
+    """Base model -> instruct model with a new identity, with a before/after comparison."""
+    _quiet()
+    from sftlab.demo import run_demo
+
+    try:
+        run_demo(name=name, author=author, model=model, out_dir=out, shared=shared, epochs=epochs,
+                 general_examples=general_examples, method=method, console=console)
+    except SftlabError as e:
+        _fail(e)
+
+
+@app.command("train")
+def train_cmd(config: Path = typer.Argument(..., help="YAML config (see recipes/)."),
+              resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint."),
+              overwrite: bool = typer.Option(False, "--overwrite", help="Delete an existing run folder first."),
+              set_: list[str] = typer.Option([], "--set", help="Override a top-level key: --set max_steps=10")) -> None:
+    """SFT any causal LM (full or LoRA) on any dataset."""
+    _quiet()
+    import yaml
+
+    from sftlab.train.config import load_config
+    from sftlab.train.run import train
+
+    try:
+        overrides = {}
+        for item in set_:
+            key, _, value = item.partition("=")
+            overrides[key] = yaml.safe_load(value)
+        cfg = load_config(config, overrides)
+        train(cfg, resume=resume, overwrite=overwrite, console=console)
+    except SftlabError as e:
+        _fail(e)
+
+
+@app.command("eval")
+def eval_cmd(model: str = typer.Argument(..., help="Base model (packaged name, folder, .gguf, hub id)."),
+             adapter: Path = typer.Option(None, help="LoRA adapter folder (tuned = base + adapter)."),
+             tuned: str = typer.Option(None, help="Full tuned model folder (instead of --adapter)."),
+             prompts: Path = typer.Option(None, help="File with one prompt per line, or JSONL with prompt/kind."),
+             reference: Path = typer.Option(None, help="Held-out SFT data for response NLL."),
+             name: str = typer.Option(None, help="Identity name to check for."),
+             author: str = typer.Option(None, help="Identity author to check for."),
+             max_new_tokens: int = typer.Option(128),
+             out: Path = typer.Option(Path("runs/eval"), help="Folder for comparison.json/.md.")) -> None:
+    """Base vs tuned, side by side: greedy generations and held-out response NLL."""
+    _quiet()
+    from sftlab.data.loading import load_conversations
+    from sftlab.demo import EVAL_PROMPTS, show_comparison
+    from sftlab.evaluate.compare import EvalPrompt, compare_models, write_comparison
+    from sftlab.generation.transformers_backend import SamplingParams
+    from sftlab.models.loading import load_model, load_tokenizer, resolve_model_path
+    from sftlab.models.lora import load_adapter
+
+    try:
+        if (adapter is None) == (tuned is None):
+            raise SftlabError("give exactly one of --adapter or --tuned")
+        base = load_model(resolve_model_path(model))
+        tok = load_tokenizer(str(adapter or tuned))
+        tuned_model = load_adapter(base, adapter) if adapter else load_model(str(tuned))
+        eval_prompts = EVAL_PROMPTS
+        if prompts:
+            eval_prompts = []
+            for line in prompts.read_text(encoding="utf-8").splitlines():
+                if line.strip():
+                    row = json.loads(line) if prompts.suffix == ".jsonl" else {"prompt": line.strip()}
+                    eval_prompts.append(EvalPrompt(row["prompt"], row.get("kind", "general")))
+        ref = load_conversations(str(reference))[0] if reference else None
+        comp = compare_models(tuned_model, tok, eval_prompts, adapter=adapter is not None,
+                              base_model=None if adapter else base, reference=ref, name=name, author=author,
+                              params=SamplingParams(max_new_tokens=max_new_tokens))
+        js, md = write_comparison(comp, out)
+        show_comparison(comp, console)
+        console.print(f"wrote {md} and {js}")
+    except SftlabError as e:
+        _fail(e)
+
+
+@data_app.command("check")
+def data_check(path: str = typer.Argument(..., help="File, dataset folder or database URL."),
+               format: str = typer.Option("auto"), type: str = typer.Option(None),
+               query: str = typer.Option(None, help="SQL query (for a database)."),
+               on_error: str = typer.Option("skip"),
+               model: str = typer.Option(None, help="Also tokenize with this model's template and verify masks."),
+               chat_template: str = typer.Option("auto")) -> None:
+    """Read, validate (and optionally tokenize) a dataset; print counts and every skip reason."""
+    _quiet()
+    from sftlab.data.loading import DataSpec, load_conversations
+
+    try:
+        convs, report = load_conversations(DataSpec(path=path, format=format, type=type, query=query,
+                                                    on_error=on_error))
+        console.print_json(json.dumps(report.to_dict()))
+        if model:
+            from sftlab.models.loading import load_tokenizer, resolve_model_path
+            from sftlab.templates.chat_templates import ensure_chat_template
+            from sftlab.train.dataset import tokenize_all
+
+            tok = load_tokenizer(resolve_model_path(model))
+            ensure_chat_template(tok, chat_template)
+            _, stats = tokenize_all(tok, convs)
+            console.print_json(json.dumps(stats.to_dict()))
+    except SftlabError as e:
+        _fail(e)
+
+
+@data_app.command("convert")
+def data_convert(src: str = typer.Argument(...), dst: Path = typer.Argument(..., help="Output .jsonl (messages)."),
+                 format: str = typer.Option("auto"), on_error: str = typer.Option("raise")) -> None:
+    """Convert any supported source into sftlab's JSONL `messages` format (atomic write)."""
+    from sftlab.data.loading import DataSpec, load_conversations
+    from sftlab.data.writers import write_jsonl
+
+    try:
+        convs, report = load_conversations(DataSpec(path=src, format=format, on_error=on_error))
+        n = write_jsonl(dst, convs)
+        console.print(f"wrote {n} conversations to {dst}; skipped {sum(report.skipped.values())}")
+    except SftlabError as e:
+        _fail(e)
+
+
+@app.command()
+def models() -> None:
+    """List the packaged (offline) models."""
+    from sftlab.models.packaged import PACKAGED
+
+    for name, (pkg, desc) in PACKAGED.items():
+        console.print(f"[bold]{name}[/]  ({pkg}): {desc}")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,116 @@
+"""Turn a data source spec into validated conversations, with a report of every skipped record."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from sftlab.data.formats import ADAPTERS, FORMATS, detect_format
+from sftlab.data.readers import _redact, read_records
+from sftlab.data.schema import Conversation, Turn
+from sftlab.data.validate import validate_conversation
+from sftlab.errors import DataError
+
+
+class DataSpec(BaseModel):
+    """Where a dataset comes from and how to read it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str = Field(description="File, `save_to_disk` folder, hub id (type: hf), or database URL (type: sql).")
+    type: Literal["jsonl", "json", "csv", "parquet", "hf", "sql"] | None = Field(
+        None, description="Source type; inferred from the path when omitted.")
+    format: Literal["auto", "messages", "prompt_completion", "alpaca", "sharegpt", "question_answer"] = Field(
+        "auto", description="Record format; detected from the first record's keys when 'auto'.")
+    query: str | None = Field(None, description="SQL query (type: sql).")
+    split: str | None = Field(None, description="Split of a Hugging Face dataset.")
+    max_records: int | None = Field(None, ge=1, description="Read at most this many valid records.")
+    on_error: Literal["raise", "skip"] = Field(
+        "raise", description="raise: stop at the first bad record; skip: count and report each skipped one.")
+    substitutions: dict[str, str] = Field(
+        default_factory=dict, description="Replace `{{key}}` placeholders in every turn (e.g. name, author).")
+    system_prompt: str | None = Field(None, description="Add this system turn where a record has none.")
+
+
+@dataclass
+class LoadReport:
+    """What happened to every record of one source."""
+
+    source: str
+    read: int = 0
+    loaded: int = 0
+    skipped: Counter = field(default_factory=Counter)
+    examples: list[str] = field(default_factory=list)  # first skip messages, for the user to look at
+    format: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"source": self.source, "format": self.format, "read": self.read, "loaded": self.loaded,
+                "skipped": dict(self.skipped), "skipped_total": sum(self.skipped.values()),
+                "skip_examples": self.examples}
+
+
+def record_id(source: str, location: str, rec: dict[str, Any]) -> str:
+    """A stable id: the record's own `id` when present, else a hash of its source and content."""
+    if isinstance(rec.get("id"), str | int) and str(rec["id"]):
+        return str(rec["id"])
+    blob = json.dumps(rec, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha1(f"{source}\0{blob}".encode()).hexdigest()[:16]
+
+
+def _substitute(conv: Conversation, subs: dict[str, str]) -> None:
+    for t in conv.turns:
+        for key, value in subs.items():
+            t.content = t.content.replace("{{" + key + "}}", value)
+
+
+def load_conversations(spec: DataSpec | dict[str, Any] | str) -> tuple[list[Conversation], LoadReport]:
+    """Read, adapt and validate every record of `spec`.
+
+    With on_error="raise" the first bad record raises a DataError naming source, record and field;
+    with "skip" each bad record is counted under its reason in the returned report.
+    """
+    if isinstance(spec, str):
+        spec = DataSpec(path=spec)
+    elif isinstance(spec, dict):
+        spec = DataSpec(**spec)
+    shown = _redact(spec.path) if spec.type == "sql" else spec.path
+    report = LoadReport(source=shown)
+    out: list[Conversation] = []
+    fmt = None if spec.format == "auto" else spec.format
+    for location, rec in read_records(spec.path, type=spec.type, split=spec.split, query=spec.query):
+        report.read += 1
+        try:
+            if isinstance(rec, DataError):
+                raise rec
+            if fmt is None:
+                fmt = detect_format(rec)
+                if fmt is None:
+                    raise DataError(f"cannot detect the record format from keys {sorted(rec)}; set `format:` "
+                                    f"to one of {', '.join(FORMATS)}", reason="unknown format")
+            conv = ADAPTERS[fmt](rec)
+            if spec.system_prompt and conv.turns and conv.turns[0].role != "system":
+                conv.turns.insert(0, Turn("system", spec.system_prompt))
+            _substitute(conv, spec.substitutions)
+            validate_conversation(conv)
+        except DataError as e:
+            err = DataError(e.message, source=shown, record=location, field=e.field, reason=e.reason)
+            if spec.on_error == "raise":
+                raise err from None
+            report.skipped[e.reason] += 1
+            if len(report.examples) < 20:
+                report.examples.append(str(err))
+            continue
+        conv.id = record_id(shown, location, rec)
+        conv.meta.setdefault("source", shown)
+        conv.meta.setdefault("location", location)
+        out.append(conv)
+        report.loaded += 1
+        if spec.max_records and report.loaded >= spec.max_records:
+            break
+    report.format = fmt
+    return out, report

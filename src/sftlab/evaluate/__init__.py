@@ -1,0 +1,1 @@
+"""Before/after evaluation: side-by-side generations, held-out response NLL, behaviour checks."""

@@ -1,0 +1,114 @@
+"""Load any causal LM the same way: packaged name, local HF folder, GGUF file, or hub id.
+
+GGUF files are dequantised once into a plain safetensors checkpoint under the cache folder
+(`$SFTLAB_CACHE`, default ~/.cache/sftlab): transformers flags a GGUF-loaded model as quantized and
+Trainer refuses to train it, and re-dequantising on every run would waste a minute each time.
+Security defaults: trust_remote_code off, safetensors only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from sftlab.errors import ModelError
+from sftlab.models.packaged import PACKAGED, packaged_gguf
+
+log = logging.getLogger(__name__)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("SFTLAB_CACHE", Path.home() / ".cache" / "sftlab"))
+
+
+def _fingerprint(path: Path) -> str:
+    st = path.stat()
+    return hashlib.sha1(f"{path.resolve()}:{st.st_size}:{int(st.st_mtime)}".encode()).hexdigest()[:12]
+
+
+def gguf_to_hf(gguf_path: str | Path, out_root: Path | None = None) -> Path:
+    """Dequantise a GGUF file into a cached HF checkpoint (fp32 safetensors + tokenizer); reuse it after."""
+    gguf_path = Path(gguf_path)
+    if not gguf_path.exists():
+        raise ModelError(f"GGUF file not found: {gguf_path}")
+    out = (out_root or cache_dir() / "models") / f"{gguf_path.stem}-{_fingerprint(gguf_path)}"
+    if (out / "config.json").exists() and (out / "model.safetensors").exists():
+        return out
+    log.info("dequantising %s into %s (once)", gguf_path, out)
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+        quant = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name,
+                                                     dtype=torch.float32)
+    except Exception as e:
+        raise ModelError(f"could not read GGUF file {gguf_path}: {e}") from e
+    config = quant.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config  # the weights are already dequantised: a plain checkpoint
+    config.dtype = "float32"
+    plain = AutoModelForCausalLM.from_config(config)
+    plain.load_state_dict(quant.state_dict(), strict=True)
+    plain.generation_config = quant.generation_config
+    plain.save_pretrained(tmp, safe_serialization=True)
+    tok.save_pretrained(tmp)
+    del quant, plain
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.exists():  # another process won the race
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+    return out
+
+
+def resolve_model_path(spec: str) -> str:
+    """A loadable HF folder or hub id for `spec`: packaged name | *.gguf | local folder | hub id."""
+    if spec in PACKAGED:
+        return str(gguf_to_hf(packaged_gguf(spec)))
+    p = Path(spec)
+    if p.suffix.lower() == ".gguf":
+        return str(gguf_to_hf(p))
+    if p.exists():
+        if not (p / "config.json").exists():
+            raise ModelError(f"{spec} is a folder without config.json: not a Hugging Face model")
+        return str(p)
+    if spec.startswith((".", "/", "~")):
+        raise ModelError(f"model path not found: {spec}")
+    return spec  # hub id; needs network unless cached by huggingface_hub
+
+
+def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
+    try:
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    except Exception as e:
+        raise ModelError(f"could not load tokenizer from {path}: {e}") from e
+    if not tok.is_fast:
+        log.warning("tokenizer of %s is not a fast tokenizer; masks are still verified by decoding", path)
+    return tok
+
+
+def load_model(path: str, dtype: torch.dtype | str = torch.float32, device: str | None = None) -> PreTrainedModel:
+    """Load a causal LM with safe defaults; `path` must already be resolved (see resolve_model_path)."""
+    if isinstance(dtype, str):
+        dtype = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+                 "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}[dtype]
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=False,
+                                                     use_safetensors=True)
+    except Exception as e:
+        raise ModelError(f"could not load model from {path}: {e}") from e
+    if device:
+        model.to(device)
+    return model
+
+
+def default_device() -> str:
+    if torch.cuda.is_available():
+        return "cuda"
+    return "cpu"

@@ -1,0 +1,29 @@
+"""LoRA on PEFT: attach for training, load an adapter for inference, merge for export.
+
+Kept here (not in train/) so DPO or online RL can reuse the same layers and adapters later.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from peft import LoraConfig, PeftModel, get_peft_model
+from transformers import PreTrainedModel
+
+
+def attach_lora(model: PreTrainedModel, settings, new_token_ids: list[int] | None = None) -> PeftModel:
+    """Wrap `model` with trainable LoRA layers; rows of newly added tokens are trained too."""
+    config = LoraConfig(
+        r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
+        target_modules=settings.target_modules, task_type="CAUSAL_LM",
+        trainable_token_indices=new_token_ids or None,
+    )
+    return get_peft_model(model, config)
+
+
+def load_adapter(base: PreTrainedModel, adapter_dir: str | Path, trainable: bool = False) -> PeftModel:
+    return PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=trainable)
+
+
+def is_adapter_dir(path: str | Path) -> bool:
+    return (Path(path) / "adapter_config.json").exists()

@@ -1,0 +1,157 @@
+"""Render a conversation with a chat template and build its loss mask, verified token by token.
+
+How the mask is found, for any template (no `{% generation %}` markers needed): for each assistant turn
+i, render the conversation up to turn i with the generation prompt (what the model sees at inference),
+then up to and including turn i; the text between the two, minus trailing whitespace, is what the model
+must produce: the reply *and its end-of-turn token*, so it learns to stop. Each segment is tokenized on its
+own, the way inference tokenizes a prompt and then generates; the trained tokens are decoded back and
+must equal the trained text exactly, and every reply must end in a special token. Any template that
+cannot satisfy this (e.g. one that rewrites earlier turns) raises a TemplateError instead of training on
+a wrong mask.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from transformers import PreTrainedTokenizerBase
+
+from sftlab.data.schema import Conversation
+from sftlab.errors import TemplateError
+
+IGNORE_INDEX = -100
+
+
+class MaskMode(str, Enum):
+    """Which tokens carry loss."""
+
+    assistant = "assistant"  # every assistant turn (weight > 0), incl. its end-of-turn token
+    last = "last"  # only the final assistant turn
+    all = "all"  # every token (continued pre-training style); prompts included
+
+
+@dataclass
+class TokenizedExample:
+    input_ids: list[int]
+    labels: list[int]
+    truncated: bool = False
+
+    @property
+    def n_trained(self) -> int:
+        return sum(1 for x in self.labels if x != IGNORE_INDEX)
+
+
+def template_messages(conv: Conversation) -> list[dict[str, Any]]:
+    return [t.to_dict() for t in conv.turns]
+
+
+def render(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, Any]], tools=None,
+           add_generation_prompt: bool = False) -> str:
+    try:
+        return tokenizer.apply_chat_template(messages, tools=tools, tokenize=False,
+                                             add_generation_prompt=add_generation_prompt)
+    except Exception as e:  # jinja errors carry the template's own message
+        raise TemplateError(f"chat template failed to render: {e}") from e
+
+
+def segment_conversation(tokenizer: PreTrainedTokenizerBase, conv: Conversation,
+                         mode: MaskMode | str = MaskMode.assistant) -> list[tuple[str, bool]]:
+    """Split the rendered conversation into (text, trained) segments that concatenate to the full text."""
+    mode = MaskMode(mode)
+    msgs, tools = template_messages(conv), conv.tools
+    full = render(tokenizer, msgs, tools)
+    assistant_idx = [i for i, t in enumerate(conv.turns) if t.role == "assistant"]
+    if mode is MaskMode.last:
+        assistant_idx = assistant_idx[-1:]
+    segments: list[tuple[str, bool]] = []
+    pos = 0
+    for i in assistant_idx:
+        prefix = render(tokenizer, msgs[:i], tools, add_generation_prompt=True)
+        upto = render(tokenizer, msgs[: i + 1], tools)
+        if not (upto.startswith(prefix) and full.startswith(upto)) or len(prefix) < pos:
+            raise TemplateError(
+                f"the chat template does not render turn {i} as a prefix of the whole conversation (it rewrites "
+                "earlier turns or the generation prompt), so a correct assistant mask cannot be built; use "
+                "`chat_template: chatml` (or another named template) or mask_mode: last")
+        span = upto[len(prefix):].rstrip()
+        content = conv.turns[i].content.strip()
+        if content and content not in span:
+            raise TemplateError(f"the chat template dropped or changed the content of assistant turn {i}")
+        for call in conv.turns[i].tool_calls or []:
+            if call["name"] not in span:
+                raise TemplateError(f"the chat template drops the tool call in assistant turn {i}; use a named "
+                                    "template that renders tool calls (`chat_template: chatml` or `gemma`)")
+        trained = mode is MaskMode.all or conv.turns[i].weight > 0
+        segments.append((full[pos:len(prefix)], mode is MaskMode.all))
+        segments.append((span, trained))
+        pos = len(prefix) + len(span)
+    segments.append((full[pos:], mode is MaskMode.all))
+    return [(text, trained) for text, trained in segments if text]
+
+
+def _special_ids(tokenizer: PreTrainedTokenizerBase) -> set[int]:
+    ids = set(tokenizer.all_special_ids)
+    ids.update(i for i, t in tokenizer.added_tokens_decoder.items() if t.special)
+    return ids
+
+
+def tokenize_conversation(tokenizer: PreTrainedTokenizerBase, conv: Conversation,
+                          mode: MaskMode | str = MaskMode.assistant, max_length: int | None = None,
+                          truncation: str = "drop", verify: bool = True) -> TokenizedExample | None:
+    """input_ids and labels (IGNORE_INDEX outside the mask) for one conversation.
+
+    Returns None when the example must be dropped: longer than `max_length` with truncation="drop",
+    or with no trained token left after truncation="truncate" (the caller counts these).
+    """
+    special = _special_ids(tokenizer) if verify else set()
+    input_ids: list[int] = []
+    labels: list[int] = []
+    for text, trained in segment_conversation(tokenizer, conv, mode):
+        ids = tokenizer.encode(text, add_special_tokens=False)
+        if verify and trained:
+            back = tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+            if back != text:
+                raise TemplateError(f"loss mask check failed for record {conv.id or '?'}: trained tokens decode to "
+                                    f"{back[:80]!r}, expected {text[:80]!r}")
+            if MaskMode(mode) is not MaskMode.all and ids and ids[-1] not in special:
+                raise TemplateError(
+                    f"the chat template does not end assistant turns with a special end-of-turn token (reply ends "
+                    f"with {tokenizer.convert_ids_to_tokens(ids[-1:])}); the model would never learn to stop. Use a "
+                    "named template such as `chatml`")
+        input_ids += ids
+        labels += ids if trained else [IGNORE_INDEX] * len(ids)
+    if labels:
+        labels[0] = IGNORE_INDEX  # the first token is never predicted
+    truncated = False
+    if max_length is not None and len(input_ids) > max_length:
+        if truncation == "drop":
+            return None
+        input_ids, labels, truncated = input_ids[:max_length], labels[:max_length], True
+    ex = TokenizedExample(input_ids, labels, truncated)
+    return ex if ex.n_trained > 0 else None
+
+
+def stop_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """Token ids that end an assistant turn under this tokenizer's template, plus EOS."""
+    from sftlab.data.schema import Turn
+
+    probe = Conversation([Turn("user", "hi"), Turn("assistant", "ok")])
+    span = [t for t, trained in segment_conversation(tokenizer, probe) if trained][-1]
+    ids = tokenizer.encode(span, add_special_tokens=False)
+    stops = [ids[-1]]
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in stops:
+        stops.append(tokenizer.eos_token_id)
+    return stops
+
+
+def prompt_ids(tokenizer: PreTrainedTokenizerBase, conv_or_messages: Conversation | list[dict[str, Any]],
+               tools=None) -> list[int]:
+    """Token ids of a prompt ready for generation: exactly what training put before a reply."""
+    if isinstance(conv_or_messages, Conversation):
+        tools = conv_or_messages.tools
+        msgs = template_messages(Conversation(conv_or_messages.prompt_turns))
+    else:
+        msgs = conv_or_messages
+    return tokenizer.encode(render(tokenizer, msgs, tools, add_generation_prompt=True), add_special_tokens=False)

@@ -1,0 +1,1 @@
+"""SFT training on transformers' Trainer + PEFT: config, tokenized data, collation, loss, callbacks, runs."""

@@ -1,0 +1,77 @@
+"""Trainer callbacks: a rich progress bar (loss, tokens/s, ETA) and a metrics JSONL file."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from transformers import TrainerCallback
+
+
+class TokenCounter:
+    """Counts tokens the trainer has processed; shared by the callbacks."""
+
+    def __init__(self) -> None:
+        self.tokens = 0  # non-padding tokens
+        self.trained = 0  # response tokens (carry loss)
+        self.start = time.time()
+
+    def rate(self) -> float:
+        return self.tokens / max(1e-9, time.time() - self.start)
+
+
+class MetricsLogger(TrainerCallback):
+    """Appends every Trainer log (loss, learning rate, grad norm) plus throughput to metrics.jsonl."""
+
+    def __init__(self, path: Path, counter: TokenCounter) -> None:
+        self.path, self.counter = path, counter
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.counter.start = time.time()  # throughput counts training, not model loading
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not logs or not state.is_world_process_zero:
+            return
+        row = {"step": state.global_step, **logs,
+               "tokens_seen": self.counter.tokens, "trained_tokens_seen": self.counter.trained,
+               "tokens_per_s": round(self.counter.rate(), 2), "elapsed_s": round(time.time() - self.counter.start, 2)}
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+class RichProgress(TrainerCallback):
+    """Progress bar with step, loss, tokens/s and ETA."""
+
+    def __init__(self, counter: TokenCounter, console: Console | None = None) -> None:
+        self.counter = counter
+        self.console = console or Console(stderr=True)
+        self.progress: Progress | None = None
+        self.loss = float("nan")
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        self.progress = Progress(
+            TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
+            TextColumn("{task.fields[tps]} tok/s"), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+            console=self.console, transient=False)
+        self.progress.start()
+        self.task = self.progress.add_task("train", total=state.max_steps, completed=state.global_step,
+                                           loss="-", tps="-")
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            self.loss = logs["loss"]
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.progress:
+            self.progress.update(self.task, completed=state.global_step, loss=f"{self.loss:.4f}",
+                                 tps=f"{self.counter.rate():.0f}")
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.progress:
+            self.progress.stop()
+            self.progress = None

@@ -1,0 +1,129 @@
+"""Training config: one pydantic model, loaded from YAML, unknown keys rejected with a suggestion."""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from sftlab.data.loading import DataSpec
+from sftlab.errors import ConfigError
+
+
+class LoraSettings(BaseModel):
+    """LoRA: W + (alpha/r)·BA on the target modules; the base weights stay frozen."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    r: int = Field(16, ge=1, description="Rank of the update BA.")
+    alpha: int = Field(32, ge=1, description="Scale numerator: the update is multiplied by alpha/r.")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
+    target_modules: str | list[str] = Field(
+        "all-linear", description="'all-linear' (every linear layer but the output head) or module names.")
+
+
+class TrainConfig(BaseModel):
+    """Everything one SFT run needs. Defaults suit a small model on a CPU and run unchanged on a GPU."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field("sft", description="Run name; the run folder defaults to runs/<name>.")
+    model: str = Field(description="Packaged name (gemma-3-270m, smollm2-135m-instruct), HF folder, .gguf, hub id.")
+    chat_template: str = Field("auto", description="auto: the model's own, else a named one (chatml, gemma).")
+    data: list[DataSpec] = Field(description="Training sources, concatenated (a mix).")
+    eval_data: list[DataSpec] = Field(default_factory=list, description="Held-out reference set for response NLL.")
+    mask_mode: Literal["assistant", "last", "all"] = Field(
+        "assistant", description="Loss on all assistant turns, the last one only, or every token.")
+    max_length: int = Field(1024, ge=8, description="Longest tokenized example.")
+    truncation: Literal["drop", "truncate"] = Field("drop", description="What to do with longer examples.")
+
+    method: Literal["full", "lora"] = Field("lora", description="Full fine-tuning or LoRA.")
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int = Field(-1, description="Optimizer steps; overrides epochs when > 0.")
+    batch_size: int = Field(4, ge=1, description="Sequences per micro-batch.")
+    grad_accum: int = Field(4, ge=1, description="Micro-batches per optimizer step.")
+    learning_rate: float | None = Field(None, gt=0, description="Default: 2e-4 for LoRA, 2e-5 for full.")
+    lr_scheduler: str = Field("cosine", description="Any transformers scheduler name (cosine, linear, constant...).")
+    optim: str = Field("adamw_torch", description="Any transformers optimizer name (adamw_torch, sgd, ...).")
+    warmup_ratio: float = Field(0.03, ge=0, le=1)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    seed: int = Field(42)
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
+        "auto", description="auto: bf16 autocast where the hardware supports it (CPU included), fp32 master weights.")
+    gradient_checkpointing: bool = False
+    group_by_length: bool = Field(True, description="Batch similar lengths together to waste less padding.")
+    fast_loss: bool = Field(True, description="Compute logits only at response positions (checked against the "
+                                              "model's own loss on the first batch).")
+
+    output_dir: str | None = Field(None, description="Run folder; default runs/<name>.")
+    logging_steps: int = Field(1, ge=1)
+    save_steps: int = Field(50, ge=1)
+    save_total_limit: int = Field(2, ge=1)
+
+    @field_validator("data", "eval_data", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: Any) -> Any:
+        if isinstance(v, dict | str):
+            v = [v]
+        return [{"path": x} if isinstance(x, str) else x for x in v]
+
+    @property
+    def lr(self) -> float:
+        return self.learning_rate or (2e-4 if self.method == "lora" else 2e-5)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir or f"runs/{self.name}")
+
+
+def _explain(e: ValidationError, source: str) -> str:
+    lines = []
+    for err in e.errors():
+        loc = ".".join(str(x) for x in err["loc"])
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            key = str(err["loc"][-1])
+            fields = _fields_at(err["loc"][:-1])
+            close = difflib.get_close_matches(key, fields, n=1)
+            msg = f"unknown key '{key}'" + (f"; did you mean '{close[0]}'?" if close else "")
+        lines.append(f"  {loc}: {msg}")
+    return f"{source}: invalid config\n" + "\n".join(lines)
+
+
+def _fields_at(loc: tuple) -> list[str]:
+    model: Any = TrainConfig
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        ann = model.model_fields.get(part)
+        sub = getattr(ann, "annotation", None) if ann else None
+        args = getattr(sub, "__args__", ())
+        model = next((a for a in (sub, *args) if isinstance(a, type) and issubclass(a, BaseModel)), model)
+    return list(model.model_fields)
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Read a YAML config; `overrides` (from the CLI) win over the file."""
+    try:
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings at the top level")
+    raw.update(overrides or {})
+    return make_config(raw, source=str(path))
+
+
+def make_config(raw: dict[str, Any], source: str = "config") -> TrainConfig:
+    try:
+        return TrainConfig(**raw)
+    except ValidationError as e:
+        raise ConfigError(_explain(e, source)) from None

@@ -1,0 +1,104 @@
+"""From conversations to tokenized, masked training examples, with statistics of what was kept."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from sftlab.data.schema import Conversation
+from sftlab.templates.masking import IGNORE_INDEX, TokenizedExample, tokenize_conversation
+
+
+@dataclass
+class TokenStats:
+    examples: int = 0
+    dropped: Counter = field(default_factory=Counter)
+    truncated: int = 0
+    tokens: int = 0
+    trained_tokens: int = 0
+    lengths: list[int] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        lengths = sorted(self.lengths)
+
+        def pct(q: float) -> int:
+            return lengths[min(len(lengths) - 1, int(q * len(lengths)))] if lengths else 0
+
+        return {"examples": self.examples, "dropped": dict(self.dropped), "truncated": self.truncated,
+                "tokens": self.tokens, "trained_tokens": self.trained_tokens,
+                "length": {"min": pct(0), "p50": pct(0.5), "p90": pct(0.9), "max": pct(1.0)},
+                "length_histogram": _histogram(lengths)}
+
+
+def _histogram(lengths: list[int], bins: int = 10) -> dict[str, int]:
+    if not lengths:
+        return {}
+    lo, hi = lengths[0], lengths[-1]
+    width = max(1, (hi - lo + bins) // bins)
+    counts = Counter((x - lo) // width for x in lengths)
+    return {f"{lo + b * width}-{lo + (b + 1) * width - 1}": counts[b] for b in range(bins) if counts[b]}
+
+
+def tokenize_all(tokenizer: PreTrainedTokenizerBase, convs: list[Conversation], mask_mode: str = "assistant",
+                 max_length: int | None = None, truncation: str = "drop") -> tuple[list[TokenizedExample], TokenStats]:
+    stats = TokenStats()
+    out = []
+    for conv in convs:
+        ex = tokenize_conversation(tokenizer, conv, mask_mode, max_length, truncation)
+        if ex is None:
+            stats.dropped["longer than max_length" if truncation == "drop" else "no trained token left"] += 1
+            continue
+        out.append(ex)
+        stats.examples += 1
+        stats.truncated += ex.truncated
+        stats.tokens += len(ex.input_ids)
+        stats.trained_tokens += ex.n_trained
+        stats.lengths.append(len(ex.input_ids))
+    return out, stats
+
+
+class SFTDataset(torch.utils.data.Dataset):
+    """Tokenized examples; exposes `length` so Trainer can group by length."""
+
+    def __init__(self, examples: list[TokenizedExample]) -> None:
+        self.examples = examples
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, i: int) -> dict[str, list[int]]:
+        ex = self.examples[i]
+        return {"input_ids": ex.input_ids, "labels": ex.labels}
+
+    @property
+    def lengths(self) -> list[int]:
+        return [len(ex.input_ids) for ex in self.examples]
+
+
+@dataclass
+class PadCollator:
+    """Right-pad to the longest sequence of the batch; padding never carries loss."""
+
+    pad_token_id: int
+    pad_to_multiple_of: int | None = None
+
+    def __call__(self, features: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
+        longest = max(len(f["input_ids"]) for f in features)
+        if self.pad_to_multiple_of:
+            m = self.pad_to_multiple_of
+            longest = (longest + m - 1) // m * m
+        n = len(features)
+        input_ids = torch.full((n, longest), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((n, longest), IGNORE_INDEX, dtype=torch.long)
+        attention = torch.zeros((n, longest), dtype=torch.long)
+        for i, f in enumerate(features):
+            k = len(f["input_ids"])
+            input_ids[i, :k] = torch.tensor(f["input_ids"])
+            labels[i, :k] = torch.tensor(f["labels"])
+            attention[i, :k] = 1
+        labels[:, 0] = IGNORE_INDEX
+        return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}

@@ -1,0 +1,52 @@
+"""transformers' Trainer with sftlab's loss: response tokens only, per-token normalised, fast path verified."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from transformers import Trainer
+
+from sftlab.train.callbacks import TokenCounter
+from sftlab.train.loss import fast_loss_matches, reference_nll, response_nll
+
+log = logging.getLogger(__name__)
+
+
+class SFTLabTrainer(Trainer):
+    """Trainer whose loss is sum(response NLL) / (response tokens in the whole accumulated batch)."""
+
+    def __init__(self, *args, counter: TokenCounter | None = None, fast_loss: bool = True, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.counter = counter or TokenCounter()
+        self.fast_loss = fast_loss
+        self._fast_loss_checked = not fast_loss
+        # We normalise by Trainer's num_items_in_batch ourselves: have it counted, and not divide again.
+        self.model_accepts_loss_kwargs = True
+        self.loss_is_scaled_for_ga = True
+
+    def _check_fast_loss(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> None:
+        self._fast_loss_checked = True
+        if self.args.world_size > 1:  # calling submodules would bypass DDP/FSDP's forward
+            self.fast_loss = False
+            return
+        device_type = inputs["input_ids"].device.type
+        with torch.autocast(device_type, enabled=False):
+            ok = fast_loss_matches(model, inputs)
+        if not ok:
+            log.warning("fast response-only loss does not match the model's own loss for this architecture; "
+                        "using the model's full logits instead")
+        self.fast_loss = ok
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        ids, mask, labels = inputs["input_ids"], inputs["attention_mask"], inputs["labels"]
+        if model.training:
+            self.counter.tokens += int(mask.sum())
+            self.counter.trained += int((labels[:, 1:] != -100).sum())
+        if not self._fast_loss_checked:
+            self._check_fast_loss(model, inputs)
+        nll = response_nll if self.fast_loss else reference_nll
+        total, n = nll(model, ids, mask, labels)
+        denom = num_items_in_batch if num_items_in_batch is not None else n
+        loss = total / torch.as_tensor(denom, device=total.device).clamp(min=1)
+        return (loss, None) if return_outputs else loss

@@ -1,0 +1,64 @@
+import pytest
+
+from sftlab.data.formats import ADAPTERS, detect_format
+from sftlab.errors import DataError
+
+CASES = [
+    ("messages", {"messages": [{"role": "system", "content": "S"}, {"role": "user", "content": "Q"},
+                               {"role": "assistant", "content": "A"}]},
+     [("system", "S"), ("user", "Q"), ("assistant", "A")]),
+    ("prompt_completion", {"prompt": "Q", "completion": "A"}, [("user", "Q"), ("assistant", "A")]),
+    ("prompt_completion", {"prompt": [{"role": "user", "content": "Q"}],
+                           "completion": [{"role": "assistant", "content": "A"}]}, [("user", "Q"), ("assistant", "A")]),
+    ("alpaca", {"instruction": "Do", "input": "this", "output": "Done"},
+     [("user", "Do\n\nthis"), ("assistant", "Done")]),
+    ("alpaca", {"instruction": "Q2", "input": "", "output": "A2", "history": [["Q1", "A1"]], "system": "S"},
+     [("system", "S"), ("user", "Q1"), ("assistant", "A1"), ("user", "Q2"), ("assistant", "A2")]),
+    ("sharegpt", {"conversations": [{"from": "human", "value": "Q"}, {"from": "gpt", "value": "A"}]},
+     [("user", "Q"), ("assistant", "A")]),
+    ("question_answer", {"question": "1+1?", "answer": "2"}, [("user", "1+1?"), ("assistant", "2")]),
+]
+
+
+@pytest.mark.parametrize(("fmt", "record", "expected"), CASES)
+def test_adapters_and_detection(fmt, record, expected):
+    assert detect_format(record) == fmt
+    conv = ADAPTERS[fmt](record)
+    assert [(t.role, t.content) for t in conv.turns] == expected
+
+
+def test_sharegpt_function_call_and_observation():
+    rec = {"conversations": [
+        {"from": "human", "value": "Weather in Paris?"},
+        {"from": "function_call", "value": '{"name": "get_weather", "arguments": {"city": "Paris"}}'},
+        {"from": "observation", "value": '{"temp": 21}'},
+        {"from": "gpt", "value": "It is 21 degrees."}],
+        "tools": '[{"name": "get_weather", "parameters": {"type": "object"}}]'}
+    conv = ADAPTERS["sharegpt"](rec)
+    assert [t.role for t in conv.turns] == ["user", "assistant", "tool", "assistant"]
+    assert conv.turns[1].tool_calls == [{"name": "get_weather", "arguments": {"city": "Paris"}}]
+    assert conv.tools[0]["name"] == "get_weather"
+
+
+def test_openai_tool_calls_with_string_arguments():
+    rec = {"messages": [{"role": "user", "content": "Hi"},
+                        {"role": "assistant", "content": None, "tool_calls": [
+                            {"type": "function", "function": {"name": "f", "arguments": '{"x": 1}'}}]},
+                        {"role": "tool", "content": "ok"}, {"role": "assistant", "content": "done"}]}
+    conv = ADAPTERS["messages"](rec)
+    assert conv.turns[1].tool_calls == [{"name": "f", "arguments": {"x": 1}}]
+    assert conv.turns[1].content == ""
+
+
+@pytest.mark.parametrize(("fmt", "record", "field"), [
+    ("alpaca", {"instruction": "x"}, "output"),
+    ("alpaca", {"instruction": 3, "output": "y"}, "instruction"),
+    ("sharegpt", {"conversations": [{"from": "robot", "value": "x"}]}, "conversations[0].from"),
+    ("sharegpt", {"conversations": [{"from": "function_call", "value": "{not json"}]}, "conversations[0].value"),
+    ("messages", {"messages": [{"content": "x"}]}, "messages[0].role"),
+    ("messages", {"messages": "not json"}, "messages"),
+])
+def test_adapter_errors_name_the_field(fmt, record, field):
+    with pytest.raises(DataError) as e:
+        ADAPTERS[fmt](record)
+    assert e.value.field == field

@@ -1,0 +1,181 @@
+"""Training on a tiny model: loss normalisation, LoRA/full round trips, resume and reproducibility."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, TrainerCallback
+
+from sftlab.data.schema import Conversation, Turn
+from sftlab.data.writers import write_jsonl
+from sftlab.errors import ConfigError
+from sftlab.train.config import load_config, make_config
+from sftlab.train.run import train
+
+
+def _data(tmp_path: Path, n: int = 12) -> str:
+    convs = [Conversation([Turn("user", f"Question number {i}?"), Turn("assistant", "Answer " + "ok " * (1 + i % 5))])
+             for i in range(n)]
+    path = tmp_path / "train.jsonl"
+    write_jsonl(path, convs)
+    return str(path)
+
+
+def _cfg(tiny_model_dir, tmp_path, **kw):
+    base = {"model": str(tiny_model_dir), "data": [_data(tmp_path)], "output_dir": str(tmp_path / "run"),
+            "batch_size": 2, "grad_accum": 2, "max_steps": 4, "save_steps": 2, "precision": "fp32",
+            "learning_rate": 1e-2, "seed": 7}
+    base.update(kw)
+    return make_config(base)
+
+
+def _metrics(run_dir):
+    return [json.loads(x) for x in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_loss_is_per_token_mean_over_accumulated_batch(tiny_model_dir, tmp_path):
+    """One SGD step with 2 micro-batches of 1 must equal a hand computation of
+    grad( sum of response-token NLL over both examples / total response tokens )."""
+    convs = [Conversation([Turn("user", "Hi"), Turn("assistant", "A")]),
+             Conversation([Turn("user", "Hello there"), Turn("assistant", "A much longer reply " * 4)])]
+    path = tmp_path / "two.jsonl"
+    write_jsonl(path, convs)
+    cfg = _cfg(tiny_model_dir, tmp_path, data=[str(path)], batch_size=1, grad_accum=2, max_steps=1, optim="sgd",
+               learning_rate=1.0, lr_scheduler="constant", warmup_ratio=0.0, max_grad_norm=1e9, method="full",
+               group_by_length=False)
+    result = train(cfg)
+
+    from sftlab.models.loading import load_tokenizer
+    from sftlab.templates.chat_templates import ensure_chat_template
+    from sftlab.templates.masking import tokenize_conversation
+
+    tok = load_tokenizer(str(tiny_model_dir))
+    ensure_chat_template(tok, "auto")
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    total, count = 0.0, 0
+    for conv in convs:
+        ex = tokenize_conversation(tok, conv)
+        logits = model(torch.tensor([ex.input_ids])).logits[0, :-1]
+        target = torch.tensor(ex.labels[1:])
+        keep = target != -100
+        total = total + torch.nn.functional.cross_entropy(logits[keep], target[keep], reduction="sum")
+        count += int(keep.sum())
+    assert count > 10  # the two examples differ a lot in length, so per-sequence averaging would differ
+    (total / count).backward()
+    tuned = AutoModelForCausalLM.from_pretrained(result.final_dir, dtype=torch.float32)
+    for (name, p0), p1 in zip(model.named_parameters(), tuned.parameters(), strict=True):
+        expected = p0.detach() - 1.0 * p0.grad
+        assert torch.allclose(p1, expected, atol=2e-5), name
+    logged = _metrics(result.run_dir)[0]["loss"]
+    assert logged == pytest.approx(float(total.detach()) / count, rel=1e-4)
+
+
+def test_fast_loss_equals_model_loss(tiny_model_dir, tiny_tokenizer):
+    from sftlab.templates.chat_templates import ensure_chat_template
+    from sftlab.templates.masking import tokenize_conversation
+    from sftlab.train.dataset import PadCollator
+    from sftlab.train.loss import reference_nll, response_nll
+
+    ensure_chat_template(tiny_tokenizer, "chatml")
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    exs = [tokenize_conversation(tiny_tokenizer, Conversation([Turn("user", "q" * k), Turn("assistant", "a b " * k)]))
+           for k in (1, 3, 7)]
+    batch = PadCollator(0)([{"input_ids": e.input_ids, "labels": e.labels} for e in exs])
+    fast, n = response_nll(model, batch["input_ids"], batch["attention_mask"], batch["labels"], chunk_size=5)
+    ref, m = reference_nll(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+    assert int(n) == int(m) == sum(e.n_trained for e in exs)
+    assert torch.allclose(fast, ref, rtol=1e-5)
+    fast.backward()  # and it is differentiable
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_saved_result_loads_with_plain_transformers_and_peft(tiny_model_dir, tmp_path, method):
+    cfg = _cfg(tiny_model_dir, tmp_path, method=method, max_steps=3)
+    result = train(cfg)
+    final = result.final_dir
+    from transformers import AutoTokenizer, GenerationConfig
+
+    tok = AutoTokenizer.from_pretrained(final)
+    assert tok.chat_template  # the template used in training travels with the model
+    stops = json.loads((final / "sftlab.json").read_text())["stop_token_ids"]
+    assert tok.convert_tokens_to_ids("<end_of_turn>") in stops
+    assert GenerationConfig.from_pretrained(final).eos_token_id == stops
+    prompt = tok.apply_chat_template([{"role": "user", "content": "Hi"}], add_generation_prompt=True, tokenize=False)
+    ids = torch.tensor([tok.encode(prompt, add_special_tokens=False)])
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    if method == "lora":
+        from peft import PeftModel
+
+        assert (final / "adapter_model.safetensors").exists() and not (final / "model.safetensors").exists()
+        loaded = PeftModel.from_pretrained(base, str(final))
+    else:
+        assert (final / "model.safetensors").exists()
+        loaded = AutoModelForCausalLM.from_pretrained(final)
+    fresh_base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    with torch.no_grad():
+        diff = (loaded(ids).logits - fresh_base(ids).logits).abs().max()
+    assert diff > 1e-4  # training changed the model, and what was saved is what loads
+
+
+class _Crash(TrainerCallback):
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == 3:
+            raise RuntimeError("simulated crash")
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_resume_from_checkpoint_gives_same_result(tiny_model_dir, tmp_path, method):
+    straight = train(_cfg(tiny_model_dir, tmp_path / "a", method=method, output_dir=str(tmp_path / "a/run")))
+    cfg_b = _cfg(tiny_model_dir, tmp_path / "b", method=method, output_dir=str(tmp_path / "b/run"))
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(cfg_b, callbacks=[_Crash()])
+    assert (tmp_path / "b/run/checkpoints/checkpoint-2").exists()
+    with pytest.raises(ConfigError, match="--resume"):
+        train(cfg_b)
+    resumed = train(cfg_b, resume=True)
+    from safetensors.torch import load_file
+
+    name = "adapter_model.safetensors" if method == "lora" else "model.safetensors"
+    a, b = load_file(straight.final_dir / name), load_file(resumed.final_dir / name)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6), k
+    la = [m["loss"] for m in _metrics(straight.run_dir) if "loss" in m]
+    lb = {m["step"]: m["loss"] for m in _metrics(resumed.run_dir) if "loss" in m}
+    assert lb[4] == pytest.approx(la[3], rel=1e-5)
+
+
+def test_same_seed_same_loss_curve_and_different_seed_differs(tiny_model_dir, tmp_path):
+    runs = [train(_cfg(tiny_model_dir, tmp_path / d, seed=s, output_dir=str(tmp_path / d / "run")))
+            for d, s in (("x", 1), ("y", 1), ("z", 2))]
+    curves = [[m["loss"] for m in _metrics(r.run_dir) if "loss" in m] for r in runs]
+    assert len(curves[0]) == 4
+    assert curves[0] == curves[1]
+    assert curves[0] != curves[2]
+
+
+def test_run_folder_contents(tiny_model_dir, tmp_path):
+    result = train(_cfg(tiny_model_dir, tmp_path, max_steps=2))
+    run = result.run_dir
+    for name in ("config.yaml", "data_stats.json", "metrics.jsonl", "train_metrics.json", "final/sftlab.json"):
+        assert (run / name).exists(), name
+    assert list((run / "tb").glob("events.out.tfevents.*"))
+    stats = json.loads((run / "data_stats.json").read_text())
+    assert stats["tokenized"]["examples"] == 12 and stats["sources"][0]["loaded"] == 12
+    row = _metrics(run)[0]
+    assert {"loss", "learning_rate", "grad_norm", "tokens_per_s", "trained_tokens_seen"} <= set(row)
+    assert json.loads((run / "train_metrics.json").read_text())["fast_loss"] is True
+
+
+def test_config_errors_are_clear(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model: x\ndata: [a.jsonl]\nlearning_rat: 0.1\nlora: {rank: 4}\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    text = str(e.value)
+    assert "unknown key 'learning_rat'; did you mean 'learning_rate'?" in text
+    assert "lora.rank: unknown key 'rank'" in text
+    path.write_text("model: x\ndata: [a.jsonl]\nmethod: qlora\n")
+    with pytest.raises(ConfigError, match="method"):
+        load_config(path)
