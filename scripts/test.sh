@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-.venv/bin/ruff check src tests
+.venv/bin/ruff check src tests bench
 if [ "${SFTLAB_FAST:-0}" = "1" ]; then
   exec .venv/bin/python -m pytest -q -m "not slow" "$@"
 fi

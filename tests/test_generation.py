@@ -4,6 +4,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from sftlab.generation import SamplingParams, TransformersGenerator
+from sftlab.generation.base import as_messages
 from sftlab.templates.chat_templates import ensure_chat_template
 
 PROMPTS = ["Hi", "What is the capital of France? Please answer briefly.", "1 2 3", "您好，请介绍一下你自己。" * 2]
@@ -13,10 +14,11 @@ def test_batched_equals_unbatched_greedy(tiny_model_dir, tiny_tokenizer):
     ensure_chat_template(tiny_tokenizer, "chatml")
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
     params = SamplingParams(max_new_tokens=12)
-    batched = TransformersGenerator(model, tiny_tokenizer, batch_size=4).generate(PROMPTS, params)
-    single = TransformersGenerator(model, tiny_tokenizer, batch_size=1).generate(PROMPTS, params)
-    assert [g.text for g in batched] == [g.text for g in single]
-    assert all(g.n_tokens == 12 and not g.finished for g in batched)  # random model: never stops on its own
+    prompts = [as_messages(p) for p in PROMPTS]
+    batched = TransformersGenerator(model, tiny_tokenizer, batch_size=4).generate(prompts, params)
+    single = TransformersGenerator(model, tiny_tokenizer, batch_size=1).generate(prompts, params)
+    assert [g[0].text for g in batched] == [g[0].text for g in single]
+    assert all(len(g) == 1 and g[0].n_tokens == 12 and not g[0].finished for g in batched)  # random: never stops
 
 
 def test_stops_at_end_of_turn_token(tiny_model_dir, tiny_tokenizer):
@@ -28,5 +30,17 @@ def test_stops_at_end_of_turn_token(tiny_model_dir, tiny_tokenizer):
     with torch.no_grad():  # make the end-of-turn token the most likely next token everywhere
         model.lm_head.bias = torch.nn.Parameter(torch.zeros(model.config.vocab_size))
         model.lm_head.bias[end] = 1e4
-    out = gen.generate(PROMPTS[:2], SamplingParams(max_new_tokens=8))
-    assert all(g.finished and g.n_tokens == 0 and g.text == "" for g in out)
+    out = gen.generate([as_messages(p) for p in PROMPTS[:2]], SamplingParams(max_new_tokens=8))
+    assert all(g[0].finished and g[0].n_tokens == 0 and g[0].text == "" for g in out)
+
+
+def test_n_samples_per_prompt_are_seeded(tiny_model_dir, tiny_tokenizer):
+    ensure_chat_template(tiny_tokenizer, "chatml")
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    gen = TransformersGenerator(model, tiny_tokenizer, batch_size=4)
+    params = SamplingParams(max_new_tokens=6, temperature=1.0, n=3, seed=5)
+    prompts = [as_messages(p) for p in PROMPTS]
+    a, b = gen.generate(prompts, params), gen.generate(prompts, params)
+    assert [len(x) for x in a] == [3] * len(PROMPTS)
+    assert [[g.text for g in x] for x in a] == [[g.text for g in x] for x in b]
+    assert len({g.text for g in a[1]}) > 1  # samples differ from each other

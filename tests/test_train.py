@@ -179,3 +179,23 @@ def test_config_errors_are_clear(tmp_path):
     path.write_text("model: x\ndata: [a.jsonl]\nmethod: qlora\n")
     with pytest.raises(ConfigError, match="method"):
         load_config(path)
+
+
+def test_export_merges_lora_into_a_plain_checkpoint(tiny_model_dir, tmp_path):
+    from peft import PeftModel
+    from typer.testing import CliRunner
+
+    from sftlab.cli import app
+
+    result = train(_cfg(tiny_model_dir, tmp_path, max_steps=2, learning_rate=5e-2))
+    r = CliRunner().invoke(app, ["export", str(result.final_dir), str(tmp_path / "merged")])
+    assert r.exit_code == 0, r.output
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
+    assert not any("lora" in n for n, _ in merged.named_parameters())
+    with_adapter = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                                             str(result.final_dir))
+    ids = torch.tensor([[1, 5, 9, 17, 33]])
+    with torch.no_grad():
+        assert torch.allclose(merged(ids).logits, with_adapter(ids).logits, atol=1e-5)
+    r = CliRunner().invoke(app, ["export", str(tmp_path), str(tmp_path / "x")])
+    assert r.exit_code == 2 and "not a LoRA adapter folder" in r.output

@@ -16,6 +16,9 @@ app = typer.Typer(help="sftlab: supervised fine-tuning end to end.", no_args_is_
                   pretty_exceptions_enable=False)
 data_app = typer.Typer(help="Inspect and convert datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+curate_app = typer.Typer(help="Make SFT data: distill from a teacher, best-of-k rejection sampling.",
+                         no_args_is_help=True)
+app.add_typer(curate_app, name="curate")
 console = Console()
 
 
@@ -163,6 +166,172 @@ def data_convert(src: str = typer.Argument(...), dst: Path = typer.Argument(...,
         convs, report = load_conversations(DataSpec(path=src, format=format, on_error=on_error))
         n = write_jsonl(dst, convs)
         console.print(f"wrote {n} conversations to {dst}; skipped {sum(report.skipped.values())}")
+    except SftlabError as e:
+        _fail(e)
+
+
+def _prompts(path: str, fmt: str, max_prompts: int | None):
+    from sftlab.data.loading import DataSpec, load_conversations
+
+    convs, report = load_conversations(DataSpec(path=path, format=fmt, on_error="skip", require_response=False,
+                                                max_records=max_prompts))
+    if report.skipped:
+        console.print(f"[yellow]skipped {sum(report.skipped.values())} bad prompt records[/]: {dict(report.skipped)}")
+    return convs
+
+
+def _cache(out: Path, no_cache: bool):
+    from sftlab.curate.store import GenerationCache
+
+    return None if no_cache else GenerationCache(out.with_suffix(".cache.sqlite"))
+
+
+@curate_app.command("distill")
+def curate_distill(
+        prompts: str = typer.Option(..., help="Prompt source (any reader); an existing reply becomes ignored."),
+        teacher: str = typer.Option("smollm2-135m-instruct", help="Teacher model, or model name at --base-url."),
+        out: Path = typer.Option(..., help="Output JSONL (messages + provenance); re-run to resume."),
+        base_url: str = typer.Option(None, help="OpenAI-compatible endpoint (vLLM, llama.cpp, sftlab serve...)."),
+        api_key_env: str = typer.Option("OPENAI_API_KEY", help="Environment variable holding the API key."),
+        adapter: str = typer.Option(None), format: str = typer.Option("auto"),
+        system: str = typer.Option(None, help="System prompt for the teacher."),
+        n: int = typer.Option(1, help="Replies per prompt."), max_new_tokens: int = typer.Option(256),
+        temperature: float = typer.Option(0.0), top_p: float = typer.Option(1.0), seed: int = typer.Option(0),
+        max_prompts: int = typer.Option(None), batch_size: int = typer.Option(8),
+        keep_unfinished: bool = typer.Option(False, help="Keep replies that hit max_new_tokens."),
+        no_cache: bool = typer.Option(False)) -> None:
+    """A teacher answers the prompts; the output is ordinary SFT data."""
+    _quiet()
+    from sftlab.curate.distill import distill
+    from sftlab.data.writers import write_json
+    from sftlab.generation.base import SamplingParams
+    from sftlab.generation.factory import build_generator
+
+    try:
+        convs = _prompts(prompts, format, max_prompts)
+        gen = build_generator(teacher, adapter=adapter, base_url=base_url, batch_size=batch_size,
+                              api_key_env=api_key_env)
+        params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, n=n, seed=seed)
+        stats = distill(convs, gen, out, params, system_prompt=system, keep_unfinished=keep_unfinished,
+                        cache=_cache(out, no_cache), batch_size=batch_size, console=console)
+        summary = stats.to_dict()
+        write_json(out.with_suffix(".summary.json"), summary)
+        console.print_json(json.dumps(summary))
+    except (SftlabError, RuntimeError, ValueError) as e:
+        _fail(e)
+
+
+@curate_app.command("best-of-k")
+def curate_best_of_k(
+        prompts: str = typer.Option(..., help="Prompts with reference answers (e.g. gsm8k/train.jsonl)."),
+        policy: str = typer.Option("smollm2-135m-instruct", help="Policy model (usually the model to train)."),
+        out: Path = typer.Option(..., help="Output JSONL; re-run to resume."),
+        reward: str = typer.Option("gsm8k", help="gsm8k|numeric|exact|normalized|json_valid|judge|"
+                                                 "reward_model:PATH|module:function"),
+        judge: str = typer.Option("smollm2-135m-instruct", help="Judge model for --reward judge."),
+        k: int = typer.Option(4), select: str = typer.Option("best", help="best | all"),
+        min_score: float = typer.Option(None, help="Keep only samples scoring at least this."),
+        base_url: str = typer.Option(None), api_key_env: str = typer.Option("OPENAI_API_KEY"),
+        adapter: str = typer.Option(None), format: str = typer.Option("auto"),
+        max_new_tokens: int = typer.Option(256), temperature: float = typer.Option(0.8),
+        top_p: float = typer.Option(0.95), seed: int = typer.Option(0), max_prompts: int = typer.Option(None),
+        batch_size: int = typer.Option(8), no_cache: bool = typer.Option(False)) -> None:
+    """Sample k replies per prompt, score them, keep the best: rejection sampling."""
+    _quiet()
+    from sftlab.curate.best_of_k import best_of_k
+    from sftlab.curate.rewards import JudgeReward, RewardModelScore, resolve_reward
+    from sftlab.data.writers import write_json
+    from sftlab.generation.base import SamplingParams
+    from sftlab.generation.factory import build_generator
+
+    try:
+        convs = _prompts(prompts, format, max_prompts)
+        gen = build_generator(policy, adapter=adapter, base_url=base_url, batch_size=batch_size,
+                              api_key_env=api_key_env)
+        if reward == "judge":
+            fn = JudgeReward(build_generator(judge, base_url=base_url, api_key_env=api_key_env))
+        elif reward.startswith("reward_model:"):
+            fn = RewardModelScore(reward.split(":", 1)[1])
+        else:
+            fn = resolve_reward(reward)
+        params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, n=k, seed=seed)
+        stats = best_of_k(convs, gen, fn, out, params, reward_name=reward, select=select, min_score=min_score,
+                          cache=_cache(out, no_cache), batch_size=batch_size, console=console)
+        summary = stats.to_dict()
+        write_json(out.with_suffix(".summary.json"), summary)
+        console.print_json(json.dumps(summary))
+    except (SftlabError, RuntimeError, ValueError) as e:
+        _fail(e)
+
+
+@app.command()
+def serve(model: str = typer.Argument(..., help="Model (packaged name, folder, .gguf, hub id)."),
+          adapter: str = typer.Option(None, help="LoRA adapter to apply."),
+          host: str = typer.Option("127.0.0.1", help="Bind address (default: this machine only)."),
+          port: int = typer.Option(8000), name: str = typer.Option(None, help="Model name to report."),
+          api_key_env: str = typer.Option(None, help="Require the key held in this environment variable."),
+          max_tokens: int = typer.Option(1024, help="Largest max_tokens a request may ask for.")) -> None:
+    """OpenAI-compatible HTTP server (/v1/chat/completions incl. streaming, /v1/models)."""
+    _quiet()
+    import uvicorn
+
+    from sftlab.generation.factory import load_transformers_generator
+    from sftlab.models.loading import resolve_model_path
+    from sftlab.serve.server import create_app
+
+    try:
+        key = os.environ.get(api_key_env) if api_key_env else None
+        if api_key_env and not key:
+            raise SftlabError(f"--api-key-env {api_key_env}: that environment variable is not set")
+        gen = load_transformers_generator(resolve_model_path(model), adapter=adapter, model_id=name or model)
+        app_ = create_app(gen, name or model, api_key=key, max_tokens_limit=max_tokens)
+        console.print(f"serving {name or model} on http://{host}:{port}/v1")
+        uvicorn.run(app_, host=host, port=port, log_level="warning")
+    except SftlabError as e:
+        _fail(e)
+
+
+@app.command()
+def chat(model: str = typer.Argument(..., help="Model (packaged name, folder, .gguf, hub id)."),
+         adapter: str = typer.Option(None, help="LoRA adapter to apply."),
+         max_new_tokens: int = typer.Option(256), temperature: float = typer.Option(0.0)) -> None:
+    """Interactive terminal chat with the saved chat template; /reset, /system TEXT, /exit."""
+    _quiet()
+    import sys
+
+    from sftlab.generation.factory import load_transformers_generator
+    from sftlab.models.loading import resolve_model_path
+    from sftlab.serve.chat import chat_loop
+
+    def read(prompt: str) -> str:
+        sys.stdout.write(prompt)
+        sys.stdout.flush()
+        line = sys.stdin.readline()
+        if not line:
+            raise EOFError
+        return line
+
+    def write(text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    try:
+        gen = load_transformers_generator(resolve_model_path(model), adapter=adapter, model_id=model)
+        chat_loop(gen, read, write, max_new_tokens=max_new_tokens, temperature=temperature)
+    except SftlabError as e:
+        _fail(e)
+
+
+@app.command()
+def export(adapter: Path = typer.Argument(..., help="LoRA adapter folder (e.g. runs/x/final)."),
+           out: Path = typer.Argument(..., help="Where to write the merged model."),
+           base: str = typer.Option(None, help="Base model; default: the one the adapter was trained on.")) -> None:
+    """Merge a LoRA adapter into its base model: a standard HF checkpoint for transformers or vLLM."""
+    _quiet()
+    from sftlab.models.export import export_merged
+
+    try:
+        console.print(f"merged model written to {export_merged(adapter, out, base)}")
     except SftlabError as e:
         _fail(e)
 

@@ -37,7 +37,7 @@ def detect_format(record: dict[str, Any]) -> str | None:
         return "messages" if isinstance(first, dict) and "role" in first else "sharegpt"
     if {"instruction", "output"} <= keys:
         return "alpaca"
-    if {"prompt", "completion"} <= keys:
+    if "prompt" in keys:  # `completion` may be absent in a prompt set
         return "prompt_completion"
     if {"question", "answer"} <= keys:
         return "question_answer"
@@ -141,7 +141,9 @@ def from_prompt_completion(record: dict[str, Any]) -> Conversation:
     turns = []
     if record.get("system"):
         turns.append(Turn("system", str(record["system"])))
-    turns += [Turn("user", _require(record, "prompt")), Turn("assistant", _require(record, "completion"))]
+    turns.append(Turn("user", _require(record, "prompt")))
+    if "completion" in record:  # a prompt set has none; validation decides whether one is required
+        turns.append(Turn("assistant", _require(record, "completion")))
     return Conversation(turns=turns)
 
 

@@ -35,6 +35,8 @@ class DataSpec(BaseModel):
     substitutions: dict[str, str] = Field(
         default_factory=dict, description="Replace `{{key}}` placeholders in every turn (e.g. name, author).")
     system_prompt: str | None = Field(None, description="Add this system turn where a record has none.")
+    require_response: bool = Field(True, description="False for prompt sets (curation): records may end with "
+                                                     "a user turn and need no assistant reply.")
 
 
 @dataclass
@@ -96,7 +98,7 @@ def load_conversations(spec: DataSpec | dict[str, Any] | str) -> tuple[list[Conv
             if spec.system_prompt and conv.turns and conv.turns[0].role != "system":
                 conv.turns.insert(0, Turn("system", spec.system_prompt))
             _substitute(conv, spec.substitutions)
-            validate_conversation(conv)
+            validate_conversation(conv, spec.require_response)
         except DataError as e:
             err = DataError(e.message, source=shown, record=location, field=e.field, reason=e.reason)
             if spec.on_error == "raise":

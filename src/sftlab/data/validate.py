@@ -6,7 +6,7 @@ from sftlab.data.schema import ROLES, Conversation
 from sftlab.errors import DataError
 
 
-def validate_conversation(conv: Conversation) -> None:
+def validate_conversation(conv: Conversation, require_response: bool = True) -> None:
     """Raise DataError (with field and a short reason) when `conv` is not trainable SFT data.
 
     Rules: known roles; a system turn only first; then user and assistant alternate, where tool
@@ -37,6 +37,11 @@ def validate_conversation(conv: Conversation) -> None:
                 f"(got '{t.role}' {after}; expected {' or '.join(expected)})",
                 field=f, reason="roles out of order")
         prev = t
+    if not require_response:
+        if turns[-1].role not in ("user", "assistant"):
+            raise DataError(f"a prompt must end with a user turn, ends with '{turns[-1].role}'",
+                            field=f"turn {len(turns) - 1} ({turns[-1].role})", reason="does not end with user")
+        return
     if not any(t.role == "assistant" for t in turns):
         raise DataError("conversation has no assistant turn to learn from", field="messages",
                         reason="no assistant turn")

@@ -11,7 +11,8 @@ from sftlab.data.schema import Conversation
 from sftlab.data.writers import write_json, write_text
 from sftlab.evaluate.checks import mentions_identity, rate, same_language
 from sftlab.evaluate.nll import response_nll
-from sftlab.generation.transformers_backend import SamplingParams, TransformersGenerator
+from sftlab.generation.base import SamplingParams, as_messages
+from sftlab.generation.transformers_backend import TransformersGenerator
 
 
 @dataclass
@@ -60,10 +61,10 @@ def compare_models(model, tokenizer, prompts: list[EvalPrompt], *, adapter: bool
     for label, (m, ctx) in variants.items():
         with ctx if ctx is not None else nullcontext():
             m.eval()
-            gens = TransformersGenerator(m, tokenizer, batch_size=batch_size).generate([p.prompt for p in prompts],
-                                                                                       params)
+            gens = TransformersGenerator(m, tokenizer, batch_size=batch_size).generate(
+                [as_messages(p.prompt) for p in prompts], params)
             for row, g in zip(rows, gens, strict=True):
-                row[label] = g.to_dict()
+                row[label] = g[0].to_dict()
             comp.summary[label] = summarise(rows, label, name, author)
             if reference:
                 comp.summary[label]["heldout_response_nll"] = response_nll(m, tokenizer, reference)

@@ -1,5 +1,6 @@
-"""Generation services shared by curation, evaluation and serving."""
+"""Generation services shared by curation, evaluation and serving: one interface, several engines."""
 
-from sftlab.generation.transformers_backend import Generation, SamplingParams, TransformersGenerator
+from sftlab.generation.base import Generation, GenerationError, Generator, SamplingParams
+from sftlab.generation.transformers_backend import TransformersGenerator
 
-__all__ = ["Generation", "SamplingParams", "TransformersGenerator"]
+__all__ = ["Generation", "GenerationError", "Generator", "SamplingParams", "TransformersGenerator"]

@@ -56,6 +56,9 @@ class TrainConfig(BaseModel):
     seed: int = Field(42)
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
         "auto", description="auto: bf16 autocast where the hardware supports it (CPU included), fp32 master weights.")
+    lora_base_dtype: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="dtype of the frozen base weights under LoRA; auto: bf16 when training in bf16 "
+                            "(half the memory, no per-step weight casts). LoRA weights stay fp32.")
     gradient_checkpointing: bool = False
     group_by_length: bool = Field(True, description="Batch similar lengths together to waste less padding.")
     fast_loss: bool = Field(True, description="Compute logits only at response positions (checked against the "

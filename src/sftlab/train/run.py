@@ -100,10 +100,11 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, conso
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
+    flags = precision_flags(cfg.precision)
     if cfg.method == "lora":
         model = attach_lora(model, cfg.lora, new_token_ids=_added_ids(tokenizer) if added_tokens else None)
-
-    flags = precision_flags(cfg.precision)
+        if cfg.lora_base_dtype == "bf16" or (cfg.lora_base_dtype == "auto" and flags["bf16"]):
+            freeze_base_in(model, torch.bfloat16)
     args = TrainingArguments(
         output_dir=str(run_dir / "checkpoints"),
         per_device_train_batch_size=cfg.batch_size,
@@ -154,6 +155,14 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, conso
     write_json(run_dir / "train_metrics.json", metrics)
     console.print(f"[green]saved[/] {cfg.method} result to {final_dir}")
     return TrainResult(run_dir, final_dir, base_path, metrics)
+
+
+def freeze_base_in(model: torch.nn.Module, dtype: torch.dtype) -> None:
+    """Store the frozen (non-LoRA) weights in `dtype`: under bf16 autocast they would be cast to bf16 at every
+    matmul anyway, so this halves their memory and removes the casts; trainable weights stay fp32."""
+    for p in model.parameters():
+        if not p.requires_grad and p.is_floating_point():
+            p.data = p.data.to(dtype)
 
 
 def _added_ids(tokenizer) -> list[int]:

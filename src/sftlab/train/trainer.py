@@ -30,9 +30,11 @@ class SFTLabTrainer(Trainer):
         if self.args.world_size > 1:  # calling submodules would bypass DDP/FSDP's forward
             self.fast_loss = False
             return
-        device_type = inputs["input_ids"].device.type
-        with torch.autocast(device_type, enabled=False):
-            ok = fast_loss_matches(model, inputs)
+        # Same precision as training: both paths see the same rows; bf16 needs a looser tolerance.
+        low_precision = self.args.bf16 or self.args.fp16 or any(
+            p.dtype in (torch.bfloat16, torch.float16) for p in model.parameters())
+        with self.accelerator.autocast():
+            ok = fast_loss_matches(model, inputs, rtol=1e-2 if low_precision else 1e-4)
         if not ok:
             log.warning("fast response-only loss does not match the model's own loss for this architecture; "
                         "using the model's full logits instead")
@@ -45,8 +47,13 @@ class SFTLabTrainer(Trainer):
             self.counter.trained += int((labels[:, 1:] != -100).sum())
         if not self._fast_loss_checked:
             self._check_fast_loss(model, inputs)
-        nll = response_nll if self.fast_loss else reference_nll
-        total, n = nll(model, ids, mask, labels)
+        if self.fast_loss:
+            # accelerate applies mixed precision by wrapping the model's forward; the fast path calls the
+            # decoder and head directly, so it enters the same autocast itself.
+            with self.accelerator.autocast():
+                total, n = response_nll(model, ids, mask, labels)
+        else:
+            total, n = reference_nll(model, ids, mask, labels)
         denom = num_items_in_batch if num_items_in_batch is not None else n
         loss = total / torch.as_tensor(denom, device=total.device).clamp(min=1)
         return (loss, None) if return_outputs else loss

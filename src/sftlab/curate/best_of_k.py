@@ -1,0 +1,62 @@
+"""Best-of-k / rejection sampling: sample k replies from the policy, score them, keep the best."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Literal
+
+from rich.console import Console
+
+from sftlab.curate.rewards import RewardFn
+from sftlab.curate.runner import CurationRun, PromptItem, RunStats, output_record, prompt_items
+from sftlab.curate.store import GenerationCache
+from sftlab.data.schema import Conversation
+from sftlab.generation.base import Generation, Generator, SamplingParams
+
+
+def best_of_k(prompts: list[Conversation], policy: Generator, reward: RewardFn, out_path: str | Path,
+              params: SamplingParams, reward_name: str = "reward", select: Literal["best", "all"] = "best",
+              min_score: float | None = None, cache: GenerationCache | None = None, batch_size: int = 8,
+              console: Console | None = None) -> RunStats:
+    """Keep, per prompt, the best sample (select="best") or every sample (select="all") whose score is at
+    least `min_score` (no threshold: the best is always kept). A prompt with no acceptable sample gives no
+    record and is counted. Reports mean reward, pass@1 and pass@k (success = score >= min_score, or > 0)."""
+    run = CurationRun(policy, params, out_path, cache, batch_size, console)
+    scores_all: list[list[float]] = []
+    hist: Counter = Counter()
+    success = (lambda s: s >= min_score) if min_score is not None else (lambda s: s > 0)
+
+    def handle(item: PromptItem, gens: list[Generation]) -> list[dict]:
+        pairs = [(item.messages, g.text) for g in gens]
+        if hasattr(reward, "score_many"):
+            scores = list(reward.score_many(pairs))  # batched judges / reward models
+        else:
+            scores = [float(reward(item.messages, g.text, item.reference)) for g in gens]
+        scores_all.append(scores)
+        for s in scores:
+            hist[round(s, 1)] += 1
+        ranked = sorted(range(len(gens)), key=lambda j: -scores[j])
+        ok = [j for j in ranked if min_score is None or scores[j] >= min_score]
+        keep = ok[:1] if select == "best" else ok
+        if not keep:
+            run.stats.skipped["no acceptable sample"] += 1
+        return [output_record(item, gens[j], policy, params, j, pipeline="best_of_k", reward=reward_name,
+                              score=scores[j], rank=rank, k=len(gens), all_scores=scores)
+                for rank, j in enumerate(keep)]
+
+    stats = run.run(prompt_items(prompts), handle, getattr(policy, "encode", None))
+    flat = [s for ss in scores_all for s in ss]
+    stats.extra = {
+        "k": params.n, "reward": reward_name, "min_score": min_score,
+        "mean_reward": round(sum(flat) / len(flat), 4) if flat else None,
+        "pass@1": round(sum(sum(map(success, ss)) / len(ss) for ss in scores_all) / len(scores_all), 4)
+        if scores_all else None,
+        f"pass@{params.n}": round(sum(any(map(success, ss)) for ss in scores_all) / len(scores_all), 4)
+        if scores_all else None,
+        "prompts_without_acceptable_sample": stats.skipped.get("no acceptable sample", 0),
+        "reward_histogram": {str(k): v for k, v in sorted(hist.items())},
+    }
+    if hasattr(reward, "unparseable"):
+        stats.extra["unparseable_judgements"] = reward.unparseable
+    return stats

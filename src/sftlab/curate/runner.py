@@ -1,0 +1,166 @@
+"""The loop every generation-driven curation pipeline shares: resume, cache, batch, isolate failures, report."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from sftlab.curate.store import GenerationCache, ResumableJsonl, stable_key
+from sftlab.data.schema import Conversation
+from sftlab.generation.base import Generation, GenerationError, Generator, Messages, SamplingParams, as_messages
+
+
+@dataclass
+class PromptItem:
+    """One prompt to curate: its messages, where it came from, and an optional reference answer."""
+
+    key: str
+    source_id: str
+    messages: Messages
+    conv: Conversation
+    reference: str | None = None
+
+
+@dataclass
+class RunStats:
+    prompts: int = 0
+    already_done: int = 0
+    processed: int = 0
+    records: int = 0
+    samples: int = 0
+    generated_tokens: int = 0
+    skipped: Counter = field(default_factory=Counter)
+    cache_hits: int = 0
+    seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        s = max(self.seconds, 1e-9)
+        return {"prompts": self.prompts, "already_done": self.already_done, "processed": self.processed,
+                "records_written": self.records, "samples": self.samples, "skipped": dict(self.skipped),
+                "cache_hits": self.cache_hits, "seconds": round(self.seconds, 1),
+                "samples_per_s": round(self.samples / s, 2), "tokens_per_s": round(self.generated_tokens / s, 1),
+                **self.extra}
+
+
+def prompt_items(convs: list[Conversation], system_prompt: str | None = None) -> list[PromptItem]:
+    """Prompts (everything before the last assistant turn) with that turn as the reference, keyed stably."""
+    items = []
+    for c in convs:
+        msgs = as_messages(c)
+        if system_prompt and (not msgs or msgs[0]["role"] != "system"):
+            msgs = [{"role": "system", "content": system_prompt}, *msgs]
+        ref = c.turns[-1].content if c.turns and c.turns[-1].role == "assistant" else None
+        items.append(PromptItem(stable_key(c.id, msgs), c.id, msgs, c, ref))
+    return items
+
+
+class CurationRun:
+    """Drive `generator` over `items`, `batch_size` prompts at a time; `handle(item, generations)` returns the
+    records to write for one prompt. Finished prompts are skipped on restart; a batch that fails is retried
+    prompt by prompt so one bad prompt is a counted skip, while an engine that is down stops the run with
+    a clear error and every finished prompt already on disk."""
+
+    def __init__(self, generator: Generator, params: SamplingParams, out_path: str | Path,
+                 cache: GenerationCache | None = None, batch_size: int = 16, console: Console | None = None,
+                 max_prompt_tokens: int | None = None) -> None:
+        self.generator, self.params, self.cache = generator, params, cache
+        self.writer = ResumableJsonl(out_path)
+        self.writer.load_side_done()
+        self.batch_size = batch_size
+        self.console = console or Console(stderr=True)
+        self.stats = RunStats()
+        window = getattr(generator, "context_window", None)
+        self.max_prompt_tokens = max_prompt_tokens or (window - params.max_new_tokens if window else None)
+
+    def _cache_key(self, msgs: Messages) -> str:
+        return stable_key(self.generator.model_id, msgs, self.params.to_dict())
+
+    def _generate(self, items: list[PromptItem]) -> list[list[Generation] | Exception]:
+        out: list[list[Generation] | Exception | None] = [None] * len(items)
+        todo = []
+        for i, it in enumerate(items):
+            hit = self.cache.get(self._cache_key(it.messages)) if self.cache else None
+            if hit is not None:
+                out[i] = hit
+                self.stats.cache_hits += 1
+            else:
+                todo.append(i)
+        if todo:
+            try:
+                gens = self.generator.generate([items[i].messages for i in todo], self.params)
+            except GenerationError:
+                gens = []
+                for i in todo:  # isolate the failing prompt(s)
+                    try:
+                        gens.append(self.generator.generate([items[i].messages], self.params)[0])
+                    except GenerationError as e:
+                        gens.append(e)
+                if all(isinstance(g, Exception) for g in gens):
+                    raise GenerationError(f"generation failed for every prompt of a batch ({gens[0]}); "
+                                          f"{self.writer.records} records of finished prompts are saved in "
+                                          f"{self.writer.path}; re-run the same command to resume") from None
+            for i, g in zip(todo, gens, strict=True):
+                out[i] = g
+                if self.cache and not isinstance(g, Exception):
+                    self.cache.put(self._cache_key(items[i].messages), g)
+        return out  # type: ignore[return-value]
+
+    def run(self, items: list[PromptItem], handle: Callable[[PromptItem, list[Generation]], list[dict[str, Any]]],
+            encode: Callable[[Messages], list[int]] | None = None) -> RunStats:
+        t0 = time.time()
+        self.stats.prompts = len(items)
+        pending = []
+        for it in items:
+            if it.key in self.writer.done:
+                self.stats.already_done += 1
+            elif not any(m["content"].strip() for m in it.messages if m["role"] == "user"):
+                self.stats.skipped["empty prompt"] += 1
+            elif encode and self.max_prompt_tokens and len(encode(it.messages)) > self.max_prompt_tokens:
+                self.stats.skipped["prompt longer than the context window"] += 1
+            else:
+                pending.append(it)
+        with Progress(TextColumn("[bold]curate"), BarColumn(), MofNCompleteColumn(),
+                      TextColumn("{task.fields[rate]} samples/s"), TimeElapsedColumn(), TextColumn("eta"),
+                      TimeRemainingColumn(), console=self.console) as bar:
+            task = bar.add_task("curate", total=len(pending), rate="-")
+            for start in range(0, len(pending), self.batch_size):
+                batch = pending[start:start + self.batch_size]
+                for it, gens in zip(batch, self._generate(batch), strict=True):
+                    if isinstance(gens, Exception):
+                        self.stats.skipped["generation failed"] += 1
+                        continue
+                    self.stats.samples += len(gens)
+                    self.stats.generated_tokens += sum(g.n_tokens for g in gens)
+                    records = handle(it, gens)
+                    if records:
+                        self.writer.write_group(it.key, records)
+                    else:
+                        self.writer.mark_done(it.key)
+                    self.stats.records += len(records)
+                    self.stats.processed += 1
+                bar.update(task, advance=len(batch), rate=f"{self.stats.samples / max(1e-9, time.time() - t0):.2f}")
+        self.stats.seconds = time.time() - t0
+        self.writer.close()
+        return self.stats
+
+
+def output_record(item: PromptItem, gen: Generation, generator: Generator, params: SamplingParams, index: int,
+                  **meta: Any) -> dict[str, Any]:
+    """An ordinary SFT record (`messages`) plus its provenance."""
+    conv = Conversation(turns=[*item.conv.prompt_turns], tools=item.conv.tools)
+    msgs = [*item.messages, {"role": "assistant", "content": gen.text}]
+    rec: dict[str, Any] = {"id": f"{item.source_id}-{index}", "messages": msgs}
+    if conv.tools:
+        rec["tools"] = conv.tools
+    rec["meta"] = {"key": item.key, "source_id": item.source_id, "generator": generator.model_id,
+                   "params": params.to_dict(), "sample_index": index, "finished": gen.finished,
+                   "n_tokens": gen.n_tokens, **meta}
+    return rec

@@ -1,0 +1,105 @@
+"""Resumable output and a generation cache: the two things that make long curation jobs crash-safe.
+
+`ResumableJsonl` appends one JSON line per finished prompt and fsyncs it, so a `kill -9` loses at most the
+prompt in flight; on restart it reads the keys already written (dropping a torn last line) and the pipeline
+skips them: no lost and no duplicated records. `GenerationCache` (SQLite) keys replies by (model, prompt,
+sampling params, seed), so re-running with the same settings never pays for a generation twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any
+
+from sftlab.generation.base import Generation
+
+
+def stable_key(*parts: Any) -> str:
+    blob = json.dumps(parts, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+class ResumableJsonl:
+    def __init__(self, path: str | Path, key_field: str = "key") -> None:
+        self.path, self.key_field = Path(path), key_field
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.done: set[str] = set()
+        self.records = 0
+        self._recover()
+        self._f = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (held open for the whole run)
+
+    def _recover(self) -> None:
+        if not self.path.exists():
+            return
+        raw = self.path.read_bytes()
+        good = 0
+        for line in raw.splitlines(keepends=True):
+            if not line.endswith(b"\n"):
+                break  # torn write from a crash: drop it, that prompt is redone
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                break
+            self.done.add(rec["meta"][self.key_field] if "meta" in rec else rec[self.key_field])
+            self.records += 1
+            good += len(line)
+        if good != len(raw):
+            with open(self.path, "r+b") as f:
+                f.truncate(good)
+
+    def write_group(self, key: str, records: list[dict[str, Any]]) -> None:
+        """All records of one prompt, then fsync: a prompt is either fully written or not at all."""
+        for rec in records:
+            self._f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        self._f.flush()
+        os.fsync(self._f.fileno())
+        self.done.add(key)
+        self.records += len(records)
+
+    def mark_done(self, key: str) -> None:
+        """A prompt that produced no record (e.g. no acceptable sample) is remembered in a side file."""
+        with open(self.path.with_suffix(self.path.suffix + ".done"), "a", encoding="utf-8") as f:
+            f.write(key + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self.done.add(key)
+
+    def load_side_done(self) -> None:
+        side = self.path.with_suffix(self.path.suffix + ".done")
+        if side.exists():
+            self.done.update(x for x in side.read_text().splitlines() if x)
+
+    def close(self) -> None:
+        self._f.close()
+
+
+class GenerationCache:
+    def __init__(self, path: str | Path) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self.conn = sqlite3.connect(str(path), check_same_thread=False)
+        self.conn.execute("create table if not exists gen (key text primary key, value text not null)")
+        self.lock = threading.Lock()
+        self.hits = self.misses = 0
+
+    def get(self, key: str) -> list[Generation] | None:
+        with self.lock:
+            row = self.conn.execute("select value from gen where key = ?", (key,)).fetchone()
+        if row is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        return [Generation(**g) for g in json.loads(row[0])]
+
+    def put(self, key: str, gens: list[Generation]) -> None:
+        with self.lock:
+            value = json.dumps([g.to_dict() for g in gens])
+            self.conn.execute("insert or replace into gen values (?, ?)", (key, value))
+            self.conn.commit()
+
+    def close(self) -> None:
+        self.conn.close()

@@ -1,0 +1,36 @@
+"""Final-answer accuracy on question/answer data (GSM8K `#### N` style or any numeric answer)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from sftlab.curate.rewards import extract_final_number
+from sftlab.data.schema import Conversation
+from sftlab.generation.base import Generator, SamplingParams, as_messages
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    if n == 0:
+        return (0.0, 0.0)
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (round(max(0.0, centre - half), 4), round(min(1.0, centre + half), 4))
+
+
+def final_answer_accuracy(generator: Generator, problems: list[Conversation], max_new_tokens: int = 256,
+                          k: int = 1, temperature: float = 0.0, seed: int = 0) -> dict[str, Any]:
+    """Greedy accuracy (k=1, temperature 0) or pass@k with sampling; the reference is the last assistant turn."""
+    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, n=k, seed=seed)
+    outs = generator.generate([as_messages(c) for c in problems], params)
+    correct, samples = 0, []
+    for conv, gens in zip(problems, outs, strict=True):
+        want = extract_final_number(conv.turns[-1].content)
+        hits = [extract_final_number(g.text) == want for g in gens]
+        correct += any(hits)
+        samples.append({"question": conv.turns[0].content, "reference": want, "replies": [g.text for g in gens],
+                        "correct": hits})
+    n = len(problems)
+    return {"accuracy" if k == 1 else f"pass@{k}": round(correct / max(n, 1), 4), "n": n, "correct": correct,
+            "ci95": wilson_interval(correct, n), "samples": samples}

@@ -1,0 +1,56 @@
+"""One interface for every generation engine: chat prompts in, n replies per prompt out."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol
+
+from sftlab.data.schema import Conversation
+from sftlab.templates.masking import template_messages
+
+Messages = list[dict[str, Any]]
+
+
+class GenerationError(RuntimeError):
+    """The engine could not produce a reply (endpoint down, garbage response, ...)."""
+
+
+@dataclass
+class SamplingParams:
+    max_new_tokens: int = 256
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    n: int = 1  # replies per prompt
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Generation:
+    text: str
+    n_tokens: int
+    finished: bool  # ended with an end-of-turn/EOS token within the budget
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"text": self.text, "n_tokens": self.n_tokens, "finished": self.finished}
+
+
+class Generator(Protocol):
+    """What curation, evaluation and serving need from an engine."""
+
+    model_id: str
+
+    def generate(self, prompts: list[Messages], params: SamplingParams) -> list[list[Generation]]:
+        """`params.n` generations for each prompt, in prompt order."""
+        ...
+
+
+def as_messages(p: Conversation | Messages | str) -> Messages:
+    """A prompt as chat messages: a string is one user turn; a Conversation gives its prompt turns."""
+    if isinstance(p, str):
+        return [{"role": "user", "content": p}]
+    if isinstance(p, Conversation):
+        return template_messages(Conversation(p.prompt_turns, tools=p.tools))
+    return p

@@ -1,0 +1,1 @@
+"""Serving: an OpenAI-compatible HTTP server for a local or fine-tuned model."""

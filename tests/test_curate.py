@@ -1,0 +1,135 @@
+"""Distillation and best-of-k pipelines on tiny models: records, provenance, resume after kill -9, cache."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from sftlab.curate.best_of_k import best_of_k
+from sftlab.curate.distill import distill
+from sftlab.curate.rewards import JudgeReward
+from sftlab.curate.store import GenerationCache, ResumableJsonl
+from sftlab.data.loading import DataSpec, load_conversations
+from sftlab.data.schema import Conversation, Turn
+from sftlab.generation import SamplingParams, TransformersGenerator
+from sftlab.templates.chat_templates import ensure_chat_template
+
+
+@pytest.fixture()
+def tiny_gen(tiny_model_dir, tiny_tokenizer):
+    ensure_chat_template(tiny_tokenizer, "chatml")
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    return TransformersGenerator(model, tiny_tokenizer, batch_size=4, model_id="tiny")
+
+
+def _prompts(n=6):
+    return [Conversation([Turn("user", f"What is {i} plus {i}?"), Turn("assistant", f"#### {2 * i}")], id=f"p{i}")
+            for i in range(n)]
+
+
+def _rows(path):
+    return [json.loads(x) for x in Path(path).read_text().splitlines()]
+
+
+def test_distill_writes_sft_records_with_provenance(tiny_gen, tmp_path):
+    out = tmp_path / "d.jsonl"
+    params = SamplingParams(max_new_tokens=5, temperature=1.0, n=2, seed=1)
+    stats = distill(_prompts(), tiny_gen, out, params, system_prompt="Be brief.", keep_unfinished=True)
+    rows = _rows(out)
+    assert stats.records == len(rows) == 12 and stats.samples == 12
+    r = rows[0]
+    assert [m["role"] for m in r["messages"]] == ["system", "user", "assistant"]
+    assert r["meta"]["generator"] == "tiny" and r["meta"]["params"]["n"] == 2 and r["meta"]["source_id"] == "p0"
+    assert r["messages"][1]["content"] == "What is 0 plus 0?"  # the reference reply is not part of the prompt
+    convs, report = load_conversations(DataSpec(path=str(out)))  # the output is ordinary SFT data
+    assert report.loaded == 12
+
+
+def test_distill_drops_unfinished_replies_and_counts_them(tiny_gen, tmp_path):
+    stats = distill(_prompts(3), tiny_gen, tmp_path / "d.jsonl", SamplingParams(max_new_tokens=3))
+    assert stats.records == 0 and stats.skipped["reply hit max_new_tokens"] == 3
+    # nothing is lost: every prompt is remembered as done, a re-run does not redo them
+    again = distill(_prompts(3), tiny_gen, tmp_path / "d.jsonl", SamplingParams(max_new_tokens=3))
+    assert again.already_done == 3 and again.samples == 0
+
+
+def test_empty_and_too_long_prompts_are_counted_skips(tiny_gen, tmp_path):
+    prompts = [Conversation([Turn("user", "   ")], id="e"), Conversation([Turn("user", "word " * 600)], id="long"),
+               Conversation([Turn("user", "ok")], id="ok")]
+    stats = distill(prompts, tiny_gen, tmp_path / "d.jsonl", SamplingParams(max_new_tokens=4), keep_unfinished=True)
+    assert stats.skipped["empty prompt"] == 1 and stats.skipped["prompt longer than the context window"] == 1
+    assert stats.records == 1
+
+
+def test_best_of_k_keeps_best_and_reports(tiny_gen, tmp_path):
+    def reward(prompt, response, reference):  # a user reward: prefers longer replies
+        return float(len(response))
+
+    params = SamplingParams(max_new_tokens=6, temperature=1.0, n=4, seed=3)
+    stats = best_of_k(_prompts(4), tiny_gen, reward, tmp_path / "b.jsonl", params, reward_name="len")
+    rows = _rows(tmp_path / "b.jsonl")
+    assert len(rows) == 4 and stats.extra["pass@4"] == 1.0
+    for r in rows:
+        m = r["meta"]
+        assert m["score"] == max(m["all_scores"]) and m["k"] == 4 and m["reward"] == "len" and m["rank"] == 0
+    none = best_of_k(_prompts(4), tiny_gen, reward, tmp_path / "c.jsonl", params, min_score=1e9)
+    assert none.records == 0 and none.extra["prompts_without_acceptable_sample"] == 4
+    assert none.extra["pass@4"] == 0.0
+
+
+def test_best_of_k_with_a_real_judge_model(tiny_gen, tmp_path):
+    """The judge is a (tiny, random) instruct model: its replies are unparseable, and that is counted."""
+    judge = JudgeReward(tiny_gen)
+    stats = best_of_k(_prompts(2), tiny_gen, judge, tmp_path / "j.jsonl", SamplingParams(max_new_tokens=4, n=2,
+                                                                                          temperature=1.0))
+    assert stats.extra["unparseable_judgements"] == judge.unparseable == judge.judged == 4
+
+
+def test_cache_avoids_paying_twice(tiny_gen, tmp_path):
+    cache = GenerationCache(tmp_path / "cache.sqlite")
+    params = SamplingParams(max_new_tokens=4, temperature=1.0, seed=2)
+    first = distill(_prompts(), tiny_gen, tmp_path / "a.jsonl", params, keep_unfinished=True, cache=cache)
+    second = distill(_prompts(), tiny_gen, tmp_path / "b.jsonl", params, keep_unfinished=True, cache=cache)
+    assert first.cache_hits == 0 and second.cache_hits == 6
+    strip = [{k: v for k, v in r.items()} for r in _rows(tmp_path / "a.jsonl")]
+    assert [r["messages"] for r in strip] == [r["messages"] for r in _rows(tmp_path / "b.jsonl")]
+
+
+def test_torn_last_line_is_dropped_on_resume(tmp_path):
+    path = tmp_path / "o.jsonl"
+    path.write_text(json.dumps({"meta": {"key": "a"}}) + "\n" + '{"meta": {"key": "b"')
+    w = ResumableJsonl(path)
+    assert w.done == {"a"} and path.read_text().count("\n") == 1
+    w.close()
+
+
+def test_resume_after_kill_9_loses_and_duplicates_nothing(tiny_model_dir, tmp_path):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"Tell me about number {i}."}) + "\n" for i in range(40)))
+    out = tmp_path / "out.jsonl"
+    cmd = [sys.executable, "-m", "sftlab.cli", "curate", "distill", "--prompts", str(prompts), "--teacher",
+           str(tiny_model_dir), "--out", str(out), "--max-new-tokens", "24", "--batch-size", "2",
+           "--keep-unfinished", "--no-cache"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and (not out.exists() or out.read_text().count("\n") < 6):
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    partial = out.read_text().count("\n")
+    assert 6 <= partial < 40, "the run must be killed mid-way for this test to mean anything"
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    rows = _rows(out)
+    keys = [r["meta"]["key"] for r in rows]
+    assert len(rows) == 40 and len(set(keys)) == 40
+    assert sorted(r["messages"][0]["content"] for r in rows) == sorted(f"Tell me about number {i}." for i in range(40))
+    summary = json.loads(out.with_suffix(".summary.json").read_text())
+    assert summary["already_done"] >= partial and summary["processed"] == 40 - summary["already_done"]
