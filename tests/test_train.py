@@ -199,3 +199,24 @@ def test_export_merges_lora_into_a_plain_checkpoint(tiny_model_dir, tmp_path):
         assert torch.allclose(merged(ids).logits, with_adapter(ids).logits, atol=1e-5)
     r = CliRunner().invoke(app, ["export", str(tmp_path), str(tmp_path / "x")])
     assert r.exit_code == 2 and "not a LoRA adapter folder" in r.output
+
+
+@pytest.mark.parametrize("softcap", [None, 3.0])
+def test_chunked_linear_cross_entropy_matches_autograd(softcap):
+    from sftlab.train.loss import ChunkedLinearCrossEntropy
+
+    torch.manual_seed(0)
+    h = torch.randn(37, 16, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(50, 16, dtype=torch.float64, requires_grad=True)
+    y = torch.randint(0, 50, (37,))
+    logits = h @ w.t()
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    ref = torch.nn.functional.cross_entropy(logits, y, reduction="sum")
+    ref.backward()
+    gh, gw = h.grad.clone(), w.grad.clone()
+    h.grad = w.grad = None
+    out = ChunkedLinearCrossEntropy.apply(h, w, y, 8, softcap)
+    (2.0 * out).backward()  # upstream gradient is applied
+    assert torch.allclose(out.double(), ref, rtol=1e-6)
+    assert torch.allclose(h.grad, 2 * gh, rtol=1e-5, atol=1e-8) and torch.allclose(w.grad, 2 * gw, rtol=1e-5, atol=1e-8)

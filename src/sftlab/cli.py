@@ -180,6 +180,15 @@ def _prompts(path: str, fmt: str, max_prompts: int | None):
     return convs
 
 
+def _report(out: Path, stats) -> None:
+    """Print the run summary and keep it beside the output."""
+    from sftlab.data.writers import write_json
+
+    summary = stats.to_dict()
+    write_json(out.with_suffix(".summary.json"), summary)
+    console.print_json(json.dumps(summary))
+
+
 def _cache(out: Path, no_cache: bool):
     from sftlab.curate.store import GenerationCache
 
@@ -203,7 +212,6 @@ def curate_distill(
     """A teacher answers the prompts; the output is ordinary SFT data."""
     _quiet()
     from sftlab.curate.distill import distill
-    from sftlab.data.writers import write_json
     from sftlab.generation.base import SamplingParams
     from sftlab.generation.factory import build_generator
 
@@ -214,9 +222,7 @@ def curate_distill(
         params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, n=n, seed=seed)
         stats = distill(convs, gen, out, params, system_prompt=system, keep_unfinished=keep_unfinished,
                         cache=_cache(out, no_cache), batch_size=batch_size, console=console)
-        summary = stats.to_dict()
-        write_json(out.with_suffix(".summary.json"), summary)
-        console.print_json(json.dumps(summary))
+        _report(out, stats)
     except (SftlabError, RuntimeError, ValueError) as e:
         _fail(e)
 
@@ -240,7 +246,6 @@ def curate_best_of_k(
     _quiet()
     from sftlab.curate.best_of_k import best_of_k
     from sftlab.curate.rewards import JudgeReward, RewardModelScore, resolve_reward
-    from sftlab.data.writers import write_json
     from sftlab.generation.base import SamplingParams
     from sftlab.generation.factory import build_generator
 
@@ -257,9 +262,7 @@ def curate_best_of_k(
         params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, n=k, seed=seed)
         stats = best_of_k(convs, gen, fn, out, params, reward_name=reward, select=select, min_score=min_score,
                           cache=_cache(out, no_cache), batch_size=batch_size, console=console)
-        summary = stats.to_dict()
-        write_json(out.with_suffix(".summary.json"), summary)
-        console.print_json(json.dumps(summary))
+        _report(out, stats)
     except (SftlabError, RuntimeError, ValueError) as e:
         _fail(e)
 

@@ -5,9 +5,10 @@ response tokens of *all* micro-batches of that step (Trainer passes it as `num_i
 short responses weigh per token, not per sequence, and gradient accumulation gives the same gradient as
 one big batch.
 
-The fast path runs the decoder once, then applies the output layer only at response positions, in chunks:
-with a 262k vocabulary the full-sequence logits tensor is the largest cost of a small model, and prompt
-positions never need it. It is checked against the model's own loss before it is trusted.
+The fast path runs the decoder once, then applies the output layer only at response positions, in chunks
+that also produce their gradients (ChunkedLinearCrossEntropy): with a 262k vocabulary the full-sequence
+logits tensor is the largest cost of a small model in time and memory, and prompt positions never need it.
+It is checked against the model's own loss before it is trusted.
 """
 
 from __future__ import annotations
@@ -28,23 +29,69 @@ def unwrap_causal_lm(model: torch.nn.Module) -> PreTrainedModel:
     return model
 
 
+class ChunkedLinearCrossEntropy(torch.autograd.Function):
+    """sum_i CE(h_i @ W^T, y_i), computed `chunk_size` rows at a time, with the gradients w.r.t. h (and W when
+    it is trained) formed in the same pass: only one chunk of logits ever exists, instead of full-vocabulary
+    fp32 logits for every response token kept alive until backward (the largest tensor of a small model with
+    a 262k vocabulary). Same matmuls as the plain way, no recomputation."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, chunk_size: int, softcap: float | None):
+        device = hidden.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
+        with torch.autocast(device, enabled=False):
+            w = weight.to(dtype)
+            grad_h = torch.empty_like(hidden, dtype=dtype)
+            acc = torch.promote_types(dtype, torch.float32)  # softmax/CE precision: at least fp32
+            grad_w = torch.zeros_like(weight, dtype=acc) if weight.requires_grad else None
+            total = torch.zeros((), dtype=acc, device=hidden.device)
+            for i in range(0, targets.numel(), chunk_size):
+                h = hidden[i:i + chunk_size].to(dtype)
+                y = targets[i:i + chunk_size]
+                logits = (h @ w.t()).to(acc)
+                if softcap:
+                    tanh = torch.tanh(logits / softcap)
+                    logits = tanh * softcap
+                lse = torch.logsumexp(logits, dim=-1)
+                total += (lse - logits.gather(1, y[:, None]).squeeze(1)).sum()
+                grad = logits.sub_(lse[:, None]).exp_()  # softmax, in place
+                grad[torch.arange(y.numel(), device=y.device), y] -= 1.0
+                if softcap:
+                    grad.mul_(1.0 - tanh * tanh)
+                grad = grad.to(dtype)
+                grad_h[i:i + chunk_size] = grad @ w
+                if grad_w is not None:  # bf16 product added into the fp32 sum, as autocast does for weights
+                    grad_w += grad.t() @ h
+        ctx.save_for_backward(grad_h, grad_w)
+        ctx.dtypes = (hidden.dtype, weight.dtype)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grad_h, grad_w = ctx.saved_tensors
+        h_dtype, w_dtype = ctx.dtypes
+        dh = grad_h.mul_(grad_out).to(h_dtype)  # in place: these buffers are not needed again
+        dw = grad_w.mul_(grad_out).to(w_dtype) if grad_w is not None else None
+        return dh, dw, None, None, None
+
+
 def response_nll(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                 labels: torch.Tensor, chunk_size: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sum of NLL over response tokens, number of response tokens), logits only where needed."""
+                 labels: torch.Tensor, chunk_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of NLL over response tokens, number of response tokens), logits only where needed.
+
+    chunk_size 256: with a 262k vocabulary one chunk of logits is ~0.3 GB in fp32, small next to the
+    activations, while the matmuls stay large enough to run at full speed."""
     lm = unwrap_causal_lm(model)
-    hidden = lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    hidden = lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
     target = labels[:, 1:]
     keep = target != IGNORE_INDEX
     h = hidden[:, :-1][keep]
     y = target[keep]
     head = lm.get_output_embeddings()
+    if getattr(head, "bias", None) is not None or not isinstance(head, torch.nn.Linear):
+        raise TypeError("fast loss supports a bias-free linear output layer")
     cap = getattr(lm.config, "final_logit_softcapping", None)
-    total = hidden.new_zeros((), dtype=torch.float32)
-    for i in range(0, y.numel(), chunk_size):
-        logits = head(h[i:i + chunk_size]).float()
-        if cap:
-            logits = torch.tanh(logits / cap) * cap
-        total = total + F.cross_entropy(logits, y[i:i + chunk_size], reduction="sum")
+    total = ChunkedLinearCrossEntropy.apply(h, head.weight, y, chunk_size, cap)
     return total, keep.sum()
 
 
@@ -58,10 +105,16 @@ def reference_nll(model: torch.nn.Module, input_ids: torch.Tensor, attention_mas
     return total, (target != IGNORE_INDEX).sum()
 
 
-def fast_loss_matches(model: torch.nn.Module, batch: dict[str, torch.Tensor], rtol: float = 1e-3) -> bool:
-    """True when the fast path reproduces the model's own loss on `batch` (it may not, e.g. for models
-    that scale logits in ways we do not know about). Runs in eval mode: no dropout, so it draws nothing from
-    the RNG and a resumed run stays bit-identical to an uninterrupted one."""
+def fast_loss_matches(model: torch.nn.Module, batch: dict[str, torch.Tensor], rtol: float = 1e-3,
+                      max_rows: int = 2, max_tokens: int = 256) -> bool:
+    """True when the fast path reproduces the model's own loss on a slice of `batch` (it may not, e.g. for
+    models that scale logits in ways we do not know about). A slice, because the reference path builds
+    full-vocabulary logits: on the whole batch that alone would be the run's peak memory. Runs in eval mode:
+    no dropout, so it draws nothing from the RNG and a resumed run stays bit-identical to an uninterrupted one."""
+    rows = batch["labels"][:max_rows, :max_tokens]
+    if not bool((rows[:, 1:] != -100).any()):  # the slice has no response token: check the whole batch
+        max_rows, max_tokens = batch["labels"].shape
+    batch = {k: batch[k][:max_rows, :max_tokens] for k in ("input_ids", "attention_mask", "labels")}
     was_training = model.training
     model.eval()
     try:

@@ -94,17 +94,21 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, conso
     write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     write_json(run_dir / "data_stats.json", data_stats)
 
-    model = load_model(base_path, torch.float32)
+    flags = precision_flags(cfg.precision)
+    bf16_base = cfg.method == "lora" and (cfg.lora_base_dtype == "bf16" or (cfg.lora_base_dtype == "auto"
+                                                                            and flags["bf16"]))
+    # LoRA under bf16: the frozen base is only ever multiplied in bf16, so load it that way (half the memory,
+    # no fp32 copy at any point); PEFT keeps the adapter weights in fp32 (autocast_adapter_dtype).
+    model = load_model(base_path, torch.bfloat16 if bf16_base else torch.float32)
     if added_tokens:
         model.resize_token_embeddings(len(tokenizer))
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
-    flags = precision_flags(cfg.precision)
     if cfg.method == "lora":
         model = attach_lora(model, cfg.lora, new_token_ids=_added_ids(tokenizer) if added_tokens else None)
-        if cfg.lora_base_dtype == "bf16" or (cfg.lora_base_dtype == "auto" and flags["bf16"]):
-            freeze_base_in(model, torch.bfloat16)
+        if bf16_base:
+            freeze_base_in(model, torch.bfloat16)  # e.g. rows of new tokens: anything frozen not yet bf16
     args = TrainingArguments(
         output_dir=str(run_dir / "checkpoints"),
         per_device_train_batch_size=cfg.batch_size,
