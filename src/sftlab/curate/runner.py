@@ -73,7 +73,6 @@ class CurationRun:
                  max_prompt_tokens: int | None = None) -> None:
         self.generator, self.params, self.cache = generator, params, cache
         self.writer = ResumableJsonl(out_path)
-        self.writer.load_side_done()
         self.batch_size = batch_size
         self.console = console or Console(stderr=True)
         self.stats = RunStats()

@@ -31,6 +31,9 @@ class ResumableJsonl:
         self.done: set[str] = set()
         self.records = 0
         self._recover()
+        side = self.path.with_suffix(self.path.suffix + ".done")  # prompts that produced no record
+        if side.exists():
+            self.done.update(x for x in side.read_text().splitlines() if x)
         self._f = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (held open for the whole run)
 
     def _recover(self) -> None:
@@ -68,11 +71,6 @@ class ResumableJsonl:
             f.flush()
             os.fsync(f.fileno())
         self.done.add(key)
-
-    def load_side_done(self) -> None:
-        side = self.path.with_suffix(self.path.suffix + ".done")
-        if side.exists():
-            self.done.update(x for x in side.read_text().splitlines() if x)
 
     def close(self) -> None:
         self._f.close()

@@ -28,7 +28,7 @@ from sftlab.templates.chat_templates import ensure_chat_template
 from sftlab.templates.masking import stop_token_ids
 from sftlab.train.callbacks import MetricsLogger, RichProgress, TokenCounter
 from sftlab.train.config import TrainConfig
-from sftlab.train.dataset import PadCollator, SFTDataset, TokenStats, tokenize_all
+from sftlab.train.dataset import PadCollator, SFTDataset, tokenize_all
 from sftlab.train.trainer import SFTLabTrainer
 
 log = logging.getLogger(__name__)
@@ -194,4 +194,4 @@ def save_final(model, tokenizer, final_dir: Path, base_path: str, cfg: TrainConf
     tmp.rename(final_dir)
 
 
-__all__ = ["train", "TrainResult", "TokenStats"]
+__all__ = ["train", "TrainResult"]
