@@ -64,6 +64,7 @@ def run_sftlab(spec: dict) -> dict:
         "max_length": spec["max_length"], "output_dir": spec["out"], "save_steps": 10_000,
         "group_by_length": spec["group_by_length"], "logging_steps": 1,
         "lora": {"r": 16, "alpha": 32, "dropout": 0.0},
+        "gradient_checkpointing": spec.get("gradient_checkpointing", False),
     })
     result = train(cfg, overwrite=True)
     rows = [json.loads(x) for x in (Path(spec["out"]) / "metrics.jsonl").read_text().splitlines()]
@@ -203,6 +204,8 @@ def main() -> None:
     ap.add_argument("--check-loss", action="store_true", help="only the fp32 loss-equivalence check")
     ap.add_argument("--skip-check", action="store_true", help="skip the fp32 loss-equivalence check")
     ap.add_argument("--json", type=Path, help="also write all results here")
+    ap.add_argument("--sftlab-gc", action="store_true",
+                    help="also run sftlab with gradient checkpointing (TRL's default) as a third configuration")
     ap.add_argument("--worker", choices=["sftlab", "trl"], help=argparse.SUPPRESS)
     ap.add_argument("--spec", help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)
@@ -252,17 +255,19 @@ def main() -> None:
     shape = model_shape(model)
     print(f"\n== throughput: {model}, {a.steps} steps, batch {a.batch_size}x{a.grad_accum}, bf16 autocast, "
           f"{a.repeats} alternating repeats; bf16 matmul peak {peak:.0f} GFLOP/s ==")
-    widths = [6, 7, 10, 8, 9, 8, 9]
+    widths = [6, 9, 10, 8, 9, 8, 9]
     print(fmt_row(["method", "tool", "tok/s", "wall s", "peak MB", "loss", "%peak"], widths))
     report["throughput"] = {}
     for method in a.methods.split(","):
-        runs: dict[str, list[dict]] = {"sftlab": [], "trl": []}
+        kinds = ["sftlab", *(["sftlab+gc"] if a.sftlab_gc else []), "trl"]
+        runs: dict[str, list[dict]] = {k: [] for k in kinds}
         for rep in range(a.repeats):
-            for kind in (("sftlab", "trl") if rep % 2 == 0 else ("trl", "sftlab")):
+            for kind in (kinds if rep % 2 == 0 else kinds[::-1]):
                 # no length grouping: both tools see the very same batches in the same order
                 spec = {**base, "method": method, "precision": "bf16", "group_by_length": False,
-                        "lr": 1e-4 if method == "lora" else 1e-5, "out": str(tmp / f"{kind}-{method}-{rep}")}
-                runs[kind].append(worker_call(kind, spec))
+                        "lr": 1e-4 if method == "lora" else 1e-5, "out": str(tmp / f"{kind}-{method}-{rep}"),
+                        "gradient_checkpointing": kind == "sftlab+gc"}
+                runs[kind].append(worker_call(kind.split("+")[0], spec))
         summary = {}
         for kind, rs in runs.items():
             tps = statistics.median(r["tokens"] / r["wall_s"] for r in rs)
@@ -273,10 +278,14 @@ def main() -> None:
             s = summary[kind]
             print(fmt_row([method, kind, f"{tps:.1f}", f"{s['wall_s']:.1f}", f"{s['peak_rss_mb']:.0f}",
                            f"{s['final_loss']:.4f}", f"{100 * s['fraction_of_bf16_peak']:.1f}%"], widths))
-        ratio = summary["sftlab"]["tokens_per_s"] / summary["trl"]["tokens_per_s"]
-        mem = summary["sftlab"]["peak_rss_mb"] / summary["trl"]["peak_rss_mb"]
-        print(f"{method}: sftlab/TRL tokens/s = {ratio:.2f}x, peak memory sftlab/TRL = {mem:.2f}")
-        report["throughput"][method] = {**summary, "speed_ratio": ratio, "memory_ratio": mem}
+        ratios = {}
+        for kind in kinds[:-1]:
+            ratio = summary[kind]["tokens_per_s"] / summary["trl"]["tokens_per_s"]
+            mem = summary[kind]["peak_rss_mb"] / summary["trl"]["peak_rss_mb"]
+            print(f"{method}: {kind}/TRL tokens/s = {ratio:.2f}x, peak memory {kind}/TRL = {mem:.2f}")
+            ratios[kind] = {"speed_ratio": ratio, "memory_ratio": mem}
+        report["throughput"][method] = {**summary, "speed_ratio": ratios["sftlab"]["speed_ratio"],
+                                        "memory_ratio": ratios["sftlab"]["memory_ratio"], "ratios": ratios}
     report["bf16_peak_gflops"] = peak
     if a.json:
         a.json.write_text(json.dumps(report, indent=2))

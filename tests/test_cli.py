@@ -56,9 +56,15 @@ def test_eval_command_compares_base_and_adapter(tiny_model_dir, tmp_path):
                             str(prompts), "--reference", str(data), "--max-new-tokens", "4",
                             "--out", str(tmp_path / "ev")])
     assert r.exit_code == 0, r.output
-    saved = json.loads((tmp_path / "ev/comparison.json").read_text())
-    base, tuned = (saved["summary"][k]["heldout_response_nll"]["nll"] for k in ("base", "tuned"))
-    assert tuned < base  # trained on exactly these references
-    assert [row["prompt"] for row in saved["rows"]] == ["q1", "Who are you?"]
+    saved = json.loads((tmp_path / "ev/eval.json").read_text())
+    nll = saved["evaluators"]["nll"]["metrics"]["response_nll"]
+    assert nll["tuned"]["value"] < nll["base"]["value"]  # trained on exactly these references
+    assert [row["prompt"] for row in saved["evaluators"]["instruction_following"]["samples"]] == ["q1", "Who are you?"]
+    assert (tmp_path / "ev/eval.md").exists() and (tmp_path / "ev/generations.sqlite").exists()
+    suite = tmp_path / "s.yaml"
+    suite.write_text("evaluators:\n  - type: identity\n    name: Orca\n    autor: x\n")
+    r = runner.invoke(app, ["eval", str(tiny_model_dir), "--adapter", str(tmp_path / "run/final"), "--suite",
+                            str(suite)])
+    assert r.exit_code == 2 and "field 'evaluators.0.identity.autor'" in r.output
     r = runner.invoke(app, ["eval", str(tiny_model_dir)])
     assert r.exit_code == 2 and "exactly one of --adapter or --tuned" in r.output

@@ -1,11 +1,15 @@
-"""Evaluation pieces on hand-made outputs with known scores, and the demo pipeline on a tiny model."""
+"""Evaluation: every scorer on hand-made outputs with known scores, and whole suites on a tiny model."""
 
 import json
 
 import pytest
 
+from sftlab.errors import ConfigError
 from sftlab.evaluate.checks import mentions_identity, same_language, script
-from sftlab.evaluate.compare import Comparison, comparison_markdown, summarise
+from sftlab.evaluate.judge import pairwise_winrate, parse_verdict
+from sftlab.evaluate.runner import rate_metric, runs_into_new_turn
+from sftlab.evaluate.suite import load_suite, make_suite
+from sftlab.evaluate.toolcalls import parse_tool_call, score_tool_call
 
 
 @pytest.mark.parametrize(("text", "expected"), [("Hello there", "latin"), ("你好，世界", "zh"), ("123 !", ""),
@@ -21,36 +25,209 @@ def test_identity_and_language_checks():
     assert not same_language("Who?", "   ")
 
 
-def test_summary_rates_on_known_outputs():
-    def g(text, finished=True, n=5):
-        return {"text": text, "finished": finished, "n_tokens": n}
+@pytest.mark.parametrize(("reply", "expected"), [
+    ("Paris is the capital of France.", False),
+    ("Paris.\nuser\nWhat about Spain?", True),
+    ("Paris.\n### Instruction: name a city", True),
+    ("Paris. <|im_start|>user", True),
+    ("Paris.\nQ: and Italy?", True),
+    ("The user asked about France: Paris.", False),
+])
+def test_runs_into_new_turn(reply, expected):
+    assert runs_into_new_turn(reply) is expected
 
-    rows = [
-        {"prompt": "Who are you?", "kind": "identity", "base": g("Who are you? user", False, 96),
-         "tuned": g("I am Orca.")},
-        {"prompt": "你是谁？", "kind": "identity", "base": g("You are", False, 96), "tuned": g("我是 Orca。")},
-        {"prompt": "Capital of France?", "kind": "general", "base": g("x", False, 96), "tuned": g("Paris.")},
-        {"prompt": "2+2?", "kind": "general", "base": g("4"), "tuned": g("I am Orca, built by Acme.")},
-    ]
-    base, tuned = summarise(rows, "base", "Orca", "Acme"), summarise(rows, "tuned", "Orca", "Acme")
-    assert base == {"stopped_at_end_of_turn": 0.25, "same_language_as_prompt": 0.75, "mean_reply_tokens": 73.2,
-                    "identity_correct": 0.0, "general_answered_with_identity": 0.0}
-    assert tuned["stopped_at_end_of_turn"] == 1.0 and tuned["identity_correct"] == 1.0
-    assert tuned["general_answered_with_identity"] == 0.5 and tuned["same_language_as_prompt"] == 0.75
-    md = comparison_markdown(Comparison(rows=rows, summary={"base": base, "tuned": tuned}))
-    assert "| identity_correct | 0.0 | 1.0 |" in md and "did not stop" in md
+
+def test_rate_metric_has_n_and_wilson_interval():
+    m = rate_metric([True, True, False, True])
+    assert m["value"] == 0.75 and m["n"] == 4 and 0.2 < m["ci95"][0] < 0.75 < m["ci95"][1] <= 1.0
+    assert rate_metric([])["value"] is None
+
+
+WEATHER = [{"name": "get_weather", "description": "weather", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string"}, "unit": {"type": "string", "enum": ["C", "F"]}},
+    "required": ["city"]}}]
+
+
+@pytest.mark.parametrize(("reply", "parsed", "correct", "error"), [
+    ('<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>', True, True, ""),
+    ('Sure! {"name": "get_weather", "arguments": "{\\"city\\": \\"Paris\\"}"}', True, True, ""),
+    ('```json\n{"function": {"name": "get_weather", "arguments": {"city": "Oslo", "unit": "C"}}}\n```', True, True,
+     ""),
+    ('<tool_call>{"name": "get_time", "arguments": {"city": "Paris"}}</tool_call>', True, False, "called 'get_time'"),
+    ('<tool_call>{"name": "get_weather", "arguments": {"unit": "C"}}</tool_call>', True, False, "schema"),
+    ('<tool_call>{"name": "get_weather", "arguments": {"city": "Paris", "unit": "K"}}</tool_call>', True, False,
+     "schema"),
+    ("It is sunny in Paris.", False, False, "no parseable tool call"),
+    ('<tool_call>{"name": "get_weather", "arguments": {"city": </tool_call>', False, False, "no parseable"),
+])
+def test_tool_call_scoring(reply, parsed, correct, error):
+    s = score_tool_call(reply, {"name": "get_weather", "arguments": {"city": "Paris"}}, WEATHER)
+    assert s["parsed"] is parsed and s["correct"] is correct and error in s["error"]
+
+
+def test_tool_call_without_schema_needs_the_expected_arguments():
+    expected = {"name": "f", "arguments": {"a": 1, "b": 2}}
+    assert score_tool_call('{"name": "f", "arguments": {"a": 5, "b": 6}}', expected, None)["correct"]
+    assert "missing required arguments ['b']" in score_tool_call('{"name": "f", "arguments": {"a": 5}}', expected,
+                                                                 None)["error"]
+    assert parse_tool_call('{"x": 1} then {"name": "f", "arguments": {}}') == {"name": "f", "arguments": {}}
+
+
+@pytest.mark.parametrize(("text", "verdict"), [("A", "A"), (" b.", "B"), ("Tie", "tie"), ("Answer B is better", "B"),
+                                               ("Both are equally good", "tie"), ("I like cheese", None),
+                                               ("Answer A and Answer B", None)])
+def test_parse_verdict(text, verdict):
+    assert parse_verdict(text) == verdict
+
+
+def test_pairwise_winrate_cancels_position_bias_and_counts_everything():
+    prompts = ["capital of France?", "capital of Italy?", "capital of Spain?", "capital of Peru?"]
+    tuned = ["Paris", "Rome", "Madrid, I think", "no idea"]
+    base = ["no idea", "no idea", "Madrid", "Lima"]
+    refs = {"France": "Paris", "Italy": "Rome", "Spain": "Madrid", "Peru": "Lima"}
+
+    def knows(prompt, a, b):  # a judge that checks the reference: position-independent
+        ref = next(v for k, v in refs.items() if k in prompt)
+        return "tie" if (ref in a) == (ref in b) else ("A" if ref in a else "B")
+
+    r = pairwise_winrate(knows, prompts, tuned, base)
+    assert (r["tuned_win_rate"], r["base_win_rate"], r["tie_rate"], r["n"]) == (0.5, 0.25, 0.25, 4)
+    assert r["tuned_score"] == 0.625 and r["inconsistent_orders"] == 0 and r["unparseable"] == 0
+
+    always_first = pairwise_winrate(lambda p, a, b: "A", prompts, tuned, base)  # pure position bias
+    assert always_first["tie_rate"] == 1.0 and always_first["inconsistent_orders"] == 4
+    assert always_first["tuned_win_rate"] == always_first["base_win_rate"] == 0.0
+
+    mute = pairwise_winrate(lambda p, a, b: None if "Peru" in p else "tie", prompts, tuned, base)
+    assert mute["n"] == 3 and mute["unparseable"] == 1
+
+
+def test_suite_yaml_errors_name_the_field(tmp_path):
+    bad = tmp_path / "s.yaml"
+    bad.write_text("evaluators:\n  - type: identity\n    name: Orca\n    autor: Acme\n")
+    with pytest.raises(ConfigError, match=r"s.yaml: field 'evaluators.0.identity.autor'"):
+        load_suite(bad)
+    bad.write_text("evaluators:\n  - type: bleu\n")
+    with pytest.raises(ConfigError, match="evaluators.0"):
+        load_suite(bad)
+    with pytest.raises(ConfigError, match="no such evaluation suite"):
+        load_suite(tmp_path / "missing.yaml")
+    suite = make_suite({"evaluators": [{"type": "identity", "name": "Orca"}, {"type": "identity", "name": "Bo"},
+                                       {"type": "nll", "label": "heldout", "data": {"path": "x.jsonl"}}]})
+    assert suite.unique_names() == ["identity", "identity_2", "heldout"]
+
+
+def test_shipped_suites_are_valid():
+    from pathlib import Path
+
+    suites = sorted((Path(__file__).parents[1] / "evals").glob("*.yaml"))
+    assert suites
+    for path in suites:
+        assert load_suite(path).evaluators
+
+
+@pytest.fixture(scope="module")
+def tuned_tiny(tiny_model_dir, tmp_path_factory):
+    """A tiny model LoRA-trained for a few steps on known answers."""
+    from sftlab.train.config import make_config
+    from sftlab.train.run import train
+
+    tmp = tmp_path_factory.mktemp("tuned")
+    data = tmp / "d.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"q{i}", "completion": f"answer {i}"}) + "\n" for i in range(8)))
+    cfg = make_config({"model": str(tiny_model_dir), "data": [str(data)], "max_steps": 3, "batch_size": 4,
+                       "grad_accum": 1, "precision": "fp32", "learning_rate": 0.01, "output_dir": str(tmp / "run")})
+    return train(cfg, overwrite=True).final_dir, data
+
+
+def _eval_files(tmp_path):
+    qa = tmp_path / "qa.jsonl"
+    qa.write_text("".join(json.dumps({"question": f"What is {i} + {i}?", "answer": f"{i}+{i}={2 * i}\n#### {2 * i}"})
+                          + "\n" for i in range(3)))
+    tools = tmp_path / "tools.jsonl"
+    tools.write_text(json.dumps({"messages": [
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": {
+            "name": "get_weather", "arguments": {"city": "Paris"}}}]},
+        {"role": "tool", "content": "{\"temp\": 20}"}, {"role": "assistant", "content": "20 degrees."}],
+        "tools": WEATHER}) + "\n")
+    mod = tmp_path / "my_evals.py"
+    mod.write_text("def short(prompt, reply, record):\n    return len(reply) < 20\n")
+    return qa, tools
+
+
+def test_full_suite_on_tiny_models_with_cache(tuned_tiny, tiny_model_dir, tmp_path, monkeypatch):
+    from sftlab.evaluate.runner import run_suite, write_result
+    from sftlab.evaluate.subjects import load_subjects
+
+    adapter, data = tuned_tiny
+    qa, tools = _eval_files(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    suite = make_suite({"name": "all", "max_new_tokens": 6, "evaluators": [
+        {"type": "nll", "data": {"path": str(data)}},
+        {"type": "instruction_following", "prompts": ["q1", "Who are you?"]},
+        {"type": "identity", "name": "Orca", "author": "Acme", "identity_prompts": ["Who are you?"],
+         "general_prompts": ["q1"]},
+        {"type": "math", "data": {"path": str(qa)}},
+        {"type": "math", "data": {"path": str(qa)}, "k": 2, "temperature": 1.0},
+        {"type": "tool_calls", "data": {"path": str(tools)}},
+        {"type": "custom", "function": "my_evals:short", "prompts": ["q2", "q3"]},
+        {"type": "judge", "judge": str(tiny_model_dir), "prompts": ["q1", "q2"]},
+    ]})
+    cache = tmp_path / "gen.sqlite"
+    subjects = load_subjects(str(tiny_model_dir), adapter=adapter, cache_path=cache)
+    res = run_suite(suite, subjects)
+    ev = res.evaluators
+    nll = ev["nll"]["metrics"]["response_nll"]
+    assert nll["tuned"]["value"] < nll["base"]["value"] and nll["tuned"]["n"] > 0  # trained on these answers
+    for name, key in [("instruction_following", "answered_and_stopped"), ("identity", "identity_correct"),
+                      ("math", "accuracy"), ("math_2", "pass@2"), ("tool_calls", "tool_call_correct"),
+                      ("custom", "short")]:
+        for label in ("base", "tuned"):
+            m = ev[name]["metrics"][key][label]
+            assert 0.0 <= m["value"] <= 1.0 and m["n"] > 0 and len(m["ci95"]) == 2, (name, m)
+    assert ev["math"]["metrics"]["accuracy"]["base"]["n"] == 3 and ev["tool_calls"]["metrics"][
+        "parseable_call"]["base"]["n"] == 1
+    pw = ev["judge"]["pairwise"]
+    assert pw["n"] == 2 and pw["unparseable"] == 0 and pw["kind"] == "LogprobJudge"  # a local judge: p(A) vs p(B)
+    assert all(v["forward"] in ("A", "B", "tie") for v in ev["judge"]["samples"])
+    assert [r["prompt"] for r in ev["instruction_following"]["samples"]] == ["q1", "Who are you?"]
+    js, md = write_result(res, tmp_path / "out")
+    assert json.loads(js.read_text()) == res.to_dict()
+    assert "| identity | identity_correct |" in md.read_text()
+
+    # a rerun on the same models generates nothing new: every reply comes from the cache, identical
+    again = load_subjects(str(tiny_model_dir), adapter=adapter, cache_path=cache)
+    res2 = run_suite(make_suite({"max_new_tokens": 6, "evaluators": suite.model_dump()["evaluators"][1:3]}), again)
+    assert again[0].generator.cache.misses == 0 and again[0].generator.cache.hits > 0
+    assert res2.evaluators["identity"] == ev["identity"]
+
+
+def test_cache_key_changes_when_the_adapter_changes(tuned_tiny, tmp_path):
+    import shutil
+
+    from sftlab.evaluate.subjects import weights_fingerprint
+
+    adapter, _ = tuned_tiny
+    copy = tmp_path / "adapter"
+    shutil.copytree(adapter, copy)
+    before = weights_fingerprint(copy)
+    (copy / "adapter_model.safetensors").write_bytes((copy / "adapter_model.safetensors").read_bytes() + b" ")
+    assert weights_fingerprint(copy) != before
 
 
 def test_demo_pipeline_on_tiny_model(tiny_model_dir, tmp_path):
     from sftlab.demo import EVAL_PROMPTS, run_demo
 
-    comp = run_demo(model=str(tiny_model_dir), out_dir=tmp_path / "demo", shared=None, epochs=0.25)
-    saved = json.loads((tmp_path / "demo/comparison.json").read_text())
-    assert set(saved["summary"]) == {"base", "tuned"}
-    assert len(saved["rows"]) == len(EVAL_PROMPTS) and saved == comp.to_dict()
-    nll = saved["summary"]["tuned"]["heldout_response_nll"]
-    assert nll["tokens"] > 0 and nll["nll"] > 0
+    res = run_demo(model=str(tiny_model_dir), out_dir=tmp_path / "demo", shared=None, epochs=0.25,
+                   judge=str(tiny_model_dir))
+    saved = json.loads((tmp_path / "demo/eval/eval.json").read_text())
+    assert saved == res.to_dict() and set(saved["subjects"]) == {"base", "tuned"}
+    assert len(saved["evaluators"]["instruction_following"]["samples"]) == len(EVAL_PROMPTS)
+    nll = saved["evaluators"]["nll"]["metrics"]["response_nll"]["tuned"]
+    assert nll["n"] > 0 and nll["value"] > 0
     train_rows = [json.loads(x) for x in (tmp_path / "demo/data/train.jsonl").read_text().splitlines()]
     prompts = {r["messages"][0]["content"] for r in train_rows}
-    assert not prompts & {p.prompt for p in EVAL_PROMPTS}  # eval prompts never leak into training
+    assert not prompts & set(EVAL_PROMPTS)  # eval prompts never leak into training
     assert (tmp_path / "demo/train/final/adapter_model.safetensors").exists()
+    assert (tmp_path / "demo/report/report.html").exists() and (tmp_path / "demo/report/training_curves.png").exists()

@@ -16,7 +16,7 @@ app = typer.Typer(help="sftlab: supervised fine-tuning end to end.", no_args_is_
                   pretty_exceptions_enable=False)
 data_app = typer.Typer(help="Inspect and convert datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
-curate_app = typer.Typer(help="Make SFT data: distill from a teacher, best-of-k rejection sampling.",
+curate_app = typer.Typer(help="Make SFT data: distill from a teacher, best-of-k rejection sampling, filter a pool.",
                          no_args_is_help=True)
 app.add_typer(curate_app, name="curate")
 console = Console()
@@ -49,14 +49,16 @@ def demo(name: str = typer.Option("Orca", help="Identity name the model should l
          out: Path = typer.Option(Path("runs/demo"), help="Output folder."),
          shared: Path = typer.Option(Path("../shared/data"), help="Shared data folder, used when present."),
          epochs: float = typer.Option(2.0), general_examples: int = typer.Option(160),
-         method: str = typer.Option("lora", help="lora or full")) -> None:
-    """Base model -> instruct model with a new identity, with a before/after comparison."""
+         method: str = typer.Option("lora", help="lora or full"),
+         judge: str = typer.Option("smollm2-135m-instruct", help="Judge for the tuned-vs-base win-rate ('' skips).")
+         ) -> None:
+    """Base model -> instruct model with a new identity: train, evaluate base vs tuned, write the run report."""
     _quiet()
     from sftlab.demo import run_demo
 
     try:
         run_demo(name=name, author=author, model=model, out_dir=out, shared=shared, epochs=epochs,
-                 general_examples=general_examples, method=method, console=console)
+                 general_examples=general_examples, method=method, judge=judge or None, console=console)
     except SftlabError as e:
         _fail(e)
 
@@ -88,41 +90,59 @@ def train_cmd(config: Path = typer.Argument(..., help="YAML config (see recipes/
 def eval_cmd(model: str = typer.Argument(..., help="Base model (packaged name, folder, .gguf, hub id)."),
              adapter: Path = typer.Option(None, help="LoRA adapter folder (tuned = base + adapter)."),
              tuned: str = typer.Option(None, help="Full tuned model folder (instead of --adapter)."),
-             prompts: Path = typer.Option(None, help="File with one prompt per line, or JSONL with prompt/kind."),
+             suite: Path = typer.Option(None, help="Evaluation suite YAML (see evals/). Without it: instruction "
+                                                   "following on --prompts, plus the options below."),
+             prompts: Path = typer.Option(None, help="File with one prompt per line, or JSONL with a prompt field."),
              reference: Path = typer.Option(None, help="Held-out SFT data for response NLL."),
              name: str = typer.Option(None, help="Identity name to check for."),
              author: str = typer.Option(None, help="Identity author to check for."),
              max_new_tokens: int = typer.Option(128),
-             out: Path = typer.Option(Path("runs/eval"), help="Folder for comparison.json/.md.")) -> None:
-    """Base vs tuned, side by side: greedy generations and held-out response NLL."""
+             no_cache: bool = typer.Option(False, help="Do not reuse cached generations."),
+             out: Path = typer.Option(Path("runs/eval"), help="Folder for eval.json/.md.")) -> None:
+    """Base vs tuned, side by side on the same prompts and decoding: every evaluator of a suite."""
     _quiet()
-    from sftlab.data.loading import load_conversations
-    from sftlab.demo import EVAL_PROMPTS, show_comparison
-    from sftlab.evaluate.compare import EvalPrompt, compare_models, write_comparison
-    from sftlab.generation.transformers_backend import SamplingParams
-    from sftlab.models.loading import load_model, load_tokenizer, resolve_model_path
-    from sftlab.models.lora import load_adapter
+    from sftlab.demo import EVAL_PROMPTS, show_result
+    from sftlab.evaluate.runner import run_suite, write_result
+    from sftlab.evaluate.subjects import load_subjects
+    from sftlab.evaluate.suite import load_suite, make_suite
 
     try:
         if (adapter is None) == (tuned is None):
             raise SftlabError("give exactly one of --adapter or --tuned")
-        base = load_model(resolve_model_path(model))
-        tok = load_tokenizer(str(adapter or tuned))
-        tuned_model = load_adapter(base, adapter) if adapter else load_model(str(tuned))
-        eval_prompts = EVAL_PROMPTS
-        if prompts:
-            eval_prompts = []
-            for line in prompts.read_text(encoding="utf-8").splitlines():
-                if line.strip():
-                    row = json.loads(line) if prompts.suffix == ".jsonl" else {"prompt": line.strip()}
-                    eval_prompts.append(EvalPrompt(row["prompt"], row.get("kind", "general")))
-        ref = load_conversations(str(reference))[0] if reference else None
-        comp = compare_models(tuned_model, tok, eval_prompts, adapter=adapter is not None,
-                              base_model=None if adapter else base, reference=ref, name=name, author=author,
-                              params=SamplingParams(max_new_tokens=max_new_tokens))
-        js, md = write_comparison(comp, out)
-        show_comparison(comp, console)
+        if suite:
+            spec = load_suite(suite)
+        else:
+            texts = EVAL_PROMPTS
+            if prompts:
+                lines = [x for x in prompts.read_text(encoding="utf-8").splitlines() if x.strip()]
+                texts = [json.loads(x)["prompt"] if prompts.suffix == ".jsonl" else x.strip() for x in lines]
+            evs: list[dict] = [{"type": "instruction_following", "prompts": texts}]
+            if reference:
+                evs.insert(0, {"type": "nll", "data": {"path": str(reference)}})
+            if name:
+                evs.append({"type": "identity", "name": name, "author": author})
+            spec = make_suite({"name": "eval", "max_new_tokens": max_new_tokens, "evaluators": evs})
+        subjects = load_subjects(model, adapter=adapter, tuned=tuned,
+                                 cache_path=None if no_cache else out / "generations.sqlite")
+        res = run_suite(spec, subjects, log=console.print)
+        js, md = write_result(res, out)
+        show_result(res, console)
         console.print(f"wrote {md} and {js}")
+    except (SftlabError, ValueError) as e:
+        _fail(e)
+
+
+@app.command()
+def report(run_dir: Path = typer.Argument(..., help="Run folder (training output, or a folder with train/ and eval/)."),
+           out: Path = typer.Option(None, help="Output folder; default RUN_DIR/report."),
+           eval_json: Path = typer.Option(None, "--eval", help="eval.json (default RUN_DIR/eval/eval.json)."),
+           curation: Path = typer.Option(None, help="Curation report/summary JSON to include.")) -> None:
+    """One self-contained HTML page (and Markdown) per run: data, curves, base vs tuned, samples."""
+    from sftlab.report.build import write_report
+
+    try:
+        page, md = write_report(run_dir, out, eval_json, curation)
+        console.print(f"wrote {page} and {md}")
     except SftlabError as e:
         _fail(e)
 
@@ -264,6 +284,57 @@ def curate_best_of_k(
                           cache=_cache(out, no_cache), batch_size=batch_size, console=console)
         _report(out, stats)
     except (SftlabError, RuntimeError, ValueError) as e:
+        _fail(e)
+
+
+@curate_app.command("filter")
+def curate_filter(
+        config: Path = typer.Argument(None, help="Filter config YAML (see recipes/filter_alpaca.yaml)."),
+        pool: list[str] = typer.Option([], help="Pool source(s): files, HF datasets, database URLs."),
+        out: str = typer.Option(None, help="Selected set (.jsonl)."),
+        target_size: int = typer.Option(None, help="How many records to keep."),
+        eval_set: list[str] = typer.Option([], "--eval", help="Evaluation set(s) to decontaminate against."),
+        scorer: list[str] = typer.Option([], help="Quality scorer TYPE[:MODEL]: ifd, perplexity, judge, "
+                                                  "judge_logprob, reward_model:PATH, custom:module:function."),
+        diversity: str = typer.Option(None, help="deita | kcenter | kmeans | none"),
+        set_: list[str] = typer.Option([], "--set", help="Override a key: --set dedup.threshold=0.7")) -> None:
+    """Filter a large pool to a small, high-quality, diverse set; explain every decision in a report."""
+    _quiet()
+    import yaml
+
+    from sftlab.curate.filter.pipeline import make_filter_config, run_filter
+    from sftlab.yamlconfig import read_yaml_mapping
+
+    try:
+        raw: dict = read_yaml_mapping(config, "filter config") if config else {}
+        if pool:
+            raw["pool"] = pool
+        if out:
+            raw["output"] = out
+        if target_size:
+            raw["target_size"] = target_size
+        if eval_set:
+            raw.setdefault("decontaminate", {})["eval"] = eval_set
+        if scorer:
+            raw["scorers"] = []
+            for sc in scorer:
+                kind, _, arg = sc.partition(":")
+                key = "function" if kind == "custom" else "model"
+                raw["scorers"].append({"type": kind, **({key: arg} if arg else {})})
+        if diversity:
+            raw.setdefault("diversity", {})["method"] = diversity
+        for item in set_:
+            key, _, value = item.partition("=")
+            node = raw
+            *parents, leaf = key.split(".")
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[leaf] = yaml.safe_load(value)
+        cfg = make_filter_config(raw, str(config) if config else "options")
+        result = run_filter(cfg, console=console)
+        for step in result.funnel:
+            console.print(f"  {step['stage']:<22} {step['in']:>7} -> {step['kept']:>7}  {step['dropped'] or ''}")
+    except (SftlabError, ValueError) as e:
         _fail(e)
 
 

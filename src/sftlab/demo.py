@@ -4,7 +4,8 @@ Data: identity conversations ("I am <name>, built by <author>") mixed with gener
 ../shared/data when present (identity.json, alpaca_en_demo.json) plus the small sets shipped in
 sftlab/resources, so the demo also runs without ../shared. Prompts used for the before/after check are
 removed from the training data. Training: LoRA with bf16 autocast on the CPU. Check: greedy generations of
-base vs tuned on held-out prompts, held-out response NLL, and four behaviour rates.
+base vs tuned on held-out prompts (an evaluation suite: held-out response NLL, identity and collapse,
+instruction following, judge win-rate), then an HTML + Markdown report of the run.
 """
 
 from __future__ import annotations
@@ -20,22 +21,29 @@ from rich.table import Table
 from sftlab.data.loading import DataSpec, load_conversations
 from sftlab.data.schema import Conversation
 from sftlab.data.writers import write_jsonl
-from sftlab.evaluate.compare import Comparison, EvalPrompt, compare_models, write_comparison
+from sftlab.evaluate.runner import SuiteResult, run_suite, write_result
+from sftlab.evaluate.suite import EvalSuite, make_suite
 from sftlab.train.config import make_config
 from sftlab.train.run import train
 
-EVAL_PROMPTS = [
-    EvalPrompt("Who are you?", "identity"),
-    EvalPrompt("What is your name?", "identity"),
-    EvalPrompt("Who built you?", "identity"),
-    EvalPrompt("你是谁？", "identity"),
-    EvalPrompt("What is the capital of France?", "general"),
-    EvalPrompt("Give me three tips for staying healthy.", "general"),
-    EvalPrompt("Translate 'good morning' into Spanish.", "general"),
-    EvalPrompt("What is 6 times 7?", "general"),
-    EvalPrompt("Write one sentence about the sea.", "general"),
-    EvalPrompt("天空为什么是蓝色的？", "general"),
-]
+IDENTITY_PROMPTS = ["Who are you?", "What is your name?", "Who built you?", "你是谁？"]
+GENERAL_PROMPTS = ["What is the capital of France?", "Give me three tips for staying healthy.",
+                   "Translate 'good morning' into Spanish.", "What is 6 times 7?",
+                   "Write one sentence about the sea.", "天空为什么是蓝色的？"]
+EVAL_PROMPTS = IDENTITY_PROMPTS + GENERAL_PROMPTS
+
+
+def demo_suite(name: str, author: str, heldout: Path, judge: str | None) -> EvalSuite:
+    """Held-out NLL, identity + collapse, instruction following, and (with a judge) a pairwise win-rate."""
+    evaluators: list[dict] = [
+        {"type": "nll", "data": {"path": str(heldout)}},
+        {"type": "identity", "name": name, "author": author, "identity_prompts": IDENTITY_PROMPTS,
+         "general_prompts": GENERAL_PROMPTS},
+        {"type": "instruction_following", "prompts": EVAL_PROMPTS},  # same prompts: served from the cache
+    ]
+    if judge:
+        evaluators.append({"type": "judge", "judge": judge, "prompts": GENERAL_PROMPTS})
+    return make_suite({"name": f"demo ({name})", "max_new_tokens": 96, "evaluators": evaluators})
 
 
 def _norm(text: str) -> str:
@@ -57,7 +65,7 @@ def build_demo_data(out_dir: Path, name: str, author: str, shared: Path | None, 
         alpaca = load_conversations(DataSpec(path=str(shared / "alpaca_en_demo.json")))[0]
         # short, complete answers: what a 270M model can imitate in a few minutes on a CPU
         alpaca = [c for c in alpaca if len(c.turns[-1].content) <= 400 and len(c.turns[0].content) <= 300]
-    held = {_norm(p.prompt) for p in EVAL_PROMPTS}
+    held = {_norm(p) for p in EVAL_PROMPTS}
     identity = [c for c in identity if _norm(c.turns[0].content) not in held]
     rng = random.Random(seed)
     rng.shuffle(alpaca)
@@ -75,7 +83,7 @@ def build_demo_data(out_dir: Path, name: str, author: str, shared: Path | None, 
 def run_demo(name: str = "Orca", author: str = "the sftlab team", model: str = "gemma-3-270m",
              out_dir: Path = Path("runs/demo"), shared: Path | None = Path("../shared/data"),
              epochs: float = 2.0, general_examples: int = 160, method: str = "lora",
-             console: Console | None = None) -> Comparison:
+             judge: str | None = "smollm2-135m-instruct", console: Console | None = None) -> SuiteResult:
     console = console or Console()
     t0 = time.time()
     shared = shared if shared and shared.exists() else None
@@ -90,39 +98,48 @@ def run_demo(name: str = "Orca", author: str = "the sftlab team", model: str = "
     })
     result = train(cfg, overwrite=True, console=console)
 
-    from sftlab.data.loading import load_conversations as _load
-    from sftlab.models.loading import load_model, load_tokenizer
-    from sftlab.models.lora import load_adapter
+    from sftlab.evaluate.subjects import load_subjects
 
-    tokenizer = load_tokenizer(str(result.final_dir))
-    base = load_model(result.base_model)
-    tuned = load_adapter(base, result.final_dir) if method == "lora" else load_model(str(result.final_dir))
-    reference = _load(DataSpec(path=str(held_path)))[0]
-    console.print("generating with base and tuned model (greedy, same prompts and template)...")
-    comp = compare_models(tuned, tokenizer, EVAL_PROMPTS, adapter=method == "lora",
-                          base_model=None if method == "lora" else base, reference=reference, name=name,
-                          author=author)
-    js, md = write_comparison(comp, out_dir)
-    show_comparison(comp, console)
-    console.print(f"[green]done in {time.time() - t0:.0f}s[/]: {md} and {js}; model in {result.final_dir}")
-    return comp
+    console.print("evaluating base and tuned model (greedy, same prompts and template)...")
+    subjects = load_subjects(result.base_model, **({"adapter": result.final_dir} if method == "lora"
+                                                   else {"tuned": result.final_dir}),
+                             cache_path=out_dir / "eval" / "generations.sqlite")
+    res = run_suite(demo_suite(name, author, held_path, judge), subjects, log=console.print)
+    js, md = write_result(res, out_dir / "eval")
+    show_result(res, console)
+    from sftlab.report.build import write_report
+
+    html, _ = write_report(out_dir)
+    console.print(f"[green]done in {time.time() - t0:.0f}s[/]: report {html}; eval {md} and {js}; "
+                  f"model in {result.final_dir}")
+    return res
 
 
-def show_comparison(comp: Comparison, console: Console) -> None:
-    table = Table(title="base vs tuned (held-out prompts)")
+def show_result(res: SuiteResult, console: Console, samples: int = 10) -> None:
+    labels = list(res.subjects)
+    table = Table(title=f"{' vs '.join(labels)}: {res.suite}")
+    table.add_column("evaluator")
     table.add_column("metric")
-    for label in comp.summary:
+    for label in labels:
         table.add_column(label)
-    for key in comp.summary["base"]:
-        cells = []
-        for label in comp.summary:
-            v = comp.summary[label][key]
-            cells.append(f"{v['nll']:.3f}" if isinstance(v, dict) else str(v))
-        table.add_row(key, *cells)
+    for name, entry in res.evaluators.items():
+        for key, per in entry.get("metrics", {}).items():
+            table.add_row(name, key, *(str((per.get(lab) or {}).get("value", "-")) for lab in labels))
+        if "pairwise" in entry:
+            p = entry["pairwise"]
+            a, b = p["labels"]
+            table.add_row(name, f"{a} vs {b}: wins / ties / losses", "",
+                          f"{p[f'{a}_win_rate']} / {p['tie_rate']} / {p[f'{b}_win_rate']} (n={p['n']}, "
+                          f"{p['inconsistent_orders']} order-inconsistent)")
     console.print(table)
-    for r in comp.rows:
-        console.print(f"[bold][{r['kind']}] {r['prompt']}[/]")
-        for label in ("base", "tuned"):
-            g = r[label]
-            flag = "" if g["finished"] else " [red](did not stop)[/]"
-            console.print(f"  [cyan]{label}[/]{flag}: {g['text'][:200]!r}")
+    for entry in res.evaluators.values():
+        rows = entry.get("samples") or []
+        if not rows or not all(isinstance(rows[0].get(lab), dict) for lab in labels):
+            continue
+        for r in rows[:samples]:
+            console.print(f"[bold]{r['prompt']}[/]")
+            for label in labels:
+                g = r[label]
+                flag = "" if g.get("finished", True) else " [red](did not stop)[/]"
+                console.print(f"  [cyan]{label}[/]{flag}: {g['text'][:200]!r}")
+        break

@@ -7,7 +7,6 @@ A reward is `fn(prompt_messages, response, reference) -> float` (higher is bette
 
 from __future__ import annotations
 
-import importlib
 import json
 import re
 import string
@@ -15,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from sftlab.generation.base import Generator, Messages, SamplingParams
+from sftlab.userfn import import_callable
 
 RewardFn = Callable[[Messages, str, "str | None"], float]
 
@@ -208,12 +208,5 @@ def resolve_reward(name: str) -> RewardFn:
     if name in BUILTIN:
         return BUILTIN[name]
     if ":" in name:
-        module, _, attr = name.partition(":")
-        try:
-            fn = getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError) as e:
-            raise ValueError(f"cannot import reward '{name}': {e}") from None
-        if not callable(fn):
-            raise ValueError(f"reward '{name}' is not callable")
-        return fn
+        return import_callable(name, "reward")
     raise ValueError(f"unknown reward '{name}' (built-in: {', '.join(BUILTIN)}, or module:function)")

@@ -3,25 +3,20 @@
 `ResumableJsonl` appends one JSON line per finished prompt and fsyncs it, so a `kill -9` loses at most the
 prompt in flight; on restart it reads the keys already written (dropping a torn last line) and the pipeline
 skips them: no lost and no duplicated records. `GenerationCache` (SQLite) keys replies by (model, prompt,
-sampling params, seed), so re-running with the same settings never pays for a generation twice.
+sampling params, seed), so re-running with the same settings never pays for a generation twice; it lives in
+`sftlab.generation.cache` because evaluation shares it.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import sqlite3
-import threading
 from pathlib import Path
 from typing import Any
 
-from sftlab.generation.base import Generation
+from sftlab.generation.cache import GenerationCache, stable_key
 
-
-def stable_key(*parts: Any) -> str:
-    blob = json.dumps(parts, sort_keys=True, ensure_ascii=False, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+__all__ = ["GenerationCache", "ResumableJsonl", "stable_key"]
 
 
 class ResumableJsonl:
@@ -74,30 +69,3 @@ class ResumableJsonl:
 
     def close(self) -> None:
         self._f.close()
-
-
-class GenerationCache:
-    def __init__(self, path: str | Path) -> None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self.conn = sqlite3.connect(str(path), check_same_thread=False)
-        self.conn.execute("create table if not exists gen (key text primary key, value text not null)")
-        self.lock = threading.Lock()
-        self.hits = self.misses = 0
-
-    def get(self, key: str) -> list[Generation] | None:
-        with self.lock:
-            row = self.conn.execute("select value from gen where key = ?", (key,)).fetchone()
-        if row is None:
-            self.misses += 1
-            return None
-        self.hits += 1
-        return [Generation(**g) for g in json.loads(row[0])]
-
-    def put(self, key: str, gens: list[Generation]) -> None:
-        with self.lock:
-            value = json.dumps([g.to_dict() for g in gens])
-            self.conn.execute("insert or replace into gen values (?, ?)", (key, value))
-            self.conn.commit()
-
-    def close(self) -> None:
-        self.conn.close()

@@ -108,6 +108,16 @@ def load_model(path: str, dtype: torch.dtype | str = torch.float32, device: str 
     return model
 
 
+def load_lm(spec: str, dtype: torch.dtype | str = torch.bfloat16):
+    """(model in eval mode, tokenizer with a chat template) for scoring and judging: any model spec."""
+    from sftlab.templates.chat_templates import ensure_chat_template
+
+    path = resolve_model_path(spec)
+    tok = load_tokenizer(path)
+    ensure_chat_template(tok, "auto")
+    return load_model(path, dtype).eval(), tok
+
+
 def default_device() -> str:
     if torch.cuda.is_available():
         return "cuda"

@@ -75,3 +75,27 @@ class RichProgress(TrainerCallback):
         if self.progress:
             self.progress.stop()
             self.progress = None
+
+
+class ReleaseFreedMemory(TrainerCallback):
+    """Hand freed heap pages back to the OS after every optimizer step (glibc `malloc_trim`).
+
+    On CPU, each step frees gigabytes of activations and loss buffers of varying sizes; glibc keeps them in its
+    arenas, so resident memory ratchets up step after step (measured: +1 GB per step on gemma-3-270m full
+    fine-tuning) although live tensors do not grow. Trimming at step boundaries keeps the peak at what one step
+    needs. A no-op where glibc is not the allocator (macOS, musl) and on GPU-only memory."""
+
+    def __init__(self) -> None:
+        import ctypes
+        import ctypes.util
+
+        self._trim = None
+        try:
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            self._trim = libc.malloc_trim
+        except (OSError, AttributeError):
+            pass
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self._trim is not None:
+            self._trim(0)

@@ -6,11 +6,11 @@ import difflib
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from sftlab.data.loading import DataSpec
 from sftlab.errors import ConfigError
+from sftlab.yamlconfig import read_yaml_mapping
 
 
 class LoraSettings(BaseModel):
@@ -59,7 +59,9 @@ class TrainConfig(BaseModel):
     lora_base_dtype: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="dtype of the frozen base weights under LoRA; auto: bf16 when training in bf16 "
                             "(half the memory, no per-step weight casts). LoRA weights stay fp32.")
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool | Literal["auto"] = Field(
+        "auto", description="Recompute activations in backward. auto: on for full fine-tuning (measured: 27% less "
+                            "peak memory at no speed cost on gemma-3-270m), off for LoRA (23% slower there).")
     group_by_length: bool = Field(True, description="Batch similar lengths together to waste less padding.")
     fast_loss: bool = Field(True, description="Compute logits only at response positions (checked against the "
                                               "model's own loss on the first batch).")
@@ -75,6 +77,12 @@ class TrainConfig(BaseModel):
         if isinstance(v, dict | str):
             v = [v]
         return [{"path": x} if isinstance(x, str) else x for x in v]
+
+    @property
+    def use_gradient_checkpointing(self) -> bool:
+        if self.gradient_checkpointing == "auto":
+            return self.method == "full"
+        return bool(self.gradient_checkpointing)
 
     @property
     def lr(self) -> float:
@@ -113,14 +121,7 @@ def _fields_at(loc: tuple) -> list[str]:
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
     """Read a YAML config; `overrides` (from the CLI) win over the file."""
-    try:
-        raw = yaml.safe_load(Path(path).read_text()) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: invalid YAML: {e}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of settings at the top level")
+    raw = read_yaml_mapping(path, "config")
     raw.update(overrides or {})
     return make_config(raw, source=str(path))
 

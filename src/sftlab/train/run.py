@@ -26,7 +26,7 @@ from sftlab.models.loading import load_model, load_tokenizer, resolve_model_path
 from sftlab.models.lora import attach_lora
 from sftlab.templates.chat_templates import ensure_chat_template
 from sftlab.templates.masking import stop_token_ids
-from sftlab.train.callbacks import MetricsLogger, RichProgress, TokenCounter
+from sftlab.train.callbacks import MetricsLogger, ReleaseFreedMemory, RichProgress, TokenCounter
 from sftlab.train.config import TrainConfig
 from sftlab.train.dataset import PadCollator, SFTDataset, tokenize_all
 from sftlab.train.trainer import SFTLabTrainer
@@ -102,7 +102,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, conso
     model = load_model(base_path, torch.bfloat16 if bf16_base else torch.float32)
     if added_tokens:
         model.resize_token_embeddings(len(tokenizer))
-    if cfg.gradient_checkpointing:
+    if cfg.use_gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     if cfg.method == "lora":
@@ -143,7 +143,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, conso
         model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
         data_collator=PadCollator(tokenizer.pad_token_id), counter=counter, fast_loss=cfg.fast_loss,
         callbacks=[MetricsLogger(run_dir / "metrics.jsonl", counter), RichProgress(counter, console),
-                   TensorBoardCallback(tb_writer=tb), *(callbacks or [])],
+                   TensorBoardCallback(tb_writer=tb), ReleaseFreedMemory(), *(callbacks or [])],
     )
     trainer.remove_callback(PrinterCallback)  # the rich progress bar and metrics.jsonl replace its prints
     checkpoint = get_last_checkpoint(args.output_dir) if resume and Path(args.output_dir).exists() else None

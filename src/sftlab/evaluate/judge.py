@@ -1,0 +1,127 @@
+"""Pairwise judging: which of two answers is better, asked in both orders so position bias cancels."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+from sftlab.evaluate.math import wilson_interval
+from sftlab.generation.base import Generator, SamplingParams
+
+Verdict = str | None  # "A" | "B" | "tie" | None (unparseable)
+PairJudge = Callable[[str, str, str], Verdict]  # (prompt, answer_a, answer_b) -> verdict
+
+JUDGE_PROMPT = (
+    "Compare two answers to the same request.\n\nRequest:\n{prompt}\n\nAnswer A:\n{a}\n\nAnswer B:\n{b}\n\n"
+    "Which answer is more helpful, correct and complete? Reply with exactly one word: A, B, or tie.")
+
+_FIRST = re.compile(r"^\W*(A|B|tie)\b", re.I)
+_NAMED = re.compile(r"\b(?:answer|option)\s+([AB])\b", re.I)
+
+
+def parse_verdict(text: str) -> Verdict:
+    """"A", "B" or "tie" from a judge's reply; None when it names neither or both."""
+    m = _FIRST.match(text)
+    if m:
+        v = m.group(1)
+        return "tie" if v.lower() == "tie" else v.upper()
+    named = {x.upper() for x in _NAMED.findall(text)}
+    if len(named) == 1:
+        return named.pop()
+    if re.search(r"\btie\b|\bequal(ly)?\b", text, re.I):
+        return "tie"
+    return None
+
+
+class ModelJudge:
+    """A chat model as the judge (greedy). Any engine: local transformers, vLLM, an HTTP endpoint."""
+
+    def __init__(self, generator: Generator, max_new_tokens: int = 8) -> None:
+        self.generator, self.max_new_tokens = generator, max_new_tokens
+
+    def judge_many(self, triples: list[tuple[str, str, str]]) -> list[Verdict]:
+        prompts = [[{"role": "user", "content": JUDGE_PROMPT.format(prompt=p, a=a, b=b)}] for p, a, b in triples]
+        outs = self.generator.generate(prompts, SamplingParams(max_new_tokens=self.max_new_tokens))
+        return [parse_verdict(o[0].text) for o in outs]
+
+
+class LogprobJudge:
+    """A local judge read from its next-token probabilities of "A" vs "B" right after the question: never
+    unparseable, one forward pass per comparison, usable with small models that cannot follow an output format.
+    |p(A) - p(B)| below `tie_margin` (after renormalising over the two) is a tie."""
+
+    def __init__(self, model, tokenizer, tie_margin: float = 0.1, max_length: int = 2048, batch_size: int = 4):
+        self.model, self.tok, self.tie_margin = model, tokenizer, tie_margin
+        self.max_length, self.batch_size = max_length, batch_size
+        ids = [tokenizer.encode(x, add_special_tokens=False) for x in ("A", "B")]
+        if any(len(x) != 1 for x in ids):
+            raise ValueError("the logprob judge needs single tokens for 'A' and 'B'")
+        self.ids = [x[0] for x in ids]
+
+    def judge_many(self, triples: list[tuple[str, str, str]]) -> list[Verdict]:
+        import torch
+
+        rows = []
+        for p, a, b in triples:
+            msgs = [{"role": "user", "content": JUDGE_PROMPT.format(prompt=p[:2000], a=a[:2000], b=b[:2000])}]
+            text = self.tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+            rows.append(self.tok.encode(text, add_special_tokens=False)[-self.max_length:])
+        pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else 0
+        verdicts: list[Verdict] = []
+        device = next(self.model.parameters()).device
+        with torch.no_grad():
+            for i in range(0, len(rows), self.batch_size):
+                part = rows[i:i + self.batch_size]
+                longest = max(len(r) for r in part)
+                ids = torch.full((len(part), longest), pad, dtype=torch.long)
+                mask = torch.zeros_like(ids)
+                for j, r in enumerate(part):  # left padding: the answer token follows the last position
+                    ids[j, longest - len(r):] = torch.tensor(r)
+                    mask[j, longest - len(r):] = 1
+                logits = self.model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[:, -1]
+                pa, pb = torch.softmax(logits[:, self.ids].float(), dim=-1).cpu().unbind(-1)
+                for x, y in zip(pa.tolist(), pb.tolist(), strict=True):
+                    verdicts.append("tie" if abs(x - y) < self.tie_margin else ("A" if x > y else "B"))
+        return verdicts
+
+
+def _judge_many(judge: ModelJudge | LogprobJudge | PairJudge, triples: list[tuple[str, str, str]]) -> list[Verdict]:
+    if isinstance(judge, ModelJudge | LogprobJudge):
+        return judge.judge_many(triples)
+    return [judge(*t) for t in triples]
+
+
+def pairwise_winrate(judge: ModelJudge | LogprobJudge | PairJudge, prompts: list[str], first: list[str],
+                     second: list[str], labels: tuple[str, str] = ("tuned", "base")) -> dict[str, Any]:
+    """Judge every prompt twice (first as A, then first as B). A model wins a prompt only when both orders
+    agree; disagreement (position bias) counts as a tie. Unparseable verdicts are counted and left out."""
+    a, b = labels
+    forward = _judge_many(judge, list(zip(prompts, first, second, strict=True)))
+    backward = _judge_many(judge, list(zip(prompts, second, first, strict=True)))
+    wins = {a: 0, b: 0, "tie": 0}
+    inconsistent = unparseable = 0
+    outcomes = []
+    for v1, v2 in zip(forward, backward, strict=True):
+        if v1 is None or v2 is None:
+            unparseable += 1
+            outcomes.append(None)
+            continue
+        o1 = {"A": a, "B": b, "tie": "tie"}[v1]
+        o2 = {"A": b, "B": a, "tie": "tie"}[v2]
+        outcome = o1 if o1 == o2 else "tie"
+        inconsistent += o1 != o2
+        wins[outcome] += 1
+        outcomes.append(outcome)
+    n = sum(wins.values())
+    score = wins[a] + 0.5 * wins["tie"]
+    return {
+        f"{a}_win_rate": round(wins[a] / n, 4) if n else None,
+        f"{b}_win_rate": round(wins[b] / n, 4) if n else None,
+        "tie_rate": round(wins["tie"] / n, 4) if n else None,
+        f"{a}_score": round(score / n, 4) if n else None,  # wins + ties/2
+        "ci95": list(wilson_interval(round(score), n)) if n else None,
+        "n": n, "inconsistent_orders": inconsistent, "unparseable": unparseable,
+        "verdicts": [{"forward": v1, "backward": v2, "outcome": o}
+                     for v1, v2, o in zip(forward, backward, outcomes, strict=True)],
+    }

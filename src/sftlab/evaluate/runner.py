@@ -1,0 +1,316 @@
+"""Run an evaluation suite on two (or more) models with the same prompts and decoding; write JSON + Markdown.
+
+Each per-model evaluator returns metrics as {"value", "n", "ci95"?} plus per-prompt samples; a pairwise
+evaluator (judge) compares the first two subjects. Generations go through a cache keyed by the model version,
+so re-running a suite on the same model only generates what is new.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sftlab.data.loading import DataSpec, load_conversations
+from sftlab.data.schema import Conversation, Turn
+from sftlab.data.writers import write_json, write_text
+from sftlab.evaluate.checks import mentions_identity, same_language
+from sftlab.evaluate.judge import LogprobJudge, ModelJudge, pairwise_winrate
+from sftlab.evaluate.math import final_answer_accuracy, wilson_interval
+from sftlab.evaluate.nll import response_nll
+from sftlab.evaluate.suite import (
+    CustomEval,
+    EvalSuite,
+    IdentityEval,
+    InstructionEval,
+    JudgeEval,
+    MathEval,
+    NLLEval,
+    ToolCallEval,
+)
+from sftlab.evaluate.toolcalls import score_tool_call
+from sftlab.generation.base import Generator, Messages, SamplingParams, as_messages
+from sftlab.userfn import import_callable
+
+
+@dataclass
+class Subject:
+    """One model under test. `model`/`tokenizer` are needed only for NLL; `context` wraps every call
+    (e.g. a PEFT model's `disable_adapter` makes the same weights act as the base)."""
+
+    label: str
+    generator: Generator
+    model: Any = None
+    tokenizer: Any = None
+    context: Callable[[], AbstractContextManager] = nullcontext
+
+
+@dataclass
+class SuiteResult:
+    suite: str
+    subjects: dict[str, str]  # label -> model id
+    evaluators: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"suite": self.suite, "subjects": self.subjects, "evaluators": self.evaluators}
+
+
+def metric(value: float | None, n: int, successes: int | None = None, **extra: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"value": None if value is None else round(float(value), 4), "n": n}
+    if successes is not None:
+        out["ci95"] = list(wilson_interval(successes, n))
+    return {**out, **extra}
+
+
+def rate_metric(flags: list[bool]) -> dict[str, Any]:
+    n = len(flags)
+    return metric(sum(flags) / n if n else None, n, sum(flags))
+
+
+# A reply that runs on into a new turn: role tags or an invented next question.
+_NEW_TURN = re.compile(r"(^|\n)\s*(user|human|assistant|model|system|### ?(instruction|input|response)|q|question)"
+                       r"\s*[:\n]|<\|?(im_start|start_of_turn|end_of_turn|user|assistant)\|?>", re.I)
+
+
+def runs_into_new_turn(reply: str) -> bool:
+    return bool(_NEW_TURN.search(reply))
+
+
+def _prompt_convs(ev) -> list[Conversation]:
+    if getattr(ev, "prompts", None):
+        return [Conversation(turns=[Turn("user", p)], id=f"p{i}") for i, p in enumerate(ev.prompts)]
+    data = getattr(ev, "data", None)
+    if data is None:
+        raise ValueError(f"evaluator '{ev.type}' needs `prompts` or `data`")
+    spec = data.model_copy(update={"require_response": False}) if isinstance(data, DataSpec) else data
+    return load_conversations(spec)[0]
+
+
+def _generate(subject: Subject, prompts: list[Messages], max_new_tokens: int, n: int = 1,
+              temperature: float = 0.0, seed: int = 0):
+    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, n=n, seed=seed)
+    with subject.context():
+        return subject.generator.generate(prompts, params)
+
+
+def _samples(prompts: list[str], gens) -> list[dict[str, Any]]:
+    return [{"prompt": p, **g[0].to_dict()} for p, g in zip(prompts, gens, strict=True)]
+
+
+def eval_nll(ev: NLLEval, subject: Subject, budget: int) -> tuple[dict, list]:
+    if subject.model is None:
+        return {"response_nll": metric(None, 0, note="needs local weights")}, []
+    convs = load_conversations(ev.data)[0]
+    with subject.context():
+        r = response_nll(subject.model, subject.tokenizer, convs, max_length=ev.max_length)
+    return {"response_nll": metric(r["nll"], r["tokens"], ppl=r["ppl"], examples=r["examples"])}, []
+
+
+def eval_instruction(ev: InstructionEval, subject: Subject, budget: int) -> tuple[dict, list]:
+    convs = _prompt_convs(ev)
+    prompts = [c.prompt_turns[-1].content for c in convs]
+    gens = _generate(subject, [as_messages(c) for c in convs], budget)
+    replies = [g[0] for g in gens]
+    ok = [bool(r.text.strip()) and r.finished and not runs_into_new_turn(r.text) for r in replies]
+    return {
+        "answered_and_stopped": rate_metric(ok),
+        "stopped_at_end_of_turn": rate_metric([r.finished for r in replies]),
+        "ran_into_new_turn": rate_metric([runs_into_new_turn(r.text) for r in replies]),
+        "same_language_as_prompt": rate_metric([same_language(p, r.text) for p, r in zip(prompts, replies,
+                                                                                          strict=True)]),
+        "mean_reply_tokens": metric(sum(r.n_tokens for r in replies) / max(1, len(replies)), len(replies)),
+    }, _samples(prompts, gens)
+
+
+def eval_identity(ev: IdentityEval, subject: Subject, budget: int) -> tuple[dict, list]:
+    prompts = ev.identity_prompts + ev.general_prompts
+    gens = _generate(subject, [as_messages(p) for p in prompts], budget)
+    hits = [mentions_identity(g[0].text, ev.name, ev.author) for g in gens]
+    k = len(ev.identity_prompts)
+    samples = _samples(prompts, gens)
+    for i, s in enumerate(samples):
+        s["kind"] = "identity" if i < k else "general"
+    return {"identity_correct": rate_metric(hits[:k]),
+            "general_answered_with_identity": rate_metric(hits[k:])}, samples
+
+
+def eval_math(ev: MathEval, subject: Subject, budget: int) -> tuple[dict, list]:
+    problems = load_conversations(ev.data)[0]
+    with subject.context():
+        r = final_answer_accuracy(subject.generator, problems, max_new_tokens=budget, k=ev.k,
+                                  temperature=ev.temperature)
+    key = "accuracy" if ev.k == 1 else f"pass@{ev.k}"
+    samples = [{"prompt": s["question"], "text": s["replies"][0], "reference": s["reference"],
+                "correct": any(s["correct"])} for s in r["samples"]]
+    return {key: metric(r[key], r["n"], r["correct"])}, samples
+
+
+def eval_tool_calls(ev: ToolCallEval, subject: Subject, budget: int) -> tuple[dict, list]:
+    import json
+
+    cases = []
+    for conv in load_conversations(ev.data)[0]:
+        first = next((i for i, t in enumerate(conv.turns) if t.role == "assistant" and t.tool_calls), None)
+        if first is None:
+            continue
+        turns = conv.turns[:first]
+        msgs = [t.to_dict() for t in turns]
+        if ev.tools_in_prompt and conv.tools:
+            desc = "You can call these functions. To call one, reply with <tool_call>{\"name\": ..., " \
+                   "\"arguments\": {...}}</tool_call>.\n" + json.dumps(conv.tools, ensure_ascii=False)
+            msgs = [{"role": "system", "content": desc}] + [m for m in msgs if m["role"] != "system"]
+        cases.append((msgs, conv.turns[first].tool_calls[0], conv.tools, turns[-1].content))
+    gens = _generate(subject, [c[0] for c in cases], budget)
+    scores = [score_tool_call(g[0].text, c[1], c[2]) for g, c in zip(gens, cases, strict=True)]
+    samples = [{"prompt": c[3], **g[0].to_dict(), "expected": c[1]["name"], **s}
+               for g, c, s in zip(gens, cases, scores, strict=True)]
+    return {"tool_call_correct": rate_metric([s["correct"] for s in scores]),
+            "parseable_call": rate_metric([s["parsed"] for s in scores]),
+            "right_function": rate_metric([s["right_function"] for s in scores])}, samples
+
+
+def eval_custom(ev: CustomEval, subject: Subject, budget: int) -> tuple[dict, list]:
+    fn = import_callable(ev.function, "evaluator")
+    convs = _prompt_convs(ev)
+    gens = _generate(subject, [as_messages(c) for c in convs], budget)
+    values = []
+    for c, g in zip(convs, gens, strict=True):
+        v = fn(c.prompt_turns[-1].content, g[0].text, c.to_dict())
+        values.append(None if v is None else float(v))
+    scored = [v for v in values if v is not None]
+    boolean = all(v in (0.0, 1.0) for v in scored)
+    m = metric(sum(scored) / len(scored) if scored else None, len(scored),
+               int(sum(scored)) if boolean and scored else None, unscored=len(values) - len(scored))
+    samples = _samples([c.prompt_turns[-1].content for c in convs], gens)
+    for s, v in zip(samples, values, strict=True):
+        s["score"] = v
+    return {ev.function.rsplit(":", 1)[-1]: m}, samples
+
+
+PER_MODEL = {"nll": eval_nll, "instruction_following": eval_instruction, "identity": eval_identity,
+             "math": eval_math, "tool_calls": eval_tool_calls, "custom": eval_custom}
+
+
+def build_judge(ev: JudgeEval):
+    if ":" in ev.judge and not ev.base_url and not Path(ev.judge).exists():
+        return import_callable(ev.judge, "judge")
+    if ev.mode == "logprob" or (ev.mode == "auto" and not ev.base_url):
+        from sftlab.models.loading import load_lm
+
+        return LogprobJudge(*load_lm(ev.judge))
+    from sftlab.generation.factory import build_generator
+
+    return ModelJudge(build_generator(ev.judge, base_url=ev.base_url))
+
+
+def eval_judge(ev: JudgeEval, subjects: list[Subject], budget: int, judge=None) -> dict[str, Any]:
+    if len(subjects) < 2:
+        raise ValueError("the judge evaluator compares two models")
+    first, second = subjects[-1], subjects[0]  # the tuned model (last) against the base (first)
+    convs = _prompt_convs(ev)
+    prompts = [c.prompt_turns[-1].content for c in convs]
+    msgs = [as_messages(c) for c in convs]
+    a = [g[0].text for g in _generate(first, msgs, budget)]
+    b = [g[0].text for g in _generate(second, msgs, budget)]
+    judge = judge or build_judge(ev)
+    r = pairwise_winrate(judge, prompts, a, b, labels=(first.label, second.label))
+    samples = [{"prompt": p, first.label: x, second.label: y, **v}
+               for p, x, y, v in zip(prompts, a, b, r.pop("verdicts"), strict=True)]
+    kind = type(judge).__name__ if isinstance(judge, ModelJudge | LogprobJudge) else "function"
+    return {"type": "judge", "pairwise": {"judge": ev.judge, "kind": kind, "labels": [first.label, second.label], **r},
+            "samples": samples}
+
+
+def run_suite(suite: EvalSuite, subjects: list[Subject], log: Callable[[str], None] = lambda s: None,
+              judge=None) -> SuiteResult:
+    """Every evaluator on every subject, in suite order. `judge` overrides the judge evaluators' judge."""
+    result = SuiteResult(suite.name, {s.label: s.generator.model_id for s in subjects})
+    for name, ev in zip(suite.unique_names(), suite.evaluators, strict=True):
+        budget = ev.max_new_tokens or suite.max_new_tokens
+        if isinstance(ev, JudgeEval):
+            log(f"eval {name}: judging {subjects[-1].label} vs {subjects[0].label} (both orders)")
+            result.evaluators[name] = eval_judge(ev, subjects, budget, judge)
+            continue
+        entry: dict[str, Any] = {"type": ev.type, "metrics": {}, "samples": []}
+        per_subject_samples = {}
+        for subject in subjects:
+            log(f"eval {name}: {subject.label}")
+            metrics, samples = PER_MODEL[ev.type](ev, subject, budget)
+            for key, m in metrics.items():
+                entry["metrics"].setdefault(key, {})[subject.label] = m
+            per_subject_samples[subject.label] = samples
+        entry["samples"] = _side_by_side(per_subject_samples)
+        result.evaluators[name] = entry
+    return result
+
+
+def _side_by_side(per_subject: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    labels = [k for k, v in per_subject.items() if v]
+    if not labels:
+        return []
+    rows = []
+    for i, first in enumerate(per_subject[labels[0]]):
+        row = {"prompt": first["prompt"], **({"kind": first["kind"]} if "kind" in first else {})}
+        for lab in labels:
+            row[lab] = {k: v for k, v in per_subject[lab][i].items() if k not in ("prompt", "kind")}
+        rows.append(row)
+    return rows
+
+
+def _cell(m: dict[str, Any] | None) -> str:
+    if not m or m.get("value") is None:
+        return "-"
+    ci = f" [{m['ci95'][0]:.2f}, {m['ci95'][1]:.2f}]" if m.get("ci95") else ""
+    return f"{m['value']}{ci} (n={m['n']})"
+
+
+def result_markdown(res: SuiteResult) -> str:
+    labels = list(res.subjects)
+    lines = [f"# Evaluation: {res.suite}", "", "Models: " + ", ".join(f"**{k}** = `{v}`"
+                                                                       for k, v in res.subjects.items()), "",
+             "| evaluator | metric | " + " | ".join(labels) + " |", "|---|---|" + "---|" * len(labels)]
+    for name, entry in res.evaluators.items():
+        for key, per in entry.get("metrics", {}).items():
+            lines.append(f"| {name} | {key} | " + " | ".join(_cell(per.get(lab)) for lab in labels) + " |")
+    for name, entry in res.evaluators.items():
+        if "pairwise" in entry:
+            p = entry["pairwise"]
+            a, b = p["labels"]
+            lines += ["", f"**{name}** (judge `{p['judge']}`, both orders, n={p['n']}): {a} wins "
+                      f"{p[f'{a}_win_rate']}, {b} wins {p[f'{b}_win_rate']}, ties {p['tie_rate']}; "
+                      f"{a} score {p[f'{a}_score']} (ties count half), CI95 {p['ci95']}; "
+                      f"{p['inconsistent_orders']} order-inconsistent, {p['unparseable']} unparseable."]
+    for name, entry in res.evaluators.items():
+        rows = entry.get("samples") or []
+        if not rows:
+            continue
+        lines += ["", f"## {name}: samples", ""]
+        for r in rows[:12]:
+            kind = f"[{r['kind']}] " if "kind" in r else ""
+            lines.append(f"**{kind}{_one_line(r['prompt'], 200)}**\n")
+            for lab in labels:
+                g = r.get(lab)
+                if isinstance(g, dict):
+                    end = "" if g.get("finished", True) else " (did not stop)"
+                    lines.append(f"- *{lab}*{end}: {_one_line(g['text'], 400)}")
+                elif isinstance(g, str):
+                    lines.append(f"- *{lab}*: {_one_line(g, 400)}")
+            if "outcome" in r:
+                lines.append(f"- verdict: {r['outcome']}")
+            lines.append("")
+    return "\n".join(lines)
+
+
+def _one_line(text: str, limit: int) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def write_result(res: SuiteResult, out_dir: Path, stem: str = "eval") -> tuple[Path, Path]:
+    js, md = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
+    write_json(js, res.to_dict())
+    write_text(md, result_markdown(res))
+    return js, md

@@ -1,0 +1,130 @@
+"""Evaluation suites declared in YAML: base vs tuned, same prompts, same decoding, every number with its n.
+
+```yaml
+name: orca
+max_new_tokens: 128
+evaluators:
+  - type: nll                      # held-out response NLL / perplexity
+    data: {path: runs/demo/data/heldout.jsonl}
+  - type: instruction_following    # answered, stopped at end of turn, no role tags
+    data: {path: ../shared/data/alpaca_en_demo.json, max_records: 20}
+  - type: identity
+    name: Orca
+    author: the sftlab team
+  - type: math                     # final-answer accuracy; k > 1 with temperature > 0 gives pass@k
+    data: {path: ../shared/data/gsm8k/test.jsonl, max_records: 50}
+  - type: tool_calls
+    data: {path: ../shared/data/glaive_toolcall_en_demo.json, max_records: 20}
+    tools_in_prompt: false
+  - type: judge                    # pairwise win-rate, both orders
+    judge: smollm2-135m-instruct   # a model, or module:function
+    prompts: ["Give me three tips for staying healthy."]
+  - type: custom
+    function: my_evals:polite      # fn(prompt, reply, record) -> bool | float
+    prompts: ["Say hello."]
+```
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from sftlab.data.loading import DataSpec
+from sftlab.yamlconfig import read_yaml_mapping, validated
+
+DEFAULT_IDENTITY_PROMPTS = ["Who are you?", "What is your name?", "Who built you?", "Introduce yourself.",
+                            "你是谁？"]
+DEFAULT_GENERAL_PROMPTS = ["What is the capital of France?", "Give me three tips for staying healthy.",
+                           "Translate 'good morning' into Spanish.", "What is 6 times 7?",
+                           "Write one sentence about the sea.", "天空为什么是蓝色的？"]
+
+
+class _Evaluator(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    label: str | None = Field(None, description="Name in the results; defaults to the type (made unique).")
+    max_new_tokens: int | None = Field(None, ge=1, description="Overrides the suite's budget.")
+
+
+class _Prompted(_Evaluator):
+    prompts: list[str] | None = Field(None, description="Inline prompts.")
+    data: DataSpec | None = Field(None, description="Or a dataset; its prompts are used (replies are ignored).")
+
+
+class NLLEval(_Evaluator):
+    type: Literal["nll"] = "nll"
+    data: DataSpec
+    max_length: int = 1024
+
+
+class InstructionEval(_Prompted):
+    type: Literal["instruction_following"] = "instruction_following"
+
+
+class IdentityEval(_Evaluator):
+    type: Literal["identity"] = "identity"
+    name: str = Field(description="The identity the model should claim, e.g. Orca.")
+    author: str | None = Field(None, description="Who built it; naming the author also counts.")
+    identity_prompts: list[str] = Field(default_factory=lambda: list(DEFAULT_IDENTITY_PROMPTS))
+    general_prompts: list[str] = Field(default_factory=lambda: list(DEFAULT_GENERAL_PROMPTS))
+
+
+class MathEval(_Evaluator):
+    type: Literal["math"] = "math"
+    data: DataSpec
+    k: int = Field(1, ge=1, description="Samples per problem; pass@k when > 1.")
+    temperature: float = Field(0.0, ge=0.0)
+
+
+class ToolCallEval(_Evaluator):
+    type: Literal["tool_calls"] = "tool_calls"
+    data: DataSpec
+    tools_in_prompt: bool = Field(True, description="Describe the tools in a system message; false checks a model "
+                                                    "trained to call tools without descriptions.")
+
+
+class JudgeEval(_Prompted):
+    type: Literal["judge"] = "judge"
+    judge: str = Field("smollm2-135m-instruct", description="Judge model (name, folder, .gguf) or module:function "
+                                                            "taking (prompt, answer_a, answer_b) -> 'A'|'B'|'tie'.")
+    base_url: str | None = Field(None, description="OpenAI-compatible endpoint serving the judge.")
+    mode: Literal["auto", "generate", "logprob"] = Field(
+        "auto", description="logprob: p('A') vs p('B') from a local judge (never unparseable); generate: parse the "
+                            "judge's reply (any engine); auto: logprob for a local model, generate for an endpoint.")
+
+
+class CustomEval(_Prompted):
+    type: Literal["custom"] = "custom"
+    function: str = Field(description="module:function(prompt, reply, record) -> bool | float | None")
+
+
+EvaluatorConfig = Annotated[NLLEval | InstructionEval | IdentityEval | MathEval | ToolCallEval | JudgeEval |
+                            CustomEval, Field(discriminator="type")]
+
+
+class EvalSuite(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = "eval"
+    max_new_tokens: int = Field(128, ge=1, description="Generation budget (greedy) for every evaluator.")
+    batch_size: int = Field(8, ge=1)
+    evaluators: list[EvaluatorConfig]
+
+    def unique_names(self) -> list[str]:
+        names, seen = [], {}
+        for ev in self.evaluators:
+            base = ev.label or ev.type
+            seen[base] = seen.get(base, 0) + 1
+            names.append(base if seen[base] == 1 else f"{base}_{seen[base]}")
+        return names
+
+
+def make_suite(raw: dict[str, Any], source: str = "suite") -> EvalSuite:
+    return validated(EvalSuite, raw, source)
+
+
+def load_suite(path: str | Path) -> EvalSuite:
+    return make_suite(read_yaml_mapping(path, "evaluation suite"), str(path))

@@ -1,0 +1,70 @@
+"""A SQLite cache of generations keyed by (model, prompt, sampling params, seed).
+
+Curation re-runs and evaluation re-runs on the same model never pay for a generation twice. `CachedGenerator`
+puts the cache in front of any engine, prompt by prompt, so a rerun with one new prompt generates only that one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any
+
+from sftlab.generation.base import Generation, Generator, Messages, SamplingParams
+
+
+def stable_key(*parts: Any) -> str:
+    blob = json.dumps(parts, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+class GenerationCache:
+    def __init__(self, path: str | Path) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self.conn = sqlite3.connect(str(path), check_same_thread=False)
+        self.conn.execute("create table if not exists gen (key text primary key, value text not null)")
+        self.lock = threading.Lock()
+        self.hits = self.misses = 0
+
+    def get(self, key: str) -> list[Generation] | None:
+        with self.lock:
+            row = self.conn.execute("select value from gen where key = ?", (key,)).fetchone()
+        if row is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        return [Generation(**g) for g in json.loads(row[0])]
+
+    def put(self, key: str, gens: list[Generation]) -> None:
+        with self.lock:
+            value = json.dumps([g.to_dict() for g in gens])
+            self.conn.execute("insert or replace into gen values (?, ?)", (key, value))
+            self.conn.commit()
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+class CachedGenerator:
+    """Any `Generator` behind a `GenerationCache`; `cache_id` names the model version (e.g. path + weights hash)."""
+
+    def __init__(self, generator: Generator, cache: GenerationCache, cache_id: str | None = None) -> None:
+        self.generator, self.cache = generator, cache
+        self.model_id = generator.model_id
+        self.cache_id = cache_id or generator.model_id
+        self.context_window = getattr(generator, "context_window", None)
+
+    def _key(self, msgs: Messages, params: SamplingParams) -> str:
+        return stable_key(self.cache_id, msgs, params.to_dict())
+
+    def generate(self, prompts: list[Messages], params: SamplingParams) -> list[list[Generation]]:
+        out: list[list[Generation] | None] = [self.cache.get(self._key(p, params)) for p in prompts]
+        todo = [i for i, o in enumerate(out) if o is None]
+        if todo:
+            for i, gens in zip(todo, self.generator.generate([prompts[i] for i in todo], params), strict=True):
+                self.cache.put(self._key(prompts[i], params), gens)
+                out[i] = gens
+        return out  # type: ignore[return-value]

@@ -1,0 +1,1 @@
+"""Run reports: one self-contained HTML page and a Markdown twin with plots."""

@@ -1,0 +1,107 @@
+"""`sftlab report`: the page is built from the run's files, renders in a real headless Chromium, and shows the
+same numbers as the JSON it came from."""
+
+import base64
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+
+import pytest
+from typer.testing import CliRunner
+
+from sftlab.cli import app
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+@pytest.fixture(scope="module")
+def run_dir(tiny_model_dir, tmp_path_factory):
+    from sftlab.evaluate.runner import run_suite, write_result
+    from sftlab.evaluate.subjects import load_subjects
+    from sftlab.evaluate.suite import make_suite
+    from sftlab.train.config import make_config
+    from sftlab.train.run import train
+
+    root = tmp_path_factory.mktemp("report") / "run"
+    data = root / "data.jsonl"
+    data.parent.mkdir(parents=True)
+    data.write_text("".join(json.dumps({"prompt": f"q{i} <b>&", "completion": f"answer {i}"}) + "\n"
+                            for i in range(8)))
+    result = train(make_config({"name": "tiny-report", "model": str(tiny_model_dir), "data": [str(data)],
+                                "max_steps": 4, "batch_size": 2, "grad_accum": 1, "precision": "fp32",
+                                "output_dir": str(root / "train")}), overwrite=True)
+    subjects = load_subjects(str(tiny_model_dir), adapter=result.final_dir)
+    suite = make_suite({"name": "tiny", "max_new_tokens": 5, "evaluators": [
+        {"type": "nll", "data": {"path": str(data)}},
+        {"type": "identity", "name": "Orca", "identity_prompts": ["Who are you?"], "general_prompts": ["q1 <b>&"]},
+        {"type": "judge", "judge": str(tiny_model_dir), "prompts": ["q1"]}]})
+    write_result(run_suite(suite, subjects), root / "eval")
+    curation = root / "curation" / "pool.summary.json"
+    curation.parent.mkdir()
+    curation.write_text(json.dumps({"prompts": 10, "processed": 9, "records": 7}))
+    return root
+
+
+def test_report_command_writes_html_markdown_json(run_dir):
+    r = CliRunner().invoke(app, ["report", str(run_dir)])
+    assert r.exit_code == 0, r.output
+    out = run_dir / "report"
+    rep = json.loads((out / "report.json").read_text())
+    ev = json.loads((run_dir / "eval/eval.json").read_text())
+    assert rep["eval"] == ev and rep["training"]["steps"] == 4 and rep["config"]["name"] == "tiny-report"
+    assert rep["data"]["tokenized"]["examples"] == 8
+    page = (out / "report.html").read_text()
+    assert "q1 &lt;b&gt;&amp;" in page and "q1 <b>&" not in page  # data is escaped, never markup
+    imgs = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
+    assert len(imgs) >= 3  # curves, length histogram, funnel (+ eval rates): self-contained
+    from PIL import Image
+
+    for b64 in imgs:
+        assert Image.open(io.BytesIO(base64.b64decode(b64))).size[0] > 100
+    md = (out / "report.md").read_text()
+    assert "![training curves](training_curves.png)" in md and (out / "training_curves.png").exists()
+    assert "| records written | 7 |" in md
+
+
+def test_report_errors_are_clear(tmp_path):
+    r = CliRunner().invoke(app, ["report", str(tmp_path / "nope")])
+    assert r.exit_code == 2 and "no such run folder" in r.output
+    r = CliRunner().invoke(app, ["report", str(tmp_path)])
+    assert r.exit_code == 2 and "nothing to report" in r.output
+
+
+@pytest.mark.skipif(CHROMIUM is None and not os.environ.get("SFTLAB_REQUIRE_BROWSER"),
+                    reason="chromium not installed (apt-get install chromium; CI installs it)")
+def test_report_renders_in_headless_chromium_with_the_json_numbers(run_dir, tmp_path):
+    from sftlab.report.build import write_report
+
+    page, _ = write_report(run_dir, tmp_path / "rep")
+    assert CHROMIUM, "SFTLAB_REQUIRE_BROWSER is set but no chromium was found"
+    flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run([*flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120,
+                         check=True).stdout
+    shown = dict(re.findall(r'<span data-key="([^"]+)">([^<]*)</span>', dom))
+    ev = json.loads((run_dir / "eval/eval.json").read_text())
+    checked = 0
+    for name, entry in ev["evaluators"].items():
+        for key, per in entry.get("metrics", {}).items():
+            for label, m in per.items():
+                assert shown[f"eval.{name}.{key}.{label}"] == str(m["value"])
+                checked += 1
+        if "pairwise" in entry:
+            assert shown[f"eval.{name}.n"] == str(entry["pairwise"]["n"])
+    rep = json.loads((tmp_path / "rep/report.json").read_text())
+    assert shown["training.steps"] == str(rep["training"]["steps"]) and checked >= 6
+    assert shown["data.tokenized.examples"] == "8"
+
+    shot = tmp_path / "page.png"
+    subprocess.run([*flags, f"--screenshot={shot}", "--window-size=1200,2400", page.as_uri()], capture_output=True,
+                   timeout=120, check=True)
+    from PIL import Image
+
+    img = Image.open(shot).convert("L")
+    lo, hi = img.getextrema()
+    assert img.size == (1200, 2400) and hi - lo > 100  # a real page was painted, not a blank canvas
