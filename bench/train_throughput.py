@@ -204,6 +204,9 @@ def main() -> None:
     ap.add_argument("--check-loss", action="store_true", help="only the fp32 loss-equivalence check")
     ap.add_argument("--skip-check", action="store_true", help="skip the fp32 loss-equivalence check")
     ap.add_argument("--json", type=Path, help="also write all results here")
+    ap.add_argument("--tools", default="sftlab,trl", help="which tools to run (e.g. sftlab alone for %%peak)")
+    ap.add_argument("--sftlab-grouped", action="store_true",
+                    help="sftlab with its default length-grouped batching (batches then differ from TRL's)")
     ap.add_argument("--sftlab-gc", action="store_true",
                     help="also run sftlab with gradient checkpointing (TRL's default) as a third configuration")
     ap.add_argument("--worker", choices=["sftlab", "trl"], help=argparse.SUPPRESS)
@@ -259,12 +262,14 @@ def main() -> None:
     print(fmt_row(["method", "tool", "tok/s", "wall s", "peak MB", "loss", "%peak"], widths))
     report["throughput"] = {}
     for method in a.methods.split(","):
-        kinds = ["sftlab", *(["sftlab+gc"] if a.sftlab_gc else []), "trl"]
+        kinds = [k for k in ["sftlab", *(["sftlab+gc"] if a.sftlab_gc else []), "trl"]
+                 if k.split("+")[0] in a.tools.split(",")]
         runs: dict[str, list[dict]] = {k: [] for k in kinds}
         for rep in range(a.repeats):
             for kind in (kinds if rep % 2 == 0 else kinds[::-1]):
-                # no length grouping: both tools see the very same batches in the same order
-                spec = {**base, "method": method, "precision": "bf16", "group_by_length": False,
+                # no length grouping unless --sftlab-grouped: every tool sees the same batches in the same order
+                spec = {**base, "method": method, "precision": "bf16",
+                        "group_by_length": a.sftlab_grouped and kind.startswith("sftlab"),
                         "lr": 1e-4 if method == "lora" else 1e-5, "out": str(tmp / f"{kind}-{method}-{rep}"),
                         "gradient_checkpointing": kind == "sftlab+gc"}
                 runs[kind].append(worker_call(kind.split("+")[0], spec))
@@ -279,13 +284,12 @@ def main() -> None:
             print(fmt_row([method, kind, f"{tps:.1f}", f"{s['wall_s']:.1f}", f"{s['peak_rss_mb']:.0f}",
                            f"{s['final_loss']:.4f}", f"{100 * s['fraction_of_bf16_peak']:.1f}%"], widths))
         ratios = {}
-        for kind in kinds[:-1]:
+        for kind in (kinds[:-1] if "trl" in kinds else []):
             ratio = summary[kind]["tokens_per_s"] / summary["trl"]["tokens_per_s"]
             mem = summary[kind]["peak_rss_mb"] / summary["trl"]["peak_rss_mb"]
             print(f"{method}: {kind}/TRL tokens/s = {ratio:.2f}x, peak memory {kind}/TRL = {mem:.2f}")
             ratios[kind] = {"speed_ratio": ratio, "memory_ratio": mem}
-        report["throughput"][method] = {**summary, "speed_ratio": ratios["sftlab"]["speed_ratio"],
-                                        "memory_ratio": ratios["sftlab"]["memory_ratio"], "ratios": ratios}
+        report["throughput"][method] = {**summary, "ratios": ratios}
     report["bf16_peak_gflops"] = peak
     if a.json:
         a.json.write_text(json.dumps(report, indent=2))
