@@ -17,22 +17,17 @@ from pathlib import Path
 from sklearn.metrics import roc_auc_score
 
 from sftlab.curate.filter.heuristics import HeuristicSettings, check
-from sftlab.curate.filter.scorers import Scorer, ScorerSettings, percentile_ranks
+from sftlab.curate.filter.scorers import Scorer, ScorerSettings, percentile_ranks, perplexity_and_ifd
 from sftlab.data.loading import DataSpec, load_conversations
 from sftlab.data.writers import write_json
 
 
 def lm_nll(convs, model_name: str, max_length: int) -> dict[str, list[float | None]]:
-    from sftlab.curate.filter.scorers import _ifd_examples, _lm
-    from sftlab.models.scoring import per_example_nll
+    """Perplexity and IFD from one pass over the data (IFD's numerator is the perplexity score)."""
+    from sftlab.models.loading import load_lm
 
-    model, tok = _lm(model_name)
-    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    cond, alone = _ifd_examples(tok, convs, max_length)
-    c = per_example_nll(model, cond, pad, 4)
-    a = per_example_nll(model, alone, pad, 4)
-    return {"perplexity": c, "ifd": [None if x is None or y is None or y == 0 else x / y
-                                     for x, y in zip(c, a, strict=True)]}
+    ppl, ifd = perplexity_and_ifd(*load_lm(model_name), convs, max_length, batch_size=4)
+    return {"perplexity": ppl, "ifd": ifd}
 
 
 def orient(out: list[float | None], sign: float, name: str) -> list[float]:

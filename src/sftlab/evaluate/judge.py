@@ -8,6 +8,7 @@ from typing import Any
 
 from sftlab.evaluate.math import wilson_interval
 from sftlab.generation.base import Generator, SamplingParams
+from sftlab.models.scoring import next_token_probs, pad_id_of, single_token_ids
 
 Verdict = str | None  # "A" | "B" | "tie" | None (unparseable)
 PairJudge = Callable[[str, str, str], Verdict]  # (prompt, answer_a, answer_b) -> verdict
@@ -54,36 +55,16 @@ class LogprobJudge:
     def __init__(self, model, tokenizer, tie_margin: float = 0.1, max_length: int = 2048, batch_size: int = 4):
         self.model, self.tok, self.tie_margin = model, tokenizer, tie_margin
         self.max_length, self.batch_size = max_length, batch_size
-        ids = [tokenizer.encode(x, add_special_tokens=False) for x in ("A", "B")]
-        if any(len(x) != 1 for x in ids):
-            raise ValueError("the logprob judge needs single tokens for 'A' and 'B'")
-        self.ids = [x[0] for x in ids]
+        self.ids = single_token_ids(tokenizer, ["A", "B"], "the logprob judge")
 
     def judge_many(self, triples: list[tuple[str, str, str]]) -> list[Verdict]:
-        import torch
-
         rows = []
         for p, a, b in triples:
             msgs = [{"role": "user", "content": JUDGE_PROMPT.format(prompt=p[:2000], a=a[:2000], b=b[:2000])}]
             text = self.tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
             rows.append(self.tok.encode(text, add_special_tokens=False)[-self.max_length:])
-        pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else 0
-        verdicts: list[Verdict] = []
-        device = next(self.model.parameters()).device
-        with torch.no_grad():
-            for i in range(0, len(rows), self.batch_size):
-                part = rows[i:i + self.batch_size]
-                longest = max(len(r) for r in part)
-                ids = torch.full((len(part), longest), pad, dtype=torch.long)
-                mask = torch.zeros_like(ids)
-                for j, r in enumerate(part):  # left padding: the answer token follows the last position
-                    ids[j, longest - len(r):] = torch.tensor(r)
-                    mask[j, longest - len(r):] = 1
-                logits = self.model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[:, -1]
-                pa, pb = torch.softmax(logits[:, self.ids].float(), dim=-1).cpu().unbind(-1)
-                for x, y in zip(pa.tolist(), pb.tolist(), strict=True):
-                    verdicts.append("tie" if abs(x - y) < self.tie_margin else ("A" if x > y else "B"))
-        return verdicts
+        probs = next_token_probs(self.model, rows, self.ids, pad_id_of(self.tok), self.batch_size)
+        return ["tie" if abs(pa - pb) < self.tie_margin else ("A" if pa > pb else "B") for pa, pb in probs.tolist()]
 
 
 def _judge_many(judge: ModelJudge | LogprobJudge | PairJudge, triples: list[tuple[str, str, str]]) -> list[Verdict]:

@@ -6,6 +6,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from sftlab.generation.base import Generation, Messages, SamplingParams, as_messages
+from sftlab.models.scoring import left_pad
 from sftlab.templates.masking import prompt_ids, stop_token_ids
 
 
@@ -34,12 +35,8 @@ class TransformersGenerator:
         sample = params.temperature > 0
         for start in range(0, len(order), self.batch_size):
             idx = order[start:start + self.batch_size]
-            longest = max(len(encoded[i]) for i in idx)
-            ids = torch.full((len(idx), longest), self.pad_id, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for row, i in enumerate(idx):  # left padding: every prompt ends where generation starts
-                ids[row, longest - len(encoded[i]):] = torch.tensor(encoded[i])
-                mask[row, longest - len(encoded[i]):] = 1
+            ids, mask = left_pad([encoded[i] for i in idx], self.pad_id)  # every prompt ends where generation starts
+            longest = ids.shape[1]
             if sample:
                 torch.manual_seed(params.seed + start)
             out = self.model.generate(

@@ -38,3 +38,39 @@ def per_example_nll(model, examples: list[tuple[list[int], list[int]]], pad_id: 
             out[i] = float(sums[row] / counts[row]) if counts[row] > 0 else None
     model.train(was_training)
     return out
+
+
+def pad_id_of(tokenizer) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+
+def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask) with every row ending at the last position: where the next token is read."""
+    longest = max(len(r) for r in rows)
+    ids = torch.full((len(rows), longest), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for j, r in enumerate(rows):
+        ids[j, longest - len(r):] = torch.tensor(r)
+        mask[j, longest - len(r):] = 1
+    return ids, mask
+
+
+def single_token_ids(tokenizer, texts: list[str], what: str) -> list[int]:
+    ids = [tokenizer.encode(t, add_special_tokens=False) for t in texts]
+    if any(len(x) != 1 for x in ids):
+        raise ValueError(f"{what} needs a tokenizer with one token for each of {texts}")
+    return [x[0] for x in ids]
+
+
+@torch.no_grad()
+def next_token_probs(model, rows: list[list[int]], candidates: list[int], pad_id: int = 0,
+                     batch_size: int = 8) -> torch.Tensor:
+    """[len(rows), len(candidates)]: the model's next-token distribution after each row, renormalised over the
+    candidate tokens (a rating digit, an "A"/"B" verdict). One forward pass per row, no generation."""
+    device = next(model.parameters()).device
+    out = []
+    for i in range(0, len(rows), batch_size):
+        ids, mask = left_pad(rows[i:i + batch_size], pad_id)
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[:, -1]
+        out.append(torch.softmax(logits[:, candidates].float(), dim=-1).cpu())
+    return torch.cat(out) if out else torch.empty(0, len(candidates))

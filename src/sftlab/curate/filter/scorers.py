@@ -77,13 +77,8 @@ class ScoreCache:
         self.conn.commit()
 
 
-def _lm(model_name: str, dtype: str = "bf16"):
-    from sftlab.models.loading import load_lm
-
-    return load_lm(model_name, dtype)
-
-
-def _ifd_examples(tok, convs: list[Conversation], max_length: int):
+def ifd_examples(tok, convs: list[Conversation], max_length: int):
+    """(response given its prompt, response alone) as (input_ids, labels) pairs, for NLL scoring."""
     from sftlab.templates.masking import tokenize_conversation
 
     cond, alone = [], []
@@ -94,6 +89,19 @@ def _ifd_examples(tok, convs: list[Conversation], max_length: int):
         ids = (bos + tok.encode(c.last_response or "", add_special_tokens=False))[:max_length]
         alone.append((ids, [-100] * len(bos) + ids[len(bos):]))
     return cond, alone
+
+
+def perplexity_and_ifd(model, tok, convs: list[Conversation], max_length: int = 1024, batch_size: int = 8,
+                       with_ifd: bool = True) -> tuple[list[float | None], list[float | None]]:
+    """Conditional response NLL and IFD = conditional / unconditional NLL (None where undefined), one pass each."""
+    from sftlab.models.scoring import pad_id_of, per_example_nll
+
+    cond, alone = ifd_examples(tok, convs, max_length)
+    c = per_example_nll(model, cond, pad_id_of(tok), batch_size)
+    if not with_ifd:
+        return c, [None] * len(c)
+    a = per_example_nll(model, alone, pad_id_of(tok), batch_size)
+    return c, [None if x is None or y is None or y == 0 else x / y for x, y in zip(c, a, strict=True)]
 
 
 class Scorer:
@@ -112,7 +120,9 @@ class Scorer:
             return self._state
         s = self.s
         if s.type in ("ifd", "perplexity", "judge_logprob"):
-            self._state = _lm(s.model or "smollm2-135m-instruct", s.dtype)
+            from sftlab.models.loading import load_lm
+
+            self._state = load_lm(s.model or "smollm2-135m-instruct", s.dtype)
         elif s.type == "judge":
             from sftlab.curate.rewards import JudgeReward
             from sftlab.generation.factory import build_generator
@@ -138,16 +148,9 @@ class Scorer:
 
         state = self._load()
         if self.s.type in ("ifd", "perplexity"):
-            from sftlab.models.scoring import per_example_nll
-
-            model, tok = state
-            pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-            cond, alone = _ifd_examples(tok, convs, self.s.max_length)
-            c = per_example_nll(model, cond, pad, self.s.batch_size)
-            if self.s.type == "perplexity":
-                return c
-            a = per_example_nll(model, alone, pad, self.s.batch_size)
-            return [None if x is None or y is None or y == 0 else x / y for x, y in zip(c, a, strict=True)]
+            ppl, ifd = perplexity_and_ifd(*state, convs, self.s.max_length, self.s.batch_size,
+                                          with_ifd=self.s.type == "ifd")
+            return ifd if self.s.type == "ifd" else ppl
         if self.s.type == "judge_logprob":
             model, tok = state
             return logprob_ratings(model, tok, convs, self.s.max_length, self.s.batch_size)
@@ -167,10 +170,9 @@ def logprob_ratings(model, tok, convs: list[Conversation], max_length: int = 102
     """Expected rating sum(p(d) * d) over the digit tokens 1-9 at the position after "Rating: "."""
     import torch
 
-    digit_ids = [tok.encode(str(d), add_special_tokens=False) for d in range(1, 10)]
-    if any(len(x) != 1 for x in digit_ids):
-        raise ValueError("judge_logprob needs a tokenizer with one token per digit 1-9")
-    digit_ids = [x[0] for x in digit_ids]
+    from sftlab.models.scoring import next_token_probs, pad_id_of, single_token_ids
+
+    digit_ids = single_token_ids(tok, [str(d) for d in range(1, 10)], "judge_logprob")
     budget = max(64, max_length // 2) * 3  # characters per field: prompt and answer share the window
     rows = []
     for c in convs:
@@ -178,23 +180,8 @@ def logprob_ratings(model, tok, convs: list[Conversation], max_length: int = 102
         msgs = [{"role": "user", "content": RUBRIC_9.format(prompt=prompt, response=(c.last_response or "")[:budget])}]
         text = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True) + "Rating: "
         rows.append(tok.encode(text, add_special_tokens=False)[-max_length:])
-    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    scale = torch.arange(1, 10, dtype=torch.float32)
-    out: list[float | None] = []
-    device = next(model.parameters()).device
-    with torch.no_grad():
-        for i in range(0, len(rows), batch_size):
-            part = rows[i:i + batch_size]
-            longest = max(len(r) for r in part)
-            ids = torch.full((len(part), longest), pad, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for j, r in enumerate(part):  # left padding: the next token is at the last position for every row
-                ids[j, longest - len(r):] = torch.tensor(r)
-                mask[j, longest - len(r):] = 1
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[:, -1].float().cpu()
-            probs = torch.softmax(logits[:, digit_ids], dim=-1)
-            out += (probs @ scale).tolist()
-    return [round(x, 4) for x in out]
+    probs = next_token_probs(model, rows, digit_ids, pad_id_of(tok), batch_size)
+    return [round(x, 4) for x in (probs @ torch.arange(1, 10, dtype=torch.float32)).tolist()]
 
 
 def score_records(scorer: Scorer, convs: list[Conversation], keys: list[str], cache: ScoreCache | None,
