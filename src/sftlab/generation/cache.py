@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
-import threading
 from pathlib import Path
 from typing import Any
 
 from sftlab.generation.base import Generation, Generator, Messages, SamplingParams
+from sftlab.kvstore import SqliteKV
 
 
 def stable_key(*parts: Any) -> str:
@@ -21,31 +20,21 @@ def stable_key(*parts: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
-class GenerationCache:
+class GenerationCache(SqliteKV):
     def __init__(self, path: str | Path) -> None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self.conn = sqlite3.connect(str(path), check_same_thread=False)
-        self.conn.execute("create table if not exists gen (key text primary key, value text not null)")
-        self.lock = threading.Lock()
+        super().__init__(path, "gen")
         self.hits = self.misses = 0
 
     def get(self, key: str) -> list[Generation] | None:
-        with self.lock:
-            row = self.conn.execute("select value from gen where key = ?", (key,)).fetchone()
-        if row is None:
+        value = self.get_many([key]).get(key)
+        if value is None:
             self.misses += 1
             return None
         self.hits += 1
-        return [Generation(**g) for g in json.loads(row[0])]
+        return [Generation(**g) for g in value]
 
     def put(self, key: str, gens: list[Generation]) -> None:
-        with self.lock:
-            value = json.dumps([g.to_dict() for g in gens])
-            self.conn.execute("insert or replace into gen values (?, ?)", (key, value))
-            self.conn.commit()
-
-    def close(self) -> None:
-        self.conn.close()
+        self.put_many({key: [g.to_dict() for g in gens]})
 
 
 class CachedGenerator:

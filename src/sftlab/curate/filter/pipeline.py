@@ -106,7 +106,8 @@ class PoolRecord:
     response: str
     scores: dict[str, float | None] = field(default_factory=dict)
     stage: str = ""  # the stage that dropped it ("" = alive / selected)
-    reason: str = ""
+    reason: str = ""  # the category counted in the funnel
+    detail: str = ""  # the specifics, where there are any (which eval text it overlaps)
     duplicate_of: str | None = None
     location: str = ""  # where in its source (e.g. "line 12")
 
@@ -165,8 +166,9 @@ def run_filter(cfg: FilterConfig, console: Console | None = None) -> FilterResul
     alive = list(records)
     dup_examples: list[dict[str, str]] = []
 
-    def drop(rec: PoolRecord, stage: str, reason: str, counter: Counter, dup: PoolRecord | None = None) -> None:
-        rec.stage, rec.reason = stage, reason
+    def drop(rec: PoolRecord, stage: str, reason: str, counter: Counter, dup: PoolRecord | None = None,
+             detail: str = "") -> None:
+        rec.stage, rec.reason, rec.detail = stage, reason, detail
         counter[reason] += 1
         if dup is not None:
             rec.duplicate_of = dup.id
@@ -226,8 +228,7 @@ def run_filter(cfg: FilterConfig, console: Console | None = None) -> FilterResul
         for r, sig in zip(alive, sigs, strict=True):
             why = deco.check(r.prompt, r.response, sig)
             if why:
-                drop(r, "decontaminate", why.split(" (")[0].split(":")[0], c)
-                r.reason = why  # the full reason (which eval text) stays on the record
+                drop(r, "decontaminate", why.split(" (")[0].split(":")[0], c, detail=why)
             else:
                 keep.append(r)
         alive = keep
@@ -323,17 +324,17 @@ def _write_outputs(cfg: FilterConfig, records: list[PoolRecord], selected: list[
     with atomic_open(rep_dir / "decisions.jsonl") as f:
         for r in records:
             row = {"id": r.id, "source": r.source, "location": r.location, "kept": not r.stage,
-                   "stage": r.stage or "selected", "reason": r.reason, "duplicate_of": r.duplicate_of,
+                   "stage": r.stage or "selected", "reason": r.detail or r.reason, "duplicate_of": r.duplicate_of,
                    "scores": r.scores}
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
     examples: dict[str, list[dict[str, str]]] = {}
     for r in records:
         if r.stage:
-            key = f"{r.stage}: {r.reason if r.stage != 'decontaminate' else r.reason.split(' (')[0].split(':')[0]}"
+            key = f"{r.stage}: {r.reason}"
             bucket = examples.setdefault(key, [])
             if len(bucket) < cfg.examples_per_reason:
                 bucket.append({"id": r.id, "prompt": r.prompt[:200], "response": r.response[:300],
-                               "reason": r.reason})
+                               "reason": r.detail or r.reason})
     score_names = sorted({k for r in records for k in r.scores})
     dist = {}
     for name in score_names:

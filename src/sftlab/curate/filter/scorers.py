@@ -17,13 +17,13 @@ mean: scores on different scales mix without tuning.
 
 from __future__ import annotations
 
-import json
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from sftlab.data.schema import Conversation, Turn
 from sftlab.generation.cache import stable_key
+from sftlab.kvstore import SqliteKV
 
 
 class ScorerSettings(BaseModel):
@@ -51,30 +51,11 @@ class ScorerSettings(BaseModel):
         return self.type not in ("ifd", "perplexity")
 
 
-class ScoreCache:
-    """SQLite key -> JSON value; commits every batch so a kill loses at most the batch in flight."""
+class ScoreCache(SqliteKV):
+    """Scores by (scorer, record) key; every chunk is committed, so a killed run resumes where it stopped."""
 
     def __init__(self, path) -> None:
-        import sqlite3
-        from pathlib import Path
-
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self.conn = sqlite3.connect(str(path))
-        self.conn.execute("create table if not exists score (key text primary key, value text not null)")
-
-    def get_many(self, keys: list[str]) -> dict[str, Any]:
-        out = {}
-        for i in range(0, len(keys), 500):
-            part = keys[i:i + 500]
-            rows = self.conn.execute(f"select key, value from score where key in ({','.join('?' * len(part))})",
-                                     part).fetchall()
-            out.update({k: json.loads(v) for k, v in rows})
-        return out
-
-    def put_many(self, items: dict[str, Any]) -> None:
-        self.conn.executemany("insert or replace into score values (?, ?)",
-                              [(k, json.dumps(v)) for k, v in items.items()])
-        self.conn.commit()
+        super().__init__(path, "score")
 
 
 def ifd_examples(tok, convs: list[Conversation], max_length: int):
