@@ -15,6 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from sftlab.curate.store import GenerationCache, ResumableJsonl, stable_key
 from sftlab.data.schema import Conversation
 from sftlab.generation.base import Generation, GenerationError, Generator, Messages, SamplingParams, as_messages
+from sftlab.generation.cache import CachedGenerator
 
 
 @dataclass
@@ -71,7 +72,9 @@ class CurationRun:
     def __init__(self, generator: Generator, params: SamplingParams, out_path: str | Path,
                  cache: GenerationCache | None = None, batch_size: int = 16, console: Console | None = None,
                  max_prompt_tokens: int | None = None) -> None:
-        self.generator, self.params, self.cache = generator, params, cache
+        self.params, self.cache = params, cache
+        # the shared cache in front of the engine (same keys as before: model id, prompt, params)
+        self.generator = CachedGenerator(generator, cache) if cache else generator
         self.writer = ResumableJsonl(out_path)
         self.batch_size = batch_size
         self.console = console or Console(stderr=True)
@@ -79,38 +82,24 @@ class CurationRun:
         window = getattr(generator, "context_window", None)
         self.max_prompt_tokens = max_prompt_tokens or (window - params.max_new_tokens if window else None)
 
-    def _cache_key(self, msgs: Messages) -> str:
-        return stable_key(self.generator.model_id, msgs, self.params.to_dict())
-
     def _generate(self, items: list[PromptItem]) -> list[list[Generation] | Exception]:
-        out: list[list[Generation] | Exception | None] = [None] * len(items)
-        todo = []
-        for i, it in enumerate(items):
-            hit = self.cache.get(self._cache_key(it.messages)) if self.cache else None
-            if hit is not None:
-                out[i] = hit
-                self.stats.cache_hits += 1
-            else:
-                todo.append(i)
-        if todo:
-            try:
-                gens = self.generator.generate([items[i].messages for i in todo], self.params)
-            except GenerationError:
-                gens = []
-                for i in todo:  # isolate the failing prompt(s)
-                    try:
-                        gens.append(self.generator.generate([items[i].messages], self.params)[0])
-                    except GenerationError as e:
-                        gens.append(e)
-                if all(isinstance(g, Exception) for g in gens):
-                    raise GenerationError(f"generation failed for every prompt of a batch ({gens[0]}); "
-                                          f"{self.writer.records} records of finished prompts are saved in "
-                                          f"{self.writer.path}; re-run the same command to resume") from None
-            for i, g in zip(todo, gens, strict=True):
-                out[i] = g
-                if self.cache and not isinstance(g, Exception):
-                    self.cache.put(self._cache_key(items[i].messages), g)
-        return out  # type: ignore[return-value]
+        hits = self.cache.hits if self.cache else 0
+        try:
+            out: list = self.generator.generate([it.messages for it in items], self.params)
+        except GenerationError:
+            out = []
+            for it in items:  # isolate the failing prompt(s)
+                try:
+                    out.append(self.generator.generate([it.messages], self.params)[0])
+                except GenerationError as e:
+                    out.append(e)
+            if all(isinstance(g, Exception) for g in out):
+                raise GenerationError(f"generation failed for every prompt of a batch ({out[0]}); "
+                                      f"{self.writer.records} records of finished prompts are saved in "
+                                      f"{self.writer.path}; re-run the same command to resume") from None
+        if self.cache:
+            self.stats.cache_hits += self.cache.hits - hits
+        return out
 
     def run(self, items: list[PromptItem], handle: Callable[[PromptItem, list[Generation]], list[dict[str, Any]]],
             encode: Callable[[Messages], list[int]] | None = None) -> RunStats:
