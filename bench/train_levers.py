@@ -1,12 +1,15 @@
-"""Which lever gives what: LoRA forward+backward throughput on one batch, adding one lever at a time.
+"""Which lever gives what: LoRA forward+backward throughput on the same batches, adding one lever at a time.
 
-    python bench/train_levers.py            # gemma-3-270m, 8 sequences of 40-250 tokens
+    python bench/train_levers.py            # gemma-3-270m, 8 sequences of 40-250 tokens, 3 repeats
     python bench/train_levers.py --quick    # tiny random model
 
-Levers: bf16 autocast (vs fp32), response-only logits with the fused chunked cross-entropy (vs full logits
-through the model's forward), frozen base weights stored in bf16 (vs fp32 cast at every matmul), and packing
-the sequences into rows with restarting position ids (vs padding to the longest). Prints tokens/s and the
-ratio to the first line, which is what a plain transformers/TRL step does.
+Levers, cumulative: bf16 autocast (vs fp32); response-only logits through the fused chunked cross-entropy (vs
+full logits through the model's forward); frozen base weights stored in bf16 (vs fp32 cast at every matmul);
+the chunk softmax as one compiled kernel (vs eager ops); PEFT's fp32 cast of every adapter input switched off
+(autocast casts it back anyway); every decoder layer compiled (regional compilation). All configurations run
+in one process, alternating within each repeat (this VM's speed drifts), after one untimed warm-up each (which
+also pays the compiles). Prints median tokens/s and the ratio to the first line, which is what a plain
+transformers/TRL step does.
 """
 
 from __future__ import annotations
@@ -14,9 +17,21 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import statistics
 import tempfile
 import time
 from pathlib import Path
+
+# name, bf16 base, autocast, fast loss, compiled softmax, adapter input casts, compiled layers
+ROWS = [
+    ("fp32 base, fp32, full logits (plain transformers step)", False, False, False, False, True, False),
+    ("+ bf16 autocast", False, True, False, False, True, False),
+    ("+ response-only logits, fused chunked CE", False, True, True, False, True, False),
+    ("+ frozen base weights in bf16", True, True, True, False, True, False),
+    ("+ compiled chunk softmax", True, True, True, True, True, False),
+    ("+ no PEFT fp32 cast of adapter inputs", True, True, True, True, False, False),
+    ("+ compiled decoder layers", True, True, True, True, False, True),
+]
 
 
 def main() -> None:
@@ -28,8 +43,10 @@ def main() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     import torch
     from peft import LoraConfig, get_peft_model
+    from peft.tuners.tuners_utils import BaseTunerLayer
     from transformers import AutoModelForCausalLM
 
+    from sftlab.models.compile import compile_layers
     from sftlab.models.loading import resolve_model_path
     from sftlab.train.loss import response_nll
     from sftlab.train.run import freeze_base_in
@@ -43,80 +60,60 @@ def main() -> None:
     torch.manual_seed(0)
     lens = [rng.randint(40, 250) for _ in range(8)]
     vocab = 20000 if not a.quick else 400
+    n = max(lens)
+    ids = torch.randint(10, vocab, (len(lens), n))
+    att = torch.zeros(len(lens), n, dtype=torch.long)
+    lab = torch.full((len(lens), n), -100)
+    for i, k in enumerate(lens):
+        att[i, :k] = 1
+        lab[i, k // 4:k] = ids[i, k // 4:k]
+    batch = {"input_ids": ids, "attention_mask": att, "labels": lab}
 
-    def padded():
-        n = max(lens)
-        ids = torch.randint(10, vocab, (len(lens), n))
-        att = torch.zeros(len(lens), n, dtype=torch.long)
-        lab = torch.full((len(lens), n), -100)
-        for i, k in enumerate(lens):
-            att[i, :k] = 1
-            lab[i, k // 4:k] = ids[i, k // 4:k]
-        return {"input_ids": ids, "attention_mask": att, "labels": lab}
-
-    def packed():
-        n = sum(lens)
-        ids = torch.randint(10, vocab, (1, n))
-        lab = torch.full((1, n), -100)
-        pos, o = [], 0
-        for k in lens:
-            lab[0, o + k // 4:o + k] = ids[0, o + k // 4:o + k]
-            pos += list(range(k))
-            o += k
-        return {"input_ids": ids, "position_ids": torch.tensor([pos]), "labels": lab}
-
-    def step(model, batch, fast: bool, bf16: bool) -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            if fast and "position_ids" in batch:
-                lm = model.get_base_model()
-                hidden = lm.get_decoder()(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
-                                          use_cache=False).last_hidden_state
-                from sftlab.train.loss import ChunkedLinearCrossEntropy
-
-                y = batch["labels"][:, 1:]
-                keep = y != -100
-                total = ChunkedLinearCrossEntropy.apply(hidden[:, :-1][keep], lm.get_output_embeddings().weight,
-                                                        y[keep], 256, None)
-                loss = total / keep.sum()
-            elif fast:
-                total, n = response_nll(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
-                loss = total / n
-            else:
-                loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                             labels=batch["labels"]).loss
-        loss.backward()
-        for p in model.parameters():
-            p.grad = None
-
-    def model(bf16_base: bool):
+    def lora_model(bf16_base: bool):
         m = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
         m = get_peft_model(m, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear",
                                          task_type="CAUSAL_LM"))
         if bf16_base:
             freeze_base_in(m, torch.bfloat16)
-        return m
+        layers = compile_layers(m)
+        return m, layers, [layer._compiled_call_impl for layer in layers]
+
+    models = {False: lora_model(False), True: lora_model(True)}
+
+    def step(row) -> None:
+        _, bf16_base, bf16, fast, compiled_ce, casts, compiled_layers = row
+        model, layers, compiled = models[bf16_base]
+        for module in model.modules():
+            if isinstance(module, BaseTunerLayer):
+                module.cast_input_dtype_enabled = casts
+        for layer, impl in zip(layers, compiled, strict=True):
+            layer._compiled_call_impl = impl if compiled_layers else None
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            if fast:
+                total, count = response_nll(model, batch["input_ids"], batch["attention_mask"], batch["labels"],
+                                            compile=compiled_ce)
+                loss = total / count
+            else:
+                loss = model(**batch).loss
+        loss.backward()
+        for p in model.parameters():
+            p.grad = None
 
     tokens = sum(lens)
-    rows = [("fp32, full logits (plain transformers/TRL step)", False, False, False, padded),
-            ("+ bf16 autocast", False, True, False, padded),
-            ("+ response-only logits, fused chunked CE", False, True, True, padded),
-            ("+ frozen base weights in bf16", True, True, True, padded),
-            ("  packing instead of padding (not kept)", True, True, True, packed)]
-    first = None
     print(f"{a.model if not a.quick else 'tiny'}: LoRA r=16, {len(lens)} sequences, {tokens} tokens "
-          f"(padded to {len(lens) * max(lens)}), 75% response tokens")
-    cache: dict[bool, object] = {}
-    for name, bf16_base, bf16, fast, make in rows:
-        m = cache.get(bf16_base) or model(bf16_base)
-        cache = {bf16_base: m}
-        batch = make()
-        step(m, batch, fast, bf16)
-        t = time.perf_counter()
-        for _ in range(a.repeats):
-            step(m, batch, fast, bf16)
-        tps = tokens * a.repeats / (time.perf_counter() - t)
-        first = first or tps
-        print(f"{name:50s} {tps:8.1f} tok/s  {tps / first:5.2f}x")
+          f"(padded to {len(lens) * n}), 75% response tokens, {a.repeats} alternating repeats")
+    for row in ROWS:  # warm-up: kernel creation and the compiles
+        step(row)
+    rates: dict[str, list[float]] = {row[0]: [] for row in ROWS}
+    for rep in range(a.repeats):
+        for row in (ROWS if rep % 2 == 0 else ROWS[::-1]):
+            t = time.perf_counter()
+            step(row)
+            rates[row[0]].append(tokens / (time.perf_counter() - t))
+    first = statistics.median(rates[ROWS[0][0]])
+    for name, rs in rates.items():
+        tps = statistics.median(rs)
+        print(f"{name:58s} {tps:8.1f} tok/s  {tps / first:5.2f}x")
 
 
 if __name__ == "__main__":

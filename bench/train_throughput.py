@@ -10,7 +10,8 @@ is per run), and runs alternate sftlab/TRL so that machine noise hits both.
     python bench/train_throughput.py --check-loss    # fp32 loss-curve equivalence only
 
 Prints per configuration: trained (non-padding) tokens/s, wall time, peak RSS, final loss, the sftlab/TRL
-ratios, and useful model FLOP/s as a fraction of this machine's bf16 matmul peak measured in the same run.
+ratios, and useful model FLOP/s as a fraction of this machine's bf16 matmul rate, measured in each run's own
+process right before and after it (the VM's speed drifts).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
+LORA_RANK = 16
 
 
 # --------------------------------------------------------------------------------------------- data
@@ -53,7 +55,51 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+class StepMeter:
+    """The same counting for both tools: real (non-padding) tokens, response tokens and squared lengths of every
+    collated batch, and the clock at the end of every optimizer step. Steady state = everything after step 1
+    (step 1 pays the one-off costs: sftlab compiles its layers there, both tools create their kernels)."""
+
+    def __init__(self) -> None:
+        self.counts = {"tokens": 0, "trained_tokens": 0, "length_squares": 0}
+        self.marks: list[dict] = []
+
+    def wrap(self, collate):
+        import torch
+
+        from sftlab.templates.masking import IGNORE_INDEX
+
+        def counting(features):
+            batch = collate(features)
+            mask = batch.get("attention_mask")
+            lengths = mask.sum(1) if mask is not None else torch.full((len(batch["input_ids"]),),
+                                                                       batch["input_ids"].shape[1])
+            self.counts["tokens"] += int(lengths.sum())
+            self.counts["length_squares"] += int((lengths * lengths).sum())
+            self.counts["trained_tokens"] += int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+            return batch
+
+        return counting
+
+    def callback(self):
+        from transformers import TrainerCallback
+
+        meter = self
+
+        class Clock(TrainerCallback):
+            def on_step_end(self, args, state, control, **kw):
+                meter.marks.append({"t": time.perf_counter(), **meter.counts})
+
+        return Clock()
+
+    def steady(self) -> dict:
+        first, last = self.marks[0], self.marks[-1]
+        out = {k: last[k] - first[k] for k in self.counts}
+        return {**out, "wall_s": last["t"] - first["t"]}
+
+
 def run_sftlab(spec: dict) -> dict:
+    import sftlab.train.run as run_module
     from sftlab.train.config import make_config
     from sftlab.train.run import train
 
@@ -63,14 +109,19 @@ def run_sftlab(spec: dict) -> dict:
         "lr_scheduler": "constant", "warmup_ratio": 0.0, "seed": spec["seed"], "precision": spec["precision"],
         "max_length": spec["max_length"], "output_dir": spec["out"], "save_steps": 10_000,
         "group_by_length": spec["group_by_length"], "logging_steps": 1,
-        "lora": {"r": 16, "alpha": 32, "dropout": 0.0},
+        "lora": {"r": LORA_RANK, "alpha": 2 * LORA_RANK, "dropout": 0.0},
         "gradient_checkpointing": spec.get("gradient_checkpointing", False),
+        "compile_loss": spec.get("compile_loss", "auto"), "compile": spec.get("compile", "auto"),
     })
-    result = train(cfg, overwrite=True)
+    meter = StepMeter()
+    collator = run_module.PadCollator
+    run_module.PadCollator = lambda pad_id: meter.wrap(collator(pad_id))
+    result = train(cfg, overwrite=True, callbacks=[meter.callback()])
     rows = [json.loads(x) for x in (Path(spec["out"]) / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in rows if "loss" in r]
     return {"tokens": result.metrics["tokens_seen"], "trained_tokens": result.metrics["trained_tokens_seen"],
-            "wall_s": result.metrics["train_runtime"], "losses": losses, "peak_rss_mb": _peak_rss_mb()}
+            "length_squares": result.metrics["length_squares_seen"], "wall_s": result.metrics["train_runtime"],
+            "losses": losses, "peak_rss_mb": _peak_rss_mb(), "steady": meter.steady()}
 
 
 def run_trl(spec: dict) -> dict:
@@ -98,8 +149,8 @@ def run_trl(spec: dict) -> dict:
         {"input_ids": e.input_ids, "assistant_masks": [int(x != IGNORE_INDEX) for x in e.labels]} for e in examples])
     model = load_model(path, torch.float32)
     if spec["method"] == "lora":
-        model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear",
-                                                 task_type="CAUSAL_LM"))
+        model = get_peft_model(model, LoraConfig(r=LORA_RANK, lora_alpha=2 * LORA_RANK, lora_dropout=0.0,
+                                                 target_modules="all-linear", task_type="CAUSAL_LM"))
     bf16 = spec["precision"] == "bf16"
     args = SFTConfig(
         output_dir=spec["out"], per_device_train_batch_size=spec["batch_size"],
@@ -109,17 +160,9 @@ def run_trl(spec: dict) -> dict:
         max_length=None, disable_tqdm=True,
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok)
-    counts = {"tokens": 0, "trained": 0}
-    collate = trainer.data_collator
-
-    def counting(features):
-        batch = collate(features)
-        mask = batch.get("attention_mask")
-        counts["tokens"] += int(mask.sum()) if mask is not None else batch["input_ids"].numel()
-        counts["trained"] += int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
-        return batch
-
-    trainer.data_collator = counting
+    meter = StepMeter()
+    trainer.data_collator = meter.wrap(trainer.data_collator)
+    trainer.add_callback(meter.callback())
     losses = []
 
     class Losses(TrainerCallback):
@@ -129,23 +172,27 @@ def run_trl(spec: dict) -> dict:
 
     trainer.add_callback(Losses())
     out = trainer.train()
-    return {"tokens": counts["tokens"], "trained_tokens": counts["trained"], "wall_s": out.metrics["train_runtime"],
-            "losses": losses, "peak_rss_mb": _peak_rss_mb()}
+    return {**meter.counts, "wall_s": out.metrics["train_runtime"], "losses": losses, "peak_rss_mb": _peak_rss_mb(),
+            "steady": meter.steady()}
 
 
 # --------------------------------------------------------------------------------------------- main
-def bf16_peak_gflops(n: int = 2048, reps: int = 10) -> float:
+def bf16_matmul_gflops(n: int = 2048, reps: int = 10, samples: int = 5) -> list[float]:
+    """GFLOP/s of `samples` timed batches of bf16 n x n matrix products (this machine's matmul peak).
+
+    This VM's matmul speed drifts with its neighbours (measured 740-1900 GFLOP/s within minutes), so each
+    training run is compared with the peak measured in its own process right before and after it."""
     import torch
 
     a, b = torch.randn(n, n, dtype=torch.bfloat16), torch.randn(n, n, dtype=torch.bfloat16)
-    best = 0.0
-    for _ in range(3):
-        a @ b
+    a @ b
+    rates = []
+    for _ in range(samples):
         t = time.perf_counter()
         for _ in range(reps):
             a @ b
-        best = max(best, 2 * n**3 * reps / (time.perf_counter() - t) / 1e9)
-    return best
+        rates.append(2 * n**3 * reps / (time.perf_counter() - t) / 1e9)
+    return rates
 
 
 def model_shape(model: str) -> dict:
@@ -164,15 +211,45 @@ def model_shape(model: str) -> dict:
     total = sum(p.numel() for p in m.parameters())
     emb = m.get_input_embeddings().weight.numel()
     head = 0 if config.tie_word_embeddings else m.get_output_embeddings().weight.numel()
-    return {"body": total - emb - head, "hidden": config.hidden_size, "vocab": config.vocab_size}
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    layers = m.get_decoder().layers
+    lora = sum(LORA_RANK * (x.in_features + x.out_features) for x in layers.modules()
+               if isinstance(x, torch.nn.Linear))  # the adapters of `all-linear` LoRA
+    return {"body": total - emb - head, "lora": lora, "hidden": config.hidden_size, "vocab": config.vocab_size,
+            "layers": config.num_hidden_layers, "attention_width": config.num_attention_heads * head_dim}
 
 
 def useful_flops(r: dict, shape: dict, method: str) -> float:
-    """Forward 2N per token; backward 2N (activation grads) + 2N more for weight grads in full fine-tuning.
-    The output layer is only needed at response positions (forward + backward to the hidden state)."""
-    body = (4 if method == "lora" else 6) * shape["body"] * r["tokens"]
-    head = (4 if method == "lora" else 6) * shape["hidden"] * shape["vocab"] * r["trained_tokens"]
-    return body + head
+    """Model FLOPs, nanoGPT/PaLM style, counted on real (non-padding) tokens only.
+
+    Weights: forward 2N per token; backward 2N (activation grads) + 2N more for weight grads in full
+    fine-tuning; LoRA: 4N for the frozen weights plus 6N for the (rank-16) adapters. The output layer is only
+    needed at response positions. Attention scores and values (QK^T, AV): 12 * layers * heads * head_dim per
+    token and context token, forward + backward, i.e. 12 * L * H * Q * sum(len^2) over the sequences; not
+    halved for the causal mask, as in PaLM and nanoGPT."""
+    k = 4 if method == "lora" else 6
+    body = k * shape["body"] * r["tokens"] + (6 * shape["lora"] * r["tokens"] if method == "lora" else 0)
+    head = k * shape["hidden"] * shape["vocab"] * r["trained_tokens"]
+    attention = 12 * shape["layers"] * shape["attention_width"] * r.get("length_squares", 0)
+    return body + head + attention
+
+
+def summarize(rs: list[dict], shape: dict, method: str) -> dict:
+    """Medians over the repeats of one configuration; %peak on the steady state and on the whole run."""
+    def med(f):
+        return statistics.median(f(r) for r in rs)
+
+    return {
+        "tokens_per_s": med(lambda r: r["tokens"] / r["wall_s"]),
+        "steady_tokens_per_s": med(lambda r: r["steady"]["tokens"] / r["steady"]["wall_s"]),
+        "wall_s": med(lambda r: r["wall_s"]), "peak_rss_mb": max(r["peak_rss_mb"] for r in rs),
+        "final_loss": rs[0]["losses"][-1], "peak_gflops": med(lambda r: r["peak_gflops"]),
+        "useful_gflops": med(lambda r: useful_flops(r["steady"], shape, method) / r["steady"]["wall_s"] / 1e9),
+        "fraction_of_bf16_peak": med(lambda r: useful_flops(r["steady"], shape, method) / r["steady"]["wall_s"]
+                                     / 1e9 / r["peak_gflops"]),
+        "fraction_of_bf16_peak_e2e": med(lambda r: useful_flops(r, shape, method) / r["wall_s"] / 1e9
+                                         / r["peak_gflops"]),
+        "runs": rs}
 
 
 def worker_call(kind: str, spec: dict) -> dict:
@@ -209,6 +286,7 @@ def main() -> None:
                     help="sftlab with its default length-grouped batching (batches then differ from TRL's)")
     ap.add_argument("--sftlab-gc", action="store_true",
                     help="also run sftlab with gradient checkpointing (TRL's default) as a third configuration")
+    ap.add_argument("--compile", default="auto", help="sftlab's `compile` setting (auto: on for >= 100M params)")
     ap.add_argument("--worker", choices=["sftlab", "trl"], help=argparse.SUPPRESS)
     ap.add_argument("--spec", help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)
@@ -216,7 +294,10 @@ def main() -> None:
 
     if a.worker:
         spec = json.loads(Path(a.spec).read_text())
+        before = bf16_matmul_gflops()
         res = (run_sftlab if a.worker == "sftlab" else run_trl)(spec)
+        res["matmul_gflops_samples"] = before + bf16_matmul_gflops()
+        res["peak_gflops"] = statistics.median(res["matmul_gflops_samples"])
         Path(a.result).write_text(json.dumps(res))
         return
 
@@ -254,12 +335,15 @@ def main() -> None:
         return
 
     # 2. throughput, bf16 autocast for both, alternating runs
-    peak = bf16_peak_gflops()
     shape = model_shape(model)
     print(f"\n== throughput: {model}, {a.steps} steps, batch {a.batch_size}x{a.grad_accum}, bf16 autocast, "
-          f"{a.repeats} alternating repeats; bf16 matmul peak {peak:.0f} GFLOP/s ==")
-    widths = [6, 9, 10, 8, 9, 8, 9]
-    print(fmt_row(["method", "tool", "tok/s", "wall s", "peak MB", "loss", "%peak"], widths))
+          f"{a.repeats} alternating repeats ==")
+    print("%peak: useful model FLOP/s over the bf16 2048^2 matmul rate measured in the same process right before "
+          "and after the run (median of 10 samples); steady = after optimizer step 1, e2e = whole run")
+    widths = [6, 9, 8, 8, 7, 8, 8, 7, 7, 7]
+    print(fmt_row(["method", "tool", "tok/s", "steady", "wall s", "peak MB", "loss", "mm GF", "%peak", "e2e %"],
+                  widths))
+    samples: list[float] = []
     report["throughput"] = {}
     for method in a.methods.split(","):
         kinds = [k for k in ["sftlab", *(["sftlab+gc"] if a.sftlab_gc else []), "trl"]
@@ -271,26 +355,30 @@ def main() -> None:
                 spec = {**base, "method": method, "precision": "bf16",
                         "group_by_length": a.sftlab_grouped and kind.startswith("sftlab"),
                         "lr": 1e-4 if method == "lora" else 1e-5, "out": str(tmp / f"{kind}-{method}-{rep}"),
-                        "gradient_checkpointing": kind == "sftlab+gc"}
+                        "gradient_checkpointing": kind == "sftlab+gc", "compile": a.compile}
                 runs[kind].append(worker_call(kind.split("+")[0], spec))
+                samples += runs[kind][-1]["matmul_gflops_samples"]
         summary = {}
         for kind, rs in runs.items():
-            tps = statistics.median(r["tokens"] / r["wall_s"] for r in rs)
-            flops = statistics.median(useful_flops(r, shape, method) / r["wall_s"] for r in rs) / 1e9
-            summary[kind] = {"tokens_per_s": tps, "wall_s": statistics.median(r["wall_s"] for r in rs),
-                             "peak_rss_mb": max(r["peak_rss_mb"] for r in rs), "final_loss": rs[0]["losses"][-1],
-                             "useful_gflops": flops, "fraction_of_bf16_peak": flops / peak, "runs": rs}
-            s = summary[kind]
-            print(fmt_row([method, kind, f"{tps:.1f}", f"{s['wall_s']:.1f}", f"{s['peak_rss_mb']:.0f}",
-                           f"{s['final_loss']:.4f}", f"{100 * s['fraction_of_bf16_peak']:.1f}%"], widths))
+            summary[kind] = s = summarize(rs, shape, method)
+            print(fmt_row([method, kind, f"{s['tokens_per_s']:.1f}", f"{s['steady_tokens_per_s']:.1f}",
+                           f"{s['wall_s']:.1f}", f"{s['peak_rss_mb']:.0f}", f"{s['final_loss']:.4f}",
+                           f"{s['peak_gflops']:.0f}", f"{100 * s['fraction_of_bf16_peak']:.1f}%",
+                           f"{100 * s['fraction_of_bf16_peak_e2e']:.1f}%"], widths))
         ratios = {}
         for kind in (kinds[:-1] if "trl" in kinds else []):
             ratio = summary[kind]["tokens_per_s"] / summary["trl"]["tokens_per_s"]
+            steady = summary[kind]["steady_tokens_per_s"] / summary["trl"]["steady_tokens_per_s"]
             mem = summary[kind]["peak_rss_mb"] / summary["trl"]["peak_rss_mb"]
-            print(f"{method}: {kind}/TRL tokens/s = {ratio:.2f}x, peak memory {kind}/TRL = {mem:.2f}")
-            ratios[kind] = {"speed_ratio": ratio, "memory_ratio": mem}
+            print(f"{method}: {kind}/TRL tokens/s = {ratio:.2f}x whole run, {steady:.2f}x steady state; "
+                  f"peak memory {kind}/TRL = {mem:.2f}")
+            ratios[kind] = {"speed_ratio": ratio, "steady_speed_ratio": steady, "memory_ratio": mem}
         report["throughput"][method] = {**summary, "ratios": ratios}
-    report["bf16_peak_gflops"] = peak
+    if samples:
+        report["bf16_matmul_gflops"] = {"median": statistics.median(samples), "min": min(samples),
+                                        "max": max(samples), "samples": samples}
+        print(f"bf16 matmul GFLOP/s over all {len(samples)} samples: median {statistics.median(samples):.0f}, "
+              f"min {min(samples):.0f}, max {max(samples):.0f}")
     if a.json:
         a.json.write_text(json.dumps(report, indent=2))
 

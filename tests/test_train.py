@@ -201,8 +201,10 @@ def test_export_merges_lora_into_a_plain_checkpoint(tiny_model_dir, tmp_path):
     assert r.exit_code == 2 and "not a LoRA adapter folder" in r.output
 
 
+@pytest.mark.parametrize("compile", [False, True])
 @pytest.mark.parametrize("softcap", [None, 3.0])
-def test_chunked_linear_cross_entropy_matches_autograd(softcap):
+def test_chunked_linear_cross_entropy_matches_autograd(softcap, compile):
+    """Eager and torch.compile'd softmax kernels both give the exact loss and gradients (last chunk shorter)."""
     from sftlab.train.loss import ChunkedLinearCrossEntropy
 
     torch.manual_seed(0)
@@ -216,7 +218,49 @@ def test_chunked_linear_cross_entropy_matches_autograd(softcap):
     ref.backward()
     gh, gw = h.grad.clone(), w.grad.clone()
     h.grad = w.grad = None
-    out = ChunkedLinearCrossEntropy.apply(h, w, y, 8, softcap)
+    out = ChunkedLinearCrossEntropy.apply(h, w, y, 8, softcap, compile)
     (2.0 * out).backward()  # upstream gradient is applied
     assert torch.allclose(out.double(), ref, rtol=1e-6)
     assert torch.allclose(h.grad, 2 * gh, rtol=1e-5, atol=1e-8) and torch.allclose(w.grad, 2 * gw, rtol=1e-5, atol=1e-8)
+    if compile:
+        from sftlab.train.loss import softmax_kernel
+
+        assert softmax_kernel.compiled is not None and not softmax_kernel.broken
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_compiled_layers_train_like_eager(tiny_model_dir, tmp_path, method):
+    """Regional compilation (every decoder layer torch.compile'd, checkpointing on for full) changes speed, not
+    the result: same loss curve as eager, and the saved weights keep their plain names. (No LoRA dropout: the
+    compiled graph draws its dropout masks from another random stream.)"""
+    torch._dynamo.reset()
+    curves = {}
+    for compile_ in (False, True):
+        d = tmp_path / str(compile_)
+        result = train(_cfg(tiny_model_dir, d, method=method, compile=compile_, output_dir=str(d / "run"),
+                            learning_rate=1e-3, lora={"r": 8, "alpha": 16, "dropout": 0.0}))
+        curves[compile_] = [m["loss"] for m in _metrics(result.run_dir) if "loss" in m]
+        metrics = json.loads((result.run_dir / "train_metrics.json").read_text())
+        assert metrics["compiled_layers"] == (2 if compile_ else 0)
+    assert len(curves[True]) == 4
+    assert curves[True] == pytest.approx(curves[False], rel=1e-4)
+    if method == "full":
+        reloaded = AutoModelForCausalLM.from_pretrained(result.final_dir)  # no `_orig_mod.` in the names
+        assert not [k for k in reloaded.state_dict() if "_orig_mod" in k]
+
+
+def test_compiler_failure_falls_back_to_eager(tiny_model_dir, tmp_path, monkeypatch, caplog):
+    """No working C++ compiler: the first step says so, goes back to eager and the run finishes normally."""
+    from torch._inductor import config as inductor_config
+    from torch._inductor.runtime.cache_dir_utils import temporary_cache_dir
+
+    torch._dynamo.reset()
+    monkeypatch.setattr(inductor_config.cpp, "cxx", (None, str(tmp_path / "no-such-c++")))
+    monkeypatch.setattr(inductor_config, "fx_graph_cache", False)
+    with temporary_cache_dir(str(tmp_path / "inductor-cache")), caplog.at_level("WARNING"):
+        result = train(_cfg(tiny_model_dir, tmp_path, compile=True, max_steps=2))
+    torch._dynamo.reset()
+    metrics = json.loads((result.run_dir / "train_metrics.json").read_text())
+    assert metrics["compiled_layers"] == 0 and metrics["global_step"] == 2
+    assert "compiling the decoder layers failed" in caplog.text
+    assert len([m for m in _metrics(result.run_dir) if "loss" in m]) == 2

@@ -65,6 +65,14 @@ class TrainConfig(BaseModel):
     group_by_length: bool = Field(True, description="Batch similar lengths together to waste less padding.")
     fast_loss: bool = Field(True, description="Compute logits only at response positions (checked against the "
                                               "model's own loss on the first batch).")
+    compile: bool | Literal["auto"] = Field(
+        "auto", description="torch.compile each decoder layer (regional compilation: fuses the elementwise work "
+                            "between matmuls; measured 20-55% faster LoRA steps on gemma-3-270m on CPU). Falls back "
+                            "to eager if compiling fails. auto: on for models of 100M parameters or more.")
+    compile_loss: bool | Literal["auto"] = Field(
+        "auto", description="Fuse the chunked softmax of the response-only loss with torch.compile (falls back to "
+                            "eager if compiling fails). auto: on for vocabularies of 32k entries or more "
+                            "(measured 3x faster than eager on a 262k vocabulary).")
 
     output_dir: str | None = Field(None, description="Run folder; default runs/<name>.")
     logging_steps: int = Field(1, ge=1)

@@ -13,11 +13,15 @@ It is checked against the model's own loss before it is trusted.
 
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel
 
 from sftlab.templates.masking import IGNORE_INDEX
+
+log = logging.getLogger(__name__)
 
 
 def unwrap_causal_lm(model: torch.nn.Module) -> PreTrainedModel:
@@ -29,36 +33,105 @@ def unwrap_causal_lm(model: torch.nn.Module) -> PreTrainedModel:
     return model
 
 
+def _softmax_grad_inplace(logits: torch.Tensor, softcap: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eager kernel: (logsumexp per row, softmax times the softcap derivative in logits' dtype), working in place
+    on one fp32 buffer (the chunk's logits are not needed afterwards)."""
+    acc = torch.promote_types(logits.dtype, torch.float32)  # softmax/CE precision: at least fp32
+    x = logits if logits.dtype == acc else logits.to(acc)
+    tanh = None
+    if softcap:
+        tanh = torch.tanh(x / softcap)
+        x = tanh * softcap
+    lse = torch.logsumexp(x, dim=-1)
+    probs = x.sub_(lse[:, None]).exp_()
+    if tanh is not None:
+        probs.mul_(1.0 - tanh * tanh)
+    return lse, probs.to(logits.dtype)
+
+
+def _softmax_grad(logits: torch.Tensor, softcap: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same, written functionally for torch.compile: fused into two passes over the chunk that read the
+    low-precision logits and write the low-precision gradient, with no fp32 copy of the chunk in between."""
+    x = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    tanh = None
+    if softcap:
+        tanh = torch.tanh(x / softcap)
+        x = tanh * softcap
+    lse = torch.logsumexp(x, dim=-1)
+    probs = torch.exp(x - lse[:, None])
+    if tanh is not None:
+        probs = probs * (1.0 - tanh * tanh)
+    return lse, probs.to(logits.dtype)
+
+
+class _SoftmaxKernel:
+    """Chooses the compiled kernel when asked and it works, else the eager one. A failed compile (no C++
+    compiler, an unsupported backend) is reported once and the eager kernel is used from then on."""
+
+    def __init__(self) -> None:
+        self.compiled = None
+        self.broken = False
+
+    def __call__(self, logits: torch.Tensor, softcap: float | None, compile: bool):
+        if not compile or self.broken:
+            return _softmax_grad_inplace(logits, softcap)
+        if self.compiled is None:
+            self.compiled = torch.compile(_softmax_grad, dynamic=True, fullgraph=True)
+        try:
+            return self.compiled(logits, softcap)
+        except Exception as e:  # noqa: BLE001 - any compiler failure: fall back, the result is the same
+            self.broken = True
+            log.warning("compiling the loss kernel failed (%s: %s); using the eager kernel", type(e).__name__,
+                        str(e).splitlines()[0][:200] if str(e) else "")
+            return _softmax_grad_inplace(logits, softcap)
+
+
+softmax_kernel = _SoftmaxKernel()
+
+
+def should_compile(compile: bool | str, vocab_size: int) -> bool:
+    """`auto`: compile where the output layer is large (>= 32k entries), where the elementwise loss is a
+    measurable share of a step (measured: 3x faster than eager on gemma's 262k vocabulary); small test models
+    skip the compile time."""
+    if compile == "auto":
+        return vocab_size >= 32_768
+    return bool(compile)
+
+
 class ChunkedLinearCrossEntropy(torch.autograd.Function):
     """sum_i CE(h_i @ W^T, y_i), computed `chunk_size` rows at a time, with the gradients w.r.t. h (and W when
     it is trained) formed in the same pass: only one chunk of logits ever exists, instead of full-vocabulary
     fp32 logits for every response token kept alive until backward (the largest tensor of a small model with
-    a 262k vocabulary). Same matmuls as the plain way, no recomputation."""
+    a 262k vocabulary). Same matmuls as the plain way, no recomputation. The softmax over each chunk is one
+    fused compiled kernel when `compile` is true (falls back to eager)."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, chunk_size: int, softcap: float | None):
+    def forward(ctx, hidden, weight, targets, chunk_size: int, softcap: float | None, compile: bool = False):
         device = hidden.device.type
         dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
         with torch.autocast(device, enabled=False):
             w = weight.to(dtype)
             grad_h = torch.empty_like(hidden, dtype=dtype)
-            acc = torch.promote_types(dtype, torch.float32)  # softmax/CE precision: at least fp32
+            acc = torch.promote_types(dtype, torch.float32)
             grad_w = torch.zeros_like(weight, dtype=acc) if weight.requires_grad else None
             total = torch.zeros((), dtype=acc, device=hidden.device)
             for i in range(0, targets.numel(), chunk_size):
                 h = hidden[i:i + chunk_size].to(dtype)
                 y = targets[i:i + chunk_size]
-                logits = (h @ w.t()).to(acc)
+                logits = h @ w.t()
+                picked = logits.gather(1, y[:, None]).squeeze(1).to(acc)
+                tanh = None
                 if softcap:
-                    tanh = torch.tanh(logits / softcap)
-                    logits = tanh * softcap
-                lse = torch.logsumexp(logits, dim=-1)
-                total += (lse - logits.gather(1, y[:, None]).squeeze(1)).sum()
-                grad = logits.sub_(lse[:, None]).exp_()  # softmax, in place
-                grad[torch.arange(y.numel(), device=y.device), y] -= 1.0
-                if softcap:
-                    grad.mul_(1.0 - tanh * tanh)
-                grad = grad.to(dtype)
+                    tanh = torch.tanh(picked / softcap)
+                    picked = tanh * softcap
+                lse, grad = softmax_kernel(logits, softcap, compile)
+                del logits
+                total += (lse - picked).sum()
+                # the one-hot term of softmax - onehot, on the picked entries only
+                fix = torch.exp(picked - lse) - 1.0
+                if tanh is not None:
+                    fix = fix * (1.0 - tanh * tanh)
+                grad[torch.arange(y.numel(), device=y.device), y] = fix.to(grad.dtype)
                 grad_h[i:i + chunk_size] = grad @ w
                 if grad_w is not None:  # bf16 product added into the fp32 sum, as autocast does for weights
                     grad_w += grad.t() @ h
@@ -72,15 +145,17 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
         h_dtype, w_dtype = ctx.dtypes
         dh = grad_h.mul_(grad_out).to(h_dtype)  # in place: these buffers are not needed again
         dw = grad_w.mul_(grad_out).to(w_dtype) if grad_w is not None else None
-        return dh, dw, None, None, None
+        return dh, dw, None, None, None, None
 
 
 def response_nll(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                 labels: torch.Tensor, chunk_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+                 labels: torch.Tensor, chunk_size: int = 256,
+                 compile: bool | str = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(sum of NLL over response tokens, number of response tokens), logits only where needed.
 
     chunk_size 256: with a 262k vocabulary one chunk of logits is ~0.3 GB in fp32, small next to the
-    activations, while the matmuls stay large enough to run at full speed."""
+    activations, while the matmuls stay large enough to run at full speed. `compile`: True, False or "auto"
+    (see `should_compile`)."""
     lm = unwrap_causal_lm(model)
     hidden = lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
     target = labels[:, 1:]
@@ -91,7 +166,8 @@ def response_nll(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask
     if getattr(head, "bias", None) is not None or not isinstance(head, torch.nn.Linear):
         raise TypeError("fast loss supports a bias-free linear output layer")
     cap = getattr(lm.config, "final_logit_softcapping", None)
-    total = ChunkedLinearCrossEntropy.apply(h, head.weight, y, chunk_size, cap)
+    total = ChunkedLinearCrossEntropy.apply(h, head.weight, y, chunk_size, cap,
+                                            should_compile(compile, head.weight.shape[0]))
     return total, keep.sum()
 
 
@@ -106,7 +182,7 @@ def reference_nll(model: torch.nn.Module, input_ids: torch.Tensor, attention_mas
 
 
 def fast_loss_matches(model: torch.nn.Module, batch: dict[str, torch.Tensor], rtol: float = 1e-3,
-                      max_rows: int = 2, max_tokens: int = 256) -> bool:
+                      max_rows: int = 2, max_tokens: int = 256, compile: bool | str = False) -> bool:
     """True when the fast path reproduces the model's own loss on a slice of `batch` (it may not, e.g. for
     models that scale logits in ways we do not know about). A slice, because the reference path builds
     full-vocabulary logits: on the whole batch that alone would be the run's peak memory. Runs in eval mode:
@@ -118,15 +194,17 @@ def fast_loss_matches(model: torch.nn.Module, batch: dict[str, torch.Tensor], rt
     was_training = model.training
     model.eval()
     try:
-        return _fast_loss_matches(model, batch, rtol)
+        return _fast_loss_matches(model, batch, rtol, compile)
     finally:
         model.train(was_training)
 
 
-def _fast_loss_matches(model: torch.nn.Module, batch: dict[str, torch.Tensor], rtol: float) -> bool:
+def _fast_loss_matches(model: torch.nn.Module, batch: dict[str, torch.Tensor], rtol: float,
+                       compile: bool | str) -> bool:
     with torch.no_grad():
         try:
-            fast, n = response_nll(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+            fast, n = response_nll(model, batch["input_ids"], batch["attention_mask"], batch["labels"],
+                                   compile=compile)
         except Exception:
             return False
         ref, m = reference_nll(model, batch["input_ids"], batch["attention_mask"], batch["labels"])

@@ -7,6 +7,7 @@ import logging
 import torch
 from transformers import Trainer
 
+from sftlab.models.compile import eager, is_compiler_error, uncompile_layers
 from sftlab.train.callbacks import TokenCounter
 from sftlab.train.loss import fast_loss_matches, reference_nll, response_nll
 
@@ -16,10 +17,15 @@ log = logging.getLogger(__name__)
 class SFTLabTrainer(Trainer):
     """Trainer whose loss is sum(response NLL) / (response tokens in the whole accumulated batch)."""
 
-    def __init__(self, *args, counter: TokenCounter | None = None, fast_loss: bool = True, **kwargs) -> None:
+    def __init__(self, *args, counter: TokenCounter | None = None, fast_loss: bool = True,
+                 compile_loss: bool | str = "auto", compiled_layers: list[torch.nn.Module] | None = None,
+                 **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.counter = counter or TokenCounter()
         self.fast_loss = fast_loss
+        self.compile_loss = compile_loss
+        self.compiled_layers = list(compiled_layers or [])
+        self._first_step_done = False
         self._fast_loss_checked = not fast_loss
         # We normalise by Trainer's num_items_in_batch ourselves: have it counted, and not divide again.
         self.model_accepts_loss_kwargs = True
@@ -33,17 +39,40 @@ class SFTLabTrainer(Trainer):
         # Same precision as training: both paths see the same rows; bf16 needs a looser tolerance.
         low_precision = self.args.bf16 or self.args.fp16 or any(
             p.dtype in (torch.bfloat16, torch.float16) for p in model.parameters())
-        with self.accelerator.autocast():
-            ok = fast_loss_matches(model, inputs, rtol=1e-2 if low_precision else 1e-4)
+        with self.accelerator.autocast(), eager():  # a one-off check: no inference graph to compile
+            ok = fast_loss_matches(model, inputs, rtol=1e-2 if low_precision else 1e-4, compile=self.compile_loss)
         if not ok:
             log.warning("fast response-only loss does not match the model's own loss for this architecture; "
                         "using the model's full logits instead")
         self.fast_loss = ok
 
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        """The first step compiles the layers; if the compiler fails (no C++ compiler, an unsupported op), say
+        so once, go back to eager and redo the step (no gradient was accumulated before it)."""
+        if self._first_step_done or not self.compiled_layers:
+            return super().training_step(model, inputs, num_items_in_batch)
+        counted = (self.counter.tokens, self.counter.trained, self.counter.length_squares)
+        try:
+            loss = super().training_step(model, inputs, num_items_in_batch)
+        except Exception as e:
+            if not is_compiler_error(e):
+                raise
+            log.warning("compiling the decoder layers failed (%s); training eagerly",
+                        str(e).splitlines()[0][:200] if str(e) else type(e).__name__)
+            uncompile_layers(self.compiled_layers)
+            self.compiled_layers = []
+            model.zero_grad(set_to_none=True)
+            self.counter.tokens, self.counter.trained, self.counter.length_squares = counted
+            loss = super().training_step(model, inputs, num_items_in_batch)
+        self._first_step_done = True
+        return loss
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         ids, mask, labels = inputs["input_ids"], inputs["attention_mask"], inputs["labels"]
         if model.training:
-            self.counter.tokens += int(mask.sum())
+            lengths = mask.sum(dim=1)
+            self.counter.tokens += int(lengths.sum())
+            self.counter.length_squares += int((lengths * lengths).sum())
             self.counter.trained += int((labels[:, 1:] != -100).sum())
         if not self._fast_loss_checked:
             self._check_fast_loss(model, inputs)
@@ -51,7 +80,7 @@ class SFTLabTrainer(Trainer):
             # accelerate applies mixed precision by wrapping the model's forward; the fast path calls the
             # decoder and head directly, so it enters the same autocast itself.
             with self.accelerator.autocast():
-                total, n = response_nll(model, ids, mask, labels)
+                total, n = response_nll(model, ids, mask, labels, compile=self.compile_loss)
         else:
             total, n = reference_nll(model, ids, mask, labels)
         denom = num_items_in_batch if num_items_in_batch is not None else n
