@@ -264,3 +264,19 @@ def test_compiler_failure_falls_back_to_eager(tiny_model_dir, tmp_path, monkeypa
     assert metrics["compiled_layers"] == 0 and metrics["global_step"] == 2
     assert "compiling the decoder layers failed" in caplog.text
     assert len([m for m in _metrics(result.run_dir) if "loss" in m]) == 2
+
+
+def test_attention_implementation_is_a_switch(tiny_model_dir, tmp_path):
+    """`attn_implementation` reaches the model: eager attention gives the SDPA loss curve; a bogus name is a
+    clear error."""
+    curves = []
+    for impl in (None, "eager"):
+        d = tmp_path / str(impl)
+        result = train(_cfg(tiny_model_dir, d, attn_implementation=impl, max_steps=2, output_dir=str(d / "run")))
+        curves.append([m["loss"] for m in _metrics(result.run_dir) if "loss" in m])
+    assert curves[0] == pytest.approx(curves[1], rel=1e-5)
+    from sftlab.errors import ModelError
+
+    with pytest.raises(ModelError, match="could not load model"):
+        train(_cfg(tiny_model_dir, tmp_path / "bad", attn_implementation="no_such_kernel",
+                   output_dir=str(tmp_path / "bad" / "run")))

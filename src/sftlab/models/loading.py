@@ -93,14 +93,17 @@ def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
     return tok
 
 
-def load_model(path: str, dtype: torch.dtype | str = torch.float32, device: str | None = None) -> PreTrainedModel:
-    """Load a causal LM with safe defaults; `path` must already be resolved (see resolve_model_path)."""
+def load_model(path: str, dtype: torch.dtype | str = torch.float32, device: str | None = None,
+               attn_implementation: str | None = None) -> PreTrainedModel:
+    """Load a causal LM with safe defaults; `path` must already be resolved (see resolve_model_path).
+    `attn_implementation`: None = transformers' default (SDPA), or e.g. "eager", "flash_attention_2" (GPU)."""
     if isinstance(dtype, str):
         dtype = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
                  "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}[dtype]
     try:
+        extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=False,
-                                                     use_safetensors=True)
+                                                     use_safetensors=True, **extra)
     except Exception as e:
         raise ModelError(f"could not load model from {path}: {e}") from e
     if device:

@@ -100,7 +100,8 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, conso
                                                                             and flags["bf16"]))
     # LoRA under bf16: the frozen base is only ever multiplied in bf16, so load it that way (half the memory,
     # no fp32 copy at any point); PEFT keeps the adapter weights in fp32 (autocast_adapter_dtype).
-    model = load_model(base_path, torch.bfloat16 if bf16_base else torch.float32)
+    model = load_model(base_path, torch.bfloat16 if bf16_base else torch.float32,
+                       attn_implementation=cfg.attn_implementation)
     if added_tokens:
         model.resize_token_embeddings(len(tokenizer))
     if cfg.use_gradient_checkpointing:
