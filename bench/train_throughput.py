@@ -119,9 +119,8 @@ def run_sftlab(spec: dict) -> dict:
     result = train(cfg, overwrite=True, callbacks=[meter.callback()])
     rows = [json.loads(x) for x in (Path(spec["out"]) / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in rows if "loss" in r]
-    return {"tokens": result.metrics["tokens_seen"], "trained_tokens": result.metrics["trained_tokens_seen"],
-            "length_squares": result.metrics["length_squares_seen"], "wall_s": result.metrics["train_runtime"],
-            "losses": losses, "peak_rss_mb": _peak_rss_mb(), "steady": meter.steady()}
+    return {**meter.counts, "wall_s": result.metrics["train_runtime"], "losses": losses,
+            "peak_rss_mb": _peak_rss_mb(), "steady": meter.steady()}
 
 
 def run_trl(spec: dict) -> dict:
@@ -230,7 +229,7 @@ def useful_flops(r: dict, shape: dict, method: str) -> float:
     k = 4 if method == "lora" else 6
     body = k * shape["body"] * r["tokens"] + (6 * shape["lora"] * r["tokens"] if method == "lora" else 0)
     head = k * shape["hidden"] * shape["vocab"] * r["trained_tokens"]
-    attention = 12 * shape["layers"] * shape["attention_width"] * r.get("length_squares", 0)
+    attention = 12 * shape["layers"] * shape["attention_width"] * r["length_squares"]
     return body + head + attention
 
 

@@ -21,7 +21,7 @@ MIN_AUTO_PARAMS = 100_000_000
 
 def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList | None:
     """The repeated blocks of a transformers causal LM (inside PEFT wrappers), or None if not found."""
-    from sftlab.train.loss import unwrap_causal_lm
+    from sftlab.models.loading import unwrap_causal_lm
 
     lm = unwrap_causal_lm(model)
     decoder = lm.get_decoder() if hasattr(lm, "get_decoder") else None

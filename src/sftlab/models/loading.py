@@ -111,6 +111,15 @@ def load_model(path: str, dtype: torch.dtype | str = torch.float32, device: str 
     return model
 
 
+def unwrap_causal_lm(model: torch.nn.Module) -> PreTrainedModel:
+    """The transformers CausalLM inside PEFT/accelerate wrappers."""
+    while hasattr(model, "module"):  # DDP / accelerate
+        model = model.module
+    if hasattr(model, "get_base_model"):  # PEFT
+        model = model.get_base_model()
+    return model
+
+
 def load_lm(spec: str, dtype: torch.dtype | str = torch.bfloat16):
     """(model in eval mode, tokenizer with a chat template) for scoring and judging: any model spec."""
     from sftlab.templates.chat_templates import ensure_chat_template

