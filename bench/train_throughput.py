@@ -8,10 +8,12 @@ is per run), and runs alternate sftlab/TRL so that machine noise hits both.
     python bench/train_throughput.py                 # gemma-3-270m, LoRA and full, 2 repeats
     python bench/train_throughput.py --quick         # tiny random model, seconds
     python bench/train_throughput.py --check-loss    # fp32 loss-curve equivalence only
+    python bench/train_throughput.py --model DIR --random-weights --trl-liger   # on a GPU (see bench/gpu.sh)
 
 Prints per configuration: trained (non-padding) tokens/s, wall time, peak RSS, final loss, the sftlab/TRL
 ratios, and useful model FLOP/s as a fraction of this machine's bf16 matmul rate, measured in each run's own
-process right before and after it (the VM's speed drifts).
+process right before and after it (the VM's speed drifts). On a GPU, memory is the peak of allocated GPU memory
+and the matmul rate is the GPU's.
 """
 
 from __future__ import annotations
@@ -51,8 +53,21 @@ def build_data(path: Path, n_general: int) -> None:
 
 
 # ------------------------------------------------------------------------------------------ workers
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def _peak_memory() -> dict:
+    """Peak resident memory of this worker; on a GPU also the peak of allocated GPU memory, which then counts."""
+    import torch
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    gpu = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
+    return {"peak_rss_mb": rss, "peak_gpu_mb": gpu, "peak_mb": gpu if gpu is not None else rss}
+
+
+def _synchronize() -> None:
+    """Kernels run asynchronously on a GPU: wait for them before reading the clock."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
 
 
 class StepMeter:
@@ -63,6 +78,7 @@ class StepMeter:
     def __init__(self) -> None:
         self.counts = {"tokens": 0, "trained_tokens": 0, "length_squares": 0}
         self.marks: list[dict] = []
+        self.start = 0.0
 
     def wrap(self, collate):
         import torch
@@ -87,7 +103,11 @@ class StepMeter:
         meter = self
 
         class Clock(TrainerCallback):
+            def on_train_begin(self, args, state, control, **kw):
+                meter.start = time.perf_counter()
+
             def on_step_end(self, args, state, control, **kw):
+                _synchronize()
                 meter.marks.append({"t": time.perf_counter(), **meter.counts})
 
         return Clock()
@@ -96,6 +116,11 @@ class StepMeter:
         first, last = self.marks[0], self.marks[-1]
         out = {k: last[k] - first[k] for k in self.counts}
         return {**out, "wall_s": last["t"] - first["t"]}
+
+    def step_seconds(self) -> list[float]:
+        """Seconds of every optimizer step (the first includes compiling): shows recompiles and stalls."""
+        times = [self.start] + [m["t"] for m in self.marks]
+        return [round(b - a, 3) for a, b in zip(times, times[1:], strict=False)]
 
 
 def run_sftlab(spec: dict) -> dict:
@@ -120,7 +145,7 @@ def run_sftlab(spec: dict) -> dict:
     rows = [json.loads(x) for x in (Path(spec["out"]) / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in rows if "loss" in r]
     return {**meter.counts, "wall_s": result.metrics["train_runtime"], "losses": losses,
-            "peak_rss_mb": _peak_rss_mb(), "steady": meter.steady()}
+            **_peak_memory(), "steady": meter.steady(), "step_s": meter.step_seconds()}
 
 
 def run_trl(spec: dict) -> dict:
@@ -156,7 +181,7 @@ def run_trl(spec: dict) -> dict:
         gradient_accumulation_steps=spec["grad_accum"], max_steps=spec["steps"], learning_rate=spec["lr"],
         lr_scheduler_type="constant", warmup_steps=0, seed=spec["seed"], data_seed=spec["seed"], bf16=bf16,
         use_cpu=not torch.cuda.is_available(), logging_steps=1, save_strategy="no", report_to=[],
-        max_length=None, disable_tqdm=True,
+        max_length=None, disable_tqdm=True, use_liger_kernel=spec.get("liger", False),
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok)
     meter = StepMeter()
@@ -171,25 +196,31 @@ def run_trl(spec: dict) -> dict:
 
     trainer.add_callback(Losses())
     out = trainer.train()
-    return {**meter.counts, "wall_s": out.metrics["train_runtime"], "losses": losses, "peak_rss_mb": _peak_rss_mb(),
-            "steady": meter.steady()}
+    return {**meter.counts, "wall_s": out.metrics["train_runtime"], "losses": losses, **_peak_memory(),
+            "steady": meter.steady(), "step_s": meter.step_seconds()}
 
 
 # --------------------------------------------------------------------------------------------- main
 def bf16_matmul_gflops(n: int = 2048, reps: int = 10, samples: int = 5) -> list[float]:
-    """GFLOP/s of `samples` timed batches of bf16 n x n matrix products (this machine's matmul peak).
+    """GFLOP/s of `samples` timed batches of bf16 n x n matrix products (this machine's matmul peak; on a GPU,
+    8192 x 8192 products on the GPU).
 
     This VM's matmul speed drifts with its neighbours (measured 740-1900 GFLOP/s within minutes), so each
     training run is compared with the peak measured in its own process right before and after it."""
     import torch
 
-    a, b = torch.randn(n, n, dtype=torch.bfloat16), torch.randn(n, n, dtype=torch.bfloat16)
-    a @ b
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    n = 8192 if device == "cuda" else n
+    a, b = (torch.randn(n, n, dtype=torch.bfloat16, device=device) for _ in range(2))
+    for _ in range(3):
+        a @ b
     rates = []
     for _ in range(samples):
+        _synchronize()
         t = time.perf_counter()
         for _ in range(reps):
             a @ b
+        _synchronize()
         rates.append(2 * n**3 * reps / (time.perf_counter() - t) / 1e9)
     return rates
 
@@ -241,7 +272,8 @@ def summarize(rs: list[dict], shape: dict, method: str) -> dict:
     return {
         "tokens_per_s": med(lambda r: r["tokens"] / r["wall_s"]),
         "steady_tokens_per_s": med(lambda r: r["steady"]["tokens"] / r["steady"]["wall_s"]),
-        "wall_s": med(lambda r: r["wall_s"]), "peak_rss_mb": max(r["peak_rss_mb"] for r in rs),
+        "wall_s": med(lambda r: r["wall_s"]), "peak_mb": max(r["peak_mb"] for r in rs),
+        "peak_rss_mb": max(r["peak_rss_mb"] for r in rs),
         "final_loss": rs[0]["losses"][-1], "peak_gflops": med(lambda r: r["peak_gflops"]),
         "useful_gflops": med(lambda r: useful_flops(r["steady"], shape, method) / r["steady"]["wall_s"] / 1e9),
         "fraction_of_bf16_peak": med(lambda r: useful_flops(r["steady"], shape, method) / r["steady"]["wall_s"]
@@ -251,7 +283,9 @@ def summarize(rs: list[dict], shape: dict, method: str) -> dict:
         "runs": rs}
 
 
-def worker_call(kind: str, spec: dict) -> dict:
+def worker_call(kind: str, spec: dict, optional: bool = False) -> dict | None:
+    """Run one configuration in its own process; an optional one (e.g. TRL + Liger) that fails is reported and
+    skipped instead of ending the benchmark."""
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(spec, f)
     out = f.name + ".out"
@@ -259,8 +293,44 @@ def worker_call(kind: str, spec: dict) -> dict:
     proc = subprocess.run([sys.executable, __file__, "--worker", kind, "--spec", f.name, "--result", out],
                           env=env, capture_output=True, text=True)
     if proc.returncode != 0:
+        if optional:
+            print(f"{kind} worker failed (skipped):\n{proc.stderr[-2000:]}")
+            return None
         raise SystemExit(f"{kind} worker failed:\n{proc.stderr[-4000:]}")
     return json.loads(Path(out).read_text())
+
+
+def with_random_weights(model: str) -> Path:
+    """A copy of `model` (config, tokenizer) with freshly initialised fp32 weights, saved as safetensors beside
+    it (`<model>-random-weights`, reused by later invocations)."""
+    import shutil
+
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from sftlab.models.loading import resolve_model_path
+
+    path = Path(resolve_model_path(model))
+    out = path.with_name(path.name + "-random-weights")
+    if (out / "model.safetensors").exists():
+        return out
+    partial = out.with_name(out.name + ".partial")  # renamed when complete: a killed run leaves no half model
+    shutil.rmtree(partial, ignore_errors=True)
+    AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path)).save_pretrained(partial)
+    for f in path.iterdir():
+        if f.name.startswith(("tokenizer", "special_tokens", "generation_config", "chat_template")):
+            shutil.copy(f, partial / f.name)
+    shutil.rmtree(out, ignore_errors=True)
+    return partial.rename(out)
+
+
+def device_name() -> str:
+    import platform
+
+    import torch
+
+    if torch.cuda.is_available():
+        return f"cuda: {torch.cuda.get_device_name()}, torch {torch.__version__}"
+    return f"cpu: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
 
 
 def fmt_row(cols: list, widths: list[int]) -> str:
@@ -285,6 +355,11 @@ def main() -> None:
                     help="sftlab with its default length-grouped batching (batches then differ from TRL's)")
     ap.add_argument("--sftlab-gc", action="store_true",
                     help="also run sftlab with gradient checkpointing (TRL's default) as a third configuration")
+    ap.add_argument("--data", type=Path, help="a conversations file to train on instead of identity + Alpaca")
+    ap.add_argument("--random-weights", action="store_true",
+                    help="the model's architecture and tokenizer with freshly drawn weights (where the weights "
+                         "cannot travel, e.g. to a GPU machine); speed does not depend on the weights' values")
+    ap.add_argument("--trl-liger", action="store_true", help="also run TRL with use_liger_kernel (GPU)")
     ap.add_argument("--compile", default="auto", help="sftlab's `compile` setting (auto: on for >= 100M params)")
     ap.add_argument("--worker", choices=["sftlab", "trl"], help=argparse.SUPPRESS)
     ap.add_argument("--spec", help=argparse.SUPPRESS)
@@ -307,11 +382,18 @@ def main() -> None:
         from sftlab.testing import save_tiny_model
 
         model = str(save_tiny_model(tmp / "tiny"))
-    data = tmp / "data.jsonl"
-    build_data(data, a.general)
+    elif a.random_weights:
+        model = str(with_random_weights(model))
+    data = a.data or tmp / "data.jsonl"
+    if not a.data:
+        build_data(data, a.general)
     base = {"model": model, "data": str(data), "steps": a.steps, "batch_size": a.batch_size,
             "grad_accum": a.grad_accum, "lr": 1e-4, "seed": 0, "max_length": 512}
-    report: dict = {"model": model, "config": base}
+    report: dict = {"model": a.model, "random_weights": a.random_weights, "config": base, "device": device_name()}
+
+    def save() -> None:  # after every section: a run cut short still leaves its results
+        if a.json:
+            a.json.write_text(json.dumps(report, indent=2))
 
     # 1. loss equivalence in fp32, same data order (no length grouping), both methods
     check_steps = min(a.steps, 4)
@@ -330,6 +412,7 @@ def main() -> None:
         print(f"      trl    {[round(x, 5) for x in t['losses']]}")
         print(f"      max relative difference {diff:.2e}: {'OK' if ok else 'MISMATCH'}")
         report["loss_check"][method] = {"sftlab": s["losses"], "trl": t["losses"], "max_rel_diff": diff, "ok": ok}
+        save()
     if a.check_loss:
         return
 
@@ -337,16 +420,17 @@ def main() -> None:
     shape = model_shape(model)
     print(f"\n== throughput: {model}, {a.steps} steps, batch {a.batch_size}x{a.grad_accum}, bf16 autocast, "
           f"{a.repeats} alternating repeats ==")
-    print("%peak: useful model FLOP/s over the bf16 2048^2 matmul rate measured in the same process right before "
-          "and after the run (median of 10 samples); steady = after optimizer step 1, e2e = whole run")
+    print(f"%peak: useful model FLOP/s over the bf16 {8192 if 'cuda' in report['device'] else 2048}^2 matmul rate "
+          "measured in the same process right before and after the run (median of 10 samples); steady = after "
+          "optimizer step 1, e2e = whole run")
     widths = [6, 9, 8, 8, 7, 8, 8, 7, 7, 7]
-    print(fmt_row(["method", "tool", "tok/s", "steady", "wall s", "peak MB", "loss", "mm GF", "%peak", "e2e %"],
-                  widths))
+    print(fmt_row(["method", "tool", "tok/s", "steady", "wall s", "GPU MB" if "cuda" in report["device"] else
+                   "peak MB", "loss", "mm GF", "%peak", "e2e %"], widths))
     samples: list[float] = []
     report["throughput"] = {}
     for method in a.methods.split(","):
-        kinds = [k for k in ["sftlab", *(["sftlab+gc"] if a.sftlab_gc else []), "trl"]
-                 if k.split("+")[0] in a.tools.split(",")]
+        kinds = [k for k in ["sftlab", *(["sftlab+gc"] if a.sftlab_gc else []), "trl",
+                             *(["trl+liger"] if a.trl_liger else [])] if k.split("+")[0] in a.tools.split(",")]
         runs: dict[str, list[dict]] = {k: [] for k in kinds}
         for rep in range(a.repeats):
             for kind in (kinds if rep % 2 == 0 else kinds[::-1]):
@@ -354,32 +438,39 @@ def main() -> None:
                 spec = {**base, "method": method, "precision": "bf16",
                         "group_by_length": a.sftlab_grouped and kind.startswith("sftlab"),
                         "lr": 1e-4 if method == "lora" else 1e-5, "out": str(tmp / f"{kind}-{method}-{rep}"),
-                        "gradient_checkpointing": kind == "sftlab+gc", "compile": a.compile}
-                runs[kind].append(worker_call(kind.split("+")[0], spec))
-                samples += runs[kind][-1]["matmul_gflops_samples"]
+                        "gradient_checkpointing": kind == "sftlab+gc", "compile": a.compile,
+                        "liger": kind == "trl+liger"}
+                result = worker_call(kind.split("+")[0], spec, optional=kind == "trl+liger")
+                if result is not None:
+                    runs[kind].append(result)
+                    samples += result["matmul_gflops_samples"]
+                report["throughput"][method] = {"runs": runs}
+                save()
         summary = {}
         for kind, rs in runs.items():
+            if not rs:
+                continue
             summary[kind] = s = summarize(rs, shape, method)
             print(fmt_row([method, kind, f"{s['tokens_per_s']:.1f}", f"{s['steady_tokens_per_s']:.1f}",
-                           f"{s['wall_s']:.1f}", f"{s['peak_rss_mb']:.0f}", f"{s['final_loss']:.4f}",
+                           f"{s['wall_s']:.1f}", f"{s['peak_mb']:.0f}", f"{s['final_loss']:.4f}",
                            f"{s['peak_gflops']:.0f}", f"{100 * s['fraction_of_bf16_peak']:.1f}%",
                            f"{100 * s['fraction_of_bf16_peak_e2e']:.1f}%"], widths))
         ratios = {}
-        for kind in (kinds[:-1] if "trl" in kinds else []):
+        for kind in ([k for k in summary if k != "trl"] if "trl" in summary else []):
             ratio = summary[kind]["tokens_per_s"] / summary["trl"]["tokens_per_s"]
             steady = summary[kind]["steady_tokens_per_s"] / summary["trl"]["steady_tokens_per_s"]
-            mem = summary[kind]["peak_rss_mb"] / summary["trl"]["peak_rss_mb"]
+            mem = summary[kind]["peak_mb"] / summary["trl"]["peak_mb"]
             print(f"{method}: {kind}/TRL tokens/s = {ratio:.2f}x whole run, {steady:.2f}x steady state; "
                   f"peak memory {kind}/TRL = {mem:.2f}")
             ratios[kind] = {"speed_ratio": ratio, "steady_speed_ratio": steady, "memory_ratio": mem}
         report["throughput"][method] = {**summary, "ratios": ratios}
+        save()
     if samples:
         report["bf16_matmul_gflops"] = {"median": statistics.median(samples), "min": min(samples),
                                         "max": max(samples), "samples": samples}
         print(f"bf16 matmul GFLOP/s over all {len(samples)} samples: median {statistics.median(samples):.0f}, "
               f"min {min(samples):.0f}, max {max(samples):.0f}")
-    if a.json:
-        a.json.write_text(json.dumps(report, indent=2))
+    save()
 
 
 if __name__ == "__main__":

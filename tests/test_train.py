@@ -228,6 +228,20 @@ def test_chunked_linear_cross_entropy_matches_autograd(softcap, compile):
         assert softmax_kernel.compiled is not None and not softmax_kernel.broken
 
 
+def test_compile_auto_is_on_where_it_was_measured_to_pay():
+    """`auto` compiles real models (>= 100M parameters) and large-vocabulary losses on CPU only: on a GPU the one
+    measurement (H200) was slower than TRL's eager run. An explicit `true` compiles anywhere."""
+    from sftlab.models.compile import should_compile_layers
+    from sftlab.train.loss import should_compile
+
+    with torch.device("meta"):
+        big, small = torch.nn.Linear(10_000, 10_000), torch.nn.Linear(10, 10)
+    assert should_compile_layers("auto", big, "cpu") and not should_compile_layers("auto", small, "cpu")
+    assert not should_compile_layers("auto", big, "cuda") and should_compile_layers(True, small, "cuda")
+    assert should_compile("auto", 262_144, "cpu") and not should_compile("auto", 1_000, "cpu")
+    assert not should_compile("auto", 262_144, "cuda") and should_compile(True, 1_000, "cuda")
+
+
 @pytest.mark.parametrize("method", ["lora", "full"])
 def test_compiled_layers_train_like_eager(tiny_model_dir, tmp_path, method):
     """Regional compilation (every decoder layer torch.compile'd, checkpointing on for full) changes speed, not

@@ -113,7 +113,8 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, conso
             freeze_base_in(model, torch.bfloat16)  # e.g. rows of new tokens: anything frozen not yet bf16
             if flags["bf16"]:  # autocast decides the matmul dtype; without it PEFT's cast is needed
                 set_adapter_input_casts(model, False)
-    compiled = compile_layers(model) if should_compile_layers(cfg.compile, model) else []
+    device_type = "cuda" if torch.cuda.is_available() else "cpu"  # where Trainer will put the model
+    compiled = compile_layers(model) if should_compile_layers(cfg.compile, model, device_type) else []
     args = TrainingArguments(
         output_dir=str(run_dir / "checkpoints"),
         per_device_train_batch_size=cfg.batch_size,
@@ -149,7 +150,8 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, conso
         data_collator=PadCollator(tokenizer.pad_token_id), counter=counter, fast_loss=cfg.fast_loss,
         compile_loss=cfg.compile_loss, compiled_layers=compiled,
         callbacks=[MetricsLogger(run_dir / "metrics.jsonl", counter), RichProgress(counter, console),
-                   TensorBoardCallback(tb_writer=tb), ReleaseFreedMemory(), *(callbacks or [])],
+                   TensorBoardCallback(tb_writer=tb), *([ReleaseFreedMemory()] if device_type == "cpu" else []),
+                   *(callbacks or [])],
     )
     trainer.remove_callback(PrinterCallback)  # the rich progress bar and metrics.jsonl replace its prints
     checkpoint = get_last_checkpoint(args.output_dir) if resume and Path(args.output_dir).exists() else None
