@@ -12,8 +12,8 @@ is per run), and runs alternate sftlab/TRL so that machine noise hits both.
 
 Prints per configuration: trained (non-padding) tokens/s, wall time, peak RSS, final loss, the sftlab/TRL
 ratios, and useful model FLOP/s as a fraction of this machine's bf16 matmul rate, measured in each run's own
-process right before and after it (the VM's speed drifts). On a GPU, memory is the peak of allocated GPU memory
-and the matmul rate is the GPU's.
+process right before, during (after every optimizer step, off the clock) and after it (the VM's speed drifts).
+On a GPU, memory is the peak of allocated GPU memory and the matmul rate is the GPU's.
 """
 
 from __future__ import annotations
@@ -73,12 +73,17 @@ def _synchronize() -> None:
 class StepMeter:
     """The same counting for both tools: real (non-padding) tokens, response tokens and squared lengths of every
     collated batch, and the clock at the end of every optimizer step. Steady state = everything after step 1
-    (step 1 pays the one-off costs: sftlab compiles its layers there, both tools create their kernels)."""
+    (step 1 pays the one-off costs: sftlab compiles its layers there, both tools create their kernels).
+
+    After every step it also samples the machine's bf16 matmul rate (~0.1 s, taken off the clock): this VM's
+    speed drifts within a run, so %peak compares a run with the machine it had while it ran."""
 
     def __init__(self) -> None:
         self.counts = {"tokens": 0, "trained_tokens": 0, "length_squares": 0}
         self.marks: list[dict] = []
         self.start = 0.0
+        self.probe_s = 0.0  # time spent sampling the matmul rate, excluded from every clock reading
+        self.probe_gflops: list[float] = []
 
     def wrap(self, collate):
         import torch
@@ -108,7 +113,10 @@ class StepMeter:
 
             def on_step_end(self, args, state, control, **kw):
                 _synchronize()
-                meter.marks.append({"t": time.perf_counter(), **meter.counts})
+                meter.marks.append({"t": time.perf_counter() - meter.probe_s, **meter.counts})
+                t = time.perf_counter()
+                meter.probe_gflops += bf16_matmul_gflops(reps=3, samples=1)
+                meter.probe_s += time.perf_counter() - t
 
         return Clock()
 
@@ -144,8 +152,9 @@ def run_sftlab(spec: dict) -> dict:
     result = train(cfg, overwrite=True, callbacks=[meter.callback()])
     rows = [json.loads(x) for x in (Path(spec["out"]) / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in rows if "loss" in r]
-    return {**meter.counts, "wall_s": result.metrics["train_runtime"], "losses": losses,
-            **_peak_memory(), "steady": meter.steady(), "step_s": meter.step_seconds()}
+    return {**meter.counts, "wall_s": result.metrics["train_runtime"] - meter.probe_s, "losses": losses,
+            **_peak_memory(), "steady": meter.steady(), "step_s": meter.step_seconds(),
+            "matmul_gflops_during": meter.probe_gflops}
 
 
 def run_trl(spec: dict) -> dict:
@@ -196,8 +205,9 @@ def run_trl(spec: dict) -> dict:
 
     trainer.add_callback(Losses())
     out = trainer.train()
-    return {**meter.counts, "wall_s": out.metrics["train_runtime"], "losses": losses, **_peak_memory(),
-            "steady": meter.steady(), "step_s": meter.step_seconds()}
+    return {**meter.counts, "wall_s": out.metrics["train_runtime"] - meter.probe_s, "losses": losses,
+            **_peak_memory(), "steady": meter.steady(), "step_s": meter.step_seconds(),
+            "matmul_gflops_during": meter.probe_gflops}
 
 
 # --------------------------------------------------------------------------------------------- main
@@ -206,7 +216,7 @@ def bf16_matmul_gflops(n: int = 2048, reps: int = 10, samples: int = 5) -> list[
     8192 x 8192 products on the GPU).
 
     This VM's matmul speed drifts with its neighbours (measured 740-1900 GFLOP/s within minutes), so each
-    training run is compared with the peak measured in its own process right before and after it."""
+    training run is compared with the peak measured in its own process before, during and after it."""
     import torch
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -370,7 +380,7 @@ def main() -> None:
         spec = json.loads(Path(a.spec).read_text())
         before = bf16_matmul_gflops()
         res = (run_sftlab if a.worker == "sftlab" else run_trl)(spec)
-        res["matmul_gflops_samples"] = before + bf16_matmul_gflops()
+        res["matmul_gflops_samples"] = before + res["matmul_gflops_during"] + bf16_matmul_gflops()
         res["peak_gflops"] = statistics.median(res["matmul_gflops_samples"])
         Path(a.result).write_text(json.dumps(res))
         return
@@ -421,8 +431,8 @@ def main() -> None:
     print(f"\n== throughput: {model}, {a.steps} steps, batch {a.batch_size}x{a.grad_accum}, bf16 autocast, "
           f"{a.repeats} alternating repeats ==")
     print(f"%peak: useful model FLOP/s over the bf16 {8192 if 'cuda' in report['device'] else 2048}^2 matmul rate "
-          "measured in the same process right before and after the run (median of 10 samples); steady = after "
-          "optimizer step 1, e2e = whole run")
+          "measured in the same process before, during (each step, off the clock) and after the run (median); "
+          "steady = after optimizer step 1, e2e = whole run")
     widths = [6, 9, 8, 8, 7, 8, 8, 7, 7, 7]
     print(fmt_row(["method", "tool", "tok/s", "steady", "wall s", "GPU MB" if "cuda" in report["device"] else
                    "peak MB", "loss", "mm GF", "%peak", "e2e %"], widths))

@@ -228,6 +228,41 @@ def test_chunked_linear_cross_entropy_matches_autograd(softcap, compile):
         assert softmax_kernel.compiled is not None and not softmax_kernel.broken
 
 
+def test_length_buckets_are_a_shuffled_permutation_with_little_padding():
+    """Every example once per epoch; micro-batches of near-equal length in random order; a short last batch
+    stays last (the DataLoader cuts consecutive indices); the same seed gives the same order."""
+    from sftlab.train.dataset import LengthBucketSampler
+
+    lengths = [int(x) for x in torch.randint(5, 500, (203,), generator=torch.Generator().manual_seed(0))]
+
+    def waste(order):
+        batches = [order[i:i + 8] for i in range(0, len(order), 8)]
+        return 1 - sum(lengths[i] for i in order) / sum(len(b) * max(lengths[i] for i in b) for b in batches)
+
+    torch.manual_seed(1)
+    order = list(LengthBucketSampler(lengths, 8))
+    torch.manual_seed(1)
+    assert list(LengthBucketSampler(lengths, 8)) == order
+    assert sorted(order) == list(range(203)) and len(order[200:]) == 3
+    assert waste(order) < 0.05 and waste(torch.randperm(203).tolist()) > 0.25
+    firsts = [lengths[order[i]] for i in range(0, 200, 8)]
+    assert firsts != sorted(firsts) and firsts != sorted(firsts, reverse=True)  # batch order is shuffled
+
+
+def test_group_by_length_cuts_the_padding_of_training(tiny_model_dir, tmp_path):
+    """Trained on replies of 1-40 words, length buckets pad far less than random batches; the run reports it."""
+    convs = [Conversation([Turn("user", f"Q{i}?"), Turn("assistant", "word " * (1 + (i * 7) % 40))]) for i in range(48)]
+    path = tmp_path / "varied.jsonl"
+    write_jsonl(path, convs)
+    share = {}
+    for grouped in (False, True):
+        d = tmp_path / str(grouped)
+        result = train(_cfg(tiny_model_dir, d, data=[str(path)], group_by_length=grouped, batch_size=4, grad_accum=1,
+                            max_steps=12, output_dir=str(d / "run")))
+        share[grouped] = json.loads((result.run_dir / "train_metrics.json").read_text())["padding_share"]
+    assert share[True] < 0.1 and share[False] > 0.3
+
+
 def test_compile_auto_is_on_where_it_was_measured_to_pay():
     """`auto` compiles real models (>= 100M parameters) and large-vocabulary losses on CPU only: on a GPU the one
     measurement (H200) was slower than TRL's eager run. An explicit `true` compiles anywhere."""

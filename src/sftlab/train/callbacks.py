@@ -17,7 +17,11 @@ class TokenCounter:
     def __init__(self) -> None:
         self.tokens = 0  # non-padding tokens
         self.trained = 0  # response tokens (carry loss)
+        self.computed = 0  # positions run through the model, padding included
         self.start = time.time()
+
+    def padding_share(self) -> float:
+        return 1 - self.tokens / self.computed if self.computed else 0.0
 
     def rate(self) -> float:
         return self.tokens / max(1e-9, time.time() - self.start)

@@ -62,7 +62,8 @@ class TrainConfig(BaseModel):
     gradient_checkpointing: bool | Literal["auto"] = Field(
         "auto", description="Recompute activations in backward. auto: on for full fine-tuning (measured: 27% less "
                             "peak memory at no speed cost on gemma-3-270m), off for LoRA (23% slower there).")
-    group_by_length: bool = Field(True, description="Batch similar lengths together to waste less padding.")
+    group_by_length: bool = Field(True, description="Batch similar lengths together to waste less padding "
+                                                    "(sftlab's length buckets, micro-batches in random order).")
     fast_loss: bool = Field(True, description="Compute logits only at response positions (checked against the "
                                               "model's own loss on the first batch).")
     attn_implementation: str | None = Field(

@@ -79,6 +79,38 @@ class SFTDataset(torch.utils.data.Dataset):
         return [len(ex.input_ids) for ex in self.examples]
 
 
+class LengthBucketSampler(torch.utils.data.Sampler[int]):
+    """Micro-batches of near-equal lengths, in random order ("sortish" bucketing, as in fairseq and fastai).
+
+    Each epoch: shuffle, cut into buckets of `bucket_batches` micro-batches, sort each bucket by length, cut it
+    into micro-batches, then shuffle the micro-batches across buckets. transformers' `group_by_length` sorts
+    buckets of at most a quarter of the dataset (and of whole optimizer steps), which left 17% of the computed
+    tokens as padding on identity + Alpaca; sorting larger buckets leaves 4%. Shuffling the micro-batches keeps
+    the order random and mixes lengths within an optimizer step. Draws from torch's global RNG, like Trainer's
+    own samplers, so seeding and resuming behave the same."""
+
+    def __init__(self, lengths: list[int], batch_size: int, bucket_batches: int = 64) -> None:
+        self.lengths = list(lengths)
+        self.batch_size = batch_size
+        self.bucket = batch_size * bucket_batches
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self):
+        order = torch.randperm(len(self.lengths)).tolist()
+        batches = []
+        for start in range(0, len(order), self.bucket):
+            bucket = sorted(order[start:start + self.bucket], key=self.lengths.__getitem__)
+            batches += [bucket[i:i + self.batch_size] for i in range(0, len(bucket), self.batch_size)]
+        # the DataLoader cuts batch_size consecutive indices: a short last batch must stay last
+        short = [batches.pop()] if batches and len(batches[-1]) < self.batch_size else []
+        for b in torch.randperm(len(batches)).tolist():
+            yield from batches[b]
+        for batch in short:
+            yield from batch
+
+
 @dataclass
 class PadCollator:
     """Right-pad to the longest sequence of the batch; padding never carries loss."""

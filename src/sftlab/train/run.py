@@ -163,6 +163,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, conso
     final_dir = run_dir / "final"
     save_final(trainer.model, tokenizer, final_dir, base_path, cfg, template)
     metrics = {**out.metrics, "tokens_seen": counter.tokens, "trained_tokens_seen": counter.trained,
+               "padding_share": round(counter.padding_share(), 4),
                "fast_loss": trainer.fast_loss, "compiled_layers": len(trainer.compiled_layers),
                "global_step": trainer.state.global_step}
     write_json(run_dir / "train_metrics.json", metrics)

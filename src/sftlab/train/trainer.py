@@ -9,6 +9,7 @@ from transformers import Trainer
 
 from sftlab.models.compile import eager, is_compiler_error, uncompile_layers
 from sftlab.train.callbacks import TokenCounter
+from sftlab.train.dataset import LengthBucketSampler, SFTDataset
 from sftlab.train.loss import fast_loss_matches, reference_nll, response_nll
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,13 @@ class SFTLabTrainer(Trainer):
         self.model_accepts_loss_kwargs = True
         self.loss_is_scaled_for_ga = True
 
+    def _get_train_sampler(self, train_dataset=None):
+        """`group_by_length`: sftlab's bucketing sampler (less padding than transformers' grouping)."""
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if self.args.train_sampling_strategy == "group_by_length" and isinstance(dataset, SFTDataset):
+            return LengthBucketSampler(dataset.lengths, self.args.train_batch_size)
+        return super()._get_train_sampler(train_dataset)
+
     def _check_fast_loss(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> None:
         self._fast_loss_checked = True
         if self.args.world_size > 1:  # calling submodules would bypass DDP/FSDP's forward
@@ -51,7 +59,7 @@ class SFTLabTrainer(Trainer):
         so once, go back to eager and redo the step (no gradient was accumulated before it)."""
         if self._first_step_done or not self.compiled_layers:
             return super().training_step(model, inputs, num_items_in_batch)
-        counted = (self.counter.tokens, self.counter.trained)
+        counted = (self.counter.tokens, self.counter.trained, self.counter.computed)
         try:
             loss = super().training_step(model, inputs, num_items_in_batch)
         except Exception as e:
@@ -62,7 +70,7 @@ class SFTLabTrainer(Trainer):
             uncompile_layers(self.compiled_layers)
             self.compiled_layers = []
             model.zero_grad(set_to_none=True)
-            self.counter.tokens, self.counter.trained = counted
+            self.counter.tokens, self.counter.trained, self.counter.computed = counted
             loss = super().training_step(model, inputs, num_items_in_batch)
         self._first_step_done = True
         return loss
@@ -72,6 +80,7 @@ class SFTLabTrainer(Trainer):
         if model.training:
             self.counter.tokens += int(mask.sum())
             self.counter.trained += int((labels[:, 1:] != -100).sum())
+            self.counter.computed += mask.numel()
         if not self._fast_loss_checked:
             self._check_fast_loss(model, inputs)
         if self.fast_loss:
