@@ -145,6 +145,7 @@ def run_sftlab(spec: dict) -> dict:
         "lora": {"r": LORA_RANK, "alpha": 2 * LORA_RANK, "dropout": 0.0},
         "gradient_checkpointing": spec.get("gradient_checkpointing", False),
         "compile_loss": spec.get("compile_loss", "auto"), "compile": spec.get("compile", "auto"),
+        "attn_implementation": spec.get("attn_implementation"),
     })
     meter = StepMeter()
     collator = run_module.PadCollator

@@ -291,6 +291,7 @@ def test_compiled_layers_train_like_eager(tiny_model_dir, tmp_path, method):
         curves[compile_] = [m["loss"] for m in _metrics(result.run_dir) if "loss" in m]
         metrics = json.loads((result.run_dir / "train_metrics.json").read_text())
         assert metrics["compiled_layers"] == (2 if compile_ else 0)
+        assert metrics["attn_implementation"] == ("eager" if compile_ else "sdpa")  # `auto`, on CPU
     assert len(curves[True]) == 4
     assert curves[True] == pytest.approx(curves[False], rel=1e-4)
     if method == "full":
@@ -323,6 +324,8 @@ def test_attention_implementation_is_a_switch(tiny_model_dir, tmp_path):
         d = tmp_path / str(impl)
         result = train(_cfg(tiny_model_dir, d, attn_implementation=impl, max_steps=2, output_dir=str(d / "run")))
         curves.append([m["loss"] for m in _metrics(result.run_dir) if "loss" in m])
+        metrics = json.loads((result.run_dir / "train_metrics.json").read_text())
+        assert metrics["attn_implementation"] == (impl or "sdpa")
     assert curves[0] == pytest.approx(curves[1], rel=1e-5)
     from sftlab.errors import ModelError
 

@@ -20,6 +20,13 @@ class TokenCounter:
         self.computed = 0  # positions run through the model, padding included
         self.start = time.time()
 
+    def snapshot(self) -> tuple[int, int, int]:
+        return self.tokens, self.trained, self.computed
+
+    def restore(self, counts: tuple[int, int, int]) -> None:
+        """Undo the counting of a step that is redone (e.g. eagerly, after a compiler failure)."""
+        self.tokens, self.trained, self.computed = counts
+
     def padding_share(self) -> float:
         return 1 - self.tokens / self.computed if self.computed else 0.0
 

@@ -67,8 +67,10 @@ class TrainConfig(BaseModel):
     fast_loss: bool = Field(True, description="Compute logits only at response positions (checked against the "
                                               "model's own loss on the first batch).")
     attn_implementation: str | None = Field(
-        None, description="Attention kernel passed to transformers: None = its default (SDPA); \"eager\", or "
-                          "\"flash_attention_2\" on a GPU with flash-attn installed.")
+        "auto", description="Attention kernel passed to transformers: None = its default (SDPA); \"eager\", or "
+                            "\"flash_attention_2\" on a GPU with flash-attn installed. auto: eager when the layers "
+                            "are compiled on CPU (inductor fuses its mask and softmax: measured 13% faster LoRA steps "
+                            "than CPU SDPA on gemma-3-270m), else transformers' default.")
     compile: bool | Literal["auto"] = Field(
         "auto", description="torch.compile each decoder layer (regional compilation: fuses the elementwise work "
                             "between matmuls; measured 20-55% faster LoRA steps on gemma-3-270m on CPU). Falls back "

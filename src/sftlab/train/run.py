@@ -101,7 +101,12 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, conso
     # LoRA under bf16: the frozen base is only ever multiplied in bf16, so load it that way (half the memory,
     # no fp32 copy at any point); PEFT keeps the adapter weights in fp32 (autocast_adapter_dtype).
     model = load_model(base_path, torch.bfloat16 if bf16_base else torch.float32,
-                       attn_implementation=cfg.attn_implementation)
+                       attn_implementation=None if cfg.attn_implementation == "auto" else cfg.attn_implementation)
+    device_type = "cuda" if torch.cuda.is_available() else "cpu"  # where Trainer will put the model
+    compile_now = should_compile_layers(cfg.compile, model, device_type)
+    if cfg.attn_implementation == "auto" and compile_now and device_type == "cpu":
+        model.set_attn_implementation("eager")  # compiled, it beats CPU SDPA's flash kernel (see config)
+    attention = model.config._attn_implementation
     if added_tokens:
         model.resize_token_embeddings(len(tokenizer))
     if cfg.use_gradient_checkpointing:
@@ -113,8 +118,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, conso
             freeze_base_in(model, torch.bfloat16)  # e.g. rows of new tokens: anything frozen not yet bf16
             if flags["bf16"]:  # autocast decides the matmul dtype; without it PEFT's cast is needed
                 set_adapter_input_casts(model, False)
-    device_type = "cuda" if torch.cuda.is_available() else "cpu"  # where Trainer will put the model
-    compiled = compile_layers(model) if should_compile_layers(cfg.compile, model, device_type) else []
+    compiled = compile_layers(model) if compile_now else []
     args = TrainingArguments(
         output_dir=str(run_dir / "checkpoints"),
         per_device_train_batch_size=cfg.batch_size,
@@ -165,6 +169,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, conso
     metrics = {**out.metrics, "tokens_seen": counter.tokens, "trained_tokens_seen": counter.trained,
                "padding_share": round(counter.padding_share(), 4),
                "fast_loss": trainer.fast_loss, "compiled_layers": len(trainer.compiled_layers),
+               "attn_implementation": attention,
                "global_step": trainer.state.global_step}
     write_json(run_dir / "train_metrics.json", metrics)
     console.print(f"[green]saved[/] {cfg.method} result to {final_dir}")

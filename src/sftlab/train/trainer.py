@@ -59,7 +59,7 @@ class SFTLabTrainer(Trainer):
         so once, go back to eager and redo the step (no gradient was accumulated before it)."""
         if self._first_step_done or not self.compiled_layers:
             return super().training_step(model, inputs, num_items_in_batch)
-        counted = (self.counter.tokens, self.counter.trained, self.counter.computed)
+        counted = self.counter.snapshot()
         try:
             loss = super().training_step(model, inputs, num_items_in_batch)
         except Exception as e:
@@ -70,7 +70,7 @@ class SFTLabTrainer(Trainer):
             uncompile_layers(self.compiled_layers)
             self.compiled_layers = []
             model.zero_grad(set_to_none=True)
-            self.counter.tokens, self.counter.trained, self.counter.computed = counted
+            self.counter.restore(counted)
             loss = super().training_step(model, inputs, num_items_in_batch)
         self._first_step_done = True
         return loss
