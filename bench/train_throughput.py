@@ -145,7 +145,7 @@ def run_sftlab(spec: dict) -> dict:
         "lora": {"r": LORA_RANK, "alpha": 2 * LORA_RANK, "dropout": 0.0},
         "gradient_checkpointing": spec.get("gradient_checkpointing", False),
         "compile_loss": spec.get("compile_loss", "auto"), "compile": spec.get("compile", "auto"),
-        "attn_implementation": spec.get("attn_implementation"),
+        "attn_implementation": spec.get("attn_implementation", "auto"),
     })
     meter = StepMeter()
     collator = run_module.PadCollator
@@ -155,7 +155,8 @@ def run_sftlab(spec: dict) -> dict:
     losses = [r["loss"] for r in rows if "loss" in r]
     return {**meter.counts, "wall_s": result.metrics["train_runtime"] - meter.probe_s, "losses": losses,
             **_peak_memory(), "steady": meter.steady(), "step_s": meter.step_seconds(),
-            "matmul_gflops_during": meter.probe_gflops}
+            "matmul_gflops_during": meter.probe_gflops,
+            **{k: result.metrics[k] for k in ("attn_implementation", "compiled_layers", "padding_share")}}
 
 
 def run_trl(spec: dict) -> dict:
