@@ -221,7 +221,9 @@ def bf16_matmul_gflops(n: int = 2048, reps: int = 10, samples: int = 5) -> list[
     training run is compared with the peak measured in its own process before, during and after it."""
     import torch
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    from sftlab.models.loading import default_device
+
+    device = default_device()
     n = 8192 if device == "cuda" else n
     a, b = (torch.randn(n, n, dtype=torch.bfloat16, device=device) for _ in range(2))
     for _ in range(3):
@@ -432,12 +434,13 @@ def main() -> None:
     shape = model_shape(model)
     print(f"\n== throughput: {model}, {a.steps} steps, batch {a.batch_size}x{a.grad_accum}, bf16 autocast, "
           f"{a.repeats} alternating repeats ==")
-    print(f"%peak: useful model FLOP/s over the bf16 {8192 if 'cuda' in report['device'] else 2048}^2 matmul rate "
+    on_gpu = report["device"].startswith("cuda")
+    print(f"%peak: useful model FLOP/s over the bf16 {8192 if on_gpu else 2048}^2 matmul rate "
           "measured in the same process before, during (each step, off the clock) and after the run (median); "
           "steady = after optimizer step 1, e2e = whole run")
     widths = [6, 9, 8, 8, 7, 8, 8, 7, 7, 7]
-    print(fmt_row(["method", "tool", "tok/s", "steady", "wall s", "GPU MB" if "cuda" in report["device"] else
-                   "peak MB", "loss", "mm GF", "%peak", "e2e %"], widths))
+    print(fmt_row(["method", "tool", "tok/s", "steady", "wall s", "GPU MB" if on_gpu else "peak MB", "loss",
+                   "mm GF", "%peak", "e2e %"], widths))
     samples: list[float] = []
     report["throughput"] = {}
     for method in a.methods.split(","):

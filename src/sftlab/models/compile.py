@@ -62,6 +62,11 @@ def is_compiler_error(error: BaseException) -> bool:
     return module.startswith(("torch._dynamo", "torch._inductor")) or "InductorError" in type(error).__name__
 
 
+def compiler_error_summary(error: BaseException) -> str:
+    """The first line of a compiler error (inductor's messages run to pages), for a one-line warning."""
+    return str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+
+
 @contextlib.contextmanager
 def eager() -> None:
     """Run compiled modules eagerly inside this block (one-off checks should not trigger another compile)."""

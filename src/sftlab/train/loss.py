@@ -18,7 +18,7 @@ import logging
 import torch
 import torch.nn.functional as F
 
-from sftlab.models.compile import is_compiler_error
+from sftlab.models.compile import compiler_error_summary, is_compiler_error
 from sftlab.models.loading import unwrap_causal_lm
 from sftlab.templates.masking import IGNORE_INDEX
 
@@ -64,8 +64,7 @@ class _SoftmaxKernel:
             if not is_compiler_error(e):
                 raise
             self.broken = True
-            log.warning("compiling the loss kernel failed (%s); using the eager kernel",
-                        str(e).splitlines()[0][:200] if str(e) else type(e).__name__)
+            log.warning("compiling the loss kernel failed (%s); using the eager kernel", compiler_error_summary(e))
             return softmax_grad(logits, softcap)
 
 

@@ -23,7 +23,7 @@ from sftlab.data.loading import load_conversations
 from sftlab.data.writers import write_json, write_text
 from sftlab.errors import ConfigError
 from sftlab.models.compile import compile_layers, should_compile_layers
-from sftlab.models.loading import load_model, load_tokenizer, resolve_model_path
+from sftlab.models.loading import default_device, load_model, load_tokenizer, resolve_model_path
 from sftlab.models.lora import attach_lora, set_adapter_input_casts
 from sftlab.templates.chat_templates import ensure_chat_template
 from sftlab.templates.masking import stop_token_ids
@@ -102,7 +102,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, conso
     # no fp32 copy at any point); PEFT keeps the adapter weights in fp32 (autocast_adapter_dtype).
     model = load_model(base_path, torch.bfloat16 if bf16_base else torch.float32,
                        attn_implementation=None if cfg.attn_implementation == "auto" else cfg.attn_implementation)
-    device_type = "cuda" if torch.cuda.is_available() else "cpu"  # where Trainer will put the model
+    device_type = default_device()  # where Trainer will put the model
     compile_now = should_compile_layers(cfg.compile, model, device_type)
     if cfg.attn_implementation == "auto" and compile_now and device_type == "cpu":
         model.set_attn_implementation("eager")  # compiled, it beats CPU SDPA's flash kernel (see config)
@@ -137,7 +137,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, conso
         save_total_limit=cfg.save_total_limit,
         seed=cfg.seed,
         data_seed=cfg.seed,
-        use_cpu=not torch.cuda.is_available(),
+        use_cpu=device_type == "cpu",
         report_to=[],
         disable_tqdm=True,
         remove_unused_columns=False,

@@ -7,7 +7,7 @@ import logging
 import torch
 from transformers import Trainer
 
-from sftlab.models.compile import eager, is_compiler_error, uncompile_layers
+from sftlab.models.compile import compiler_error_summary, eager, is_compiler_error, uncompile_layers
 from sftlab.train.callbacks import TokenCounter
 from sftlab.train.dataset import LengthBucketSampler, SFTDataset
 from sftlab.train.loss import fast_loss_matches, reference_nll, response_nll
@@ -65,8 +65,7 @@ class SFTLabTrainer(Trainer):
         except Exception as e:
             if not is_compiler_error(e):
                 raise
-            log.warning("compiling the decoder layers failed (%s); training eagerly",
-                        str(e).splitlines()[0][:200] if str(e) else type(e).__name__)
+            log.warning("compiling the decoder layers failed (%s); training eagerly", compiler_error_summary(e))
             uncompile_layers(self.compiled_layers)
             self.compiled_layers = []
             model.zero_grad(set_to_none=True)
