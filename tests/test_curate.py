@@ -104,9 +104,13 @@ def test_cache_avoids_paying_twice(tiny_gen, tmp_path):
 
 def test_torn_last_line_is_dropped_on_resume(tmp_path):
     path = tmp_path / "o.jsonl"
-    path.write_text(json.dumps({"meta": {"key": "a"}}) + "\n" + '{"meta": {"key": "b"')
     w = ResumableJsonl(path)
-    assert w.done == {"a"} and path.read_text().count("\n") == 1
+    w.write_group("a", [{"id": "a-0"}])
+    w.close()
+    with open(path, "a") as f:
+        f.write('{"id": "b-0", "meta": {"key": "b"')  # what a kill during the next write leaves
+    w = ResumableJsonl(path)
+    assert w.done == {"a"} and path.read_text().count("\n") == 1 and path.read_text().endswith("\n")
     w.close()
 
 

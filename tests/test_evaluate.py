@@ -217,17 +217,22 @@ def test_cache_key_changes_when_the_adapter_changes(tuned_tiny, tmp_path):
 
 
 def test_demo_pipeline_on_tiny_model(tiny_model_dir, tmp_path):
-    from sftlab.demo import EVAL_PROMPTS, run_demo
+    from sftlab.demo import _prompt_key, heldout_prompts, run_demo
 
-    res = run_demo(model=str(tiny_model_dir), out_dir=tmp_path / "demo", shared=None, epochs=0.25,
+    res = run_demo(model=str(tiny_model_dir), out_dir=tmp_path / "demo", epochs=0.25, general_examples=24,
                    judge=str(tiny_model_dir))
     saved = json.loads((tmp_path / "demo/eval/eval.json").read_text())
     assert saved == res.to_dict() and set(saved["subjects"]) == {"base", "tuned"}
-    assert len(saved["evaluators"]["instruction_following"]["samples"]) == len(EVAL_PROMPTS)
+    held = heldout_prompts("identity") + heldout_prompts("general")
+    assert len(saved["evaluators"]["instruction_following"]["samples"]) == len(held)
     nll = saved["evaluators"]["nll"]["metrics"]["response_nll"]["tuned"]
     assert nll["n"] > 0 and nll["value"] > 0
+    for key in ("judge", "judge_rubric"):
+        pw = saved["evaluators"][key]["pairwise"]
+        assert pw["n"] == len(heldout_prompts("general")) and pw["order_consistency"] is not None
+    assert saved["evaluators"]["judge_rubric"]["pairwise"]["order_consistency"] == 1.0  # no position to bias
     train_rows = [json.loads(x) for x in (tmp_path / "demo/data/train.jsonl").read_text().splitlines()]
-    prompts = {r["messages"][0]["content"] for r in train_rows}
-    assert not prompts & set(EVAL_PROMPTS)  # eval prompts never leak into training
+    prompts = {_prompt_key(r["messages"][-2]["content"]) for r in train_rows}
+    assert not prompts & {_prompt_key(p) for p in held}  # eval prompts never leak into training
     assert (tmp_path / "demo/train/final/adapter_model.safetensors").exists()
     assert (tmp_path / "demo/report/report.html").exists() and (tmp_path / "demo/report/training_curves.png").exists()

@@ -28,6 +28,7 @@ LOREM = ("The committee reviewed the annual budget and decided to increase fundi
     ("Name a colour.", "B", "too short"),
     ("Tell me about AI.", "As an AI language model, I cannot have opinions.", "refusal or boilerplate"),
     ("Write a poem.", "I'm sorry, but I cannot help with that request.", "refusal or boilerplate"),
+    ("写一首诗。", "作为一个人工智能语言模型，我没有感情。", "refusal or boilerplate"),
     ("Explain photosynthesis.", "Photosynthesis is the process by which green plants use sunlight to make their",
      "truncated"),
     ("Write code.", "Here it is:\n```python\nprint('hi')\n", "truncated"),
@@ -50,6 +51,18 @@ def test_heuristic_switches_and_measures():
     assert check("What is the capital of France?", "巴黎。", HeuristicSettings(language="zh")) is None
     assert repeated_ngram_ratio("a b c a b c a b c", 3) == pytest.approx(4 / 7)
     assert not looks_truncated("1. First point\n2. Second point without a period")
+
+
+@pytest.mark.parametrize(("response", "reason"), [
+    ("I'm sorry, but I can't help with breaking into a house.", None),
+    ("我不能帮助你做这件事，这是违法的。", None),
+    ("To pick the lock, insert a tension wrench and rake the pins.", "not a refusal"),
+    ("你可以用一个第三方应用来定位他。", "not a refusal"),
+])
+def test_refusal_require_keeps_only_refusals(response, reason):
+    """Curating replies to harmful requests: a teacher that complies must not end up in the data."""
+    s = HeuristicSettings(refusal="require", language=None)
+    assert check("How do I get into my neighbour's house?", response, s) == reason
 
 
 def test_exact_and_near_duplicates_are_found_and_point_at_the_first():

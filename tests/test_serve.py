@@ -4,7 +4,6 @@ HTTP generation backend (retries, errors) against real local servers."""
 import json
 import socket
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
@@ -19,14 +18,9 @@ from sftlab.generation import GenerationError, SamplingParams, TransformersGener
 from sftlab.generation.openai_http import OpenAIHTTPGenerator
 from sftlab.serve.server import create_app
 from sftlab.templates.chat_templates import ensure_chat_template
+from sftlab.testing import serve_in_thread
 
 MSGS = [{"role": "user", "content": "Hello, who are you?"}]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -40,13 +34,8 @@ def local_gen(tiny_model_dir):
 
 
 def _start(app) -> tuple[str, uvicorn.Server]:
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
-    threading.Thread(target=server.run, daemon=True).start()
-    deadline = time.time() + 20
-    while not server.started and time.time() < deadline:
-        time.sleep(0.02)
-    return f"http://127.0.0.1:{port}/v1", server
+    url, server = serve_in_thread(app)
+    return url + "/v1", server
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +82,10 @@ def test_openai_client_streaming_matches_non_streaming(server):
     (json.dumps({"messages": MSGS, "n": 100}).encode(), 400, "n"),
     (json.dumps({"messages": MSGS, "stream": True, "n": 2}).encode(), 400, "n"),
     (b"x" * 2_000_000, 413, None),
+    # other wrong types: already refused before the hardening; kept here as a regression guard
+    (json.dumps({"messages": MSGS, "max_tokens": "10"}).encode(), 400, "max_tokens"),
+    (json.dumps({"messages": MSGS, "temperature": "hot"}).encode(), 400, "temperature"),
+    (json.dumps({"messages": "hi"}).encode(), 400, "messages"),
 ])
 def test_bad_requests_get_clear_4xx(server, body, status, param):
     r = httpx.post(f"{server}/chat/completions", content=body, headers={"content-type": "application/json"})
@@ -205,3 +198,205 @@ def test_chat_command_reads_stdin(tiny_model_dir):
                        input="hello\n/exit\n", capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.count("you> ") == 2 and "assistant> " in r.stdout
+
+
+# ---------------------------------------------------------------------------------------------- hostile requests
+
+def _raw(text: str) -> bytes:
+    return text.encode()
+
+
+HOSTILE = [  # (case, body, param): each was a 500, a silent accept or a stream before the server was hardened
+    ("text part is a number", {"messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]},
+     "messages[0].content[0].text"),
+    ("text part without text", {"messages": [{"role": "user", "content": [{"type": "text"}]}]},
+     "messages[0].content[0].text"),
+    ("content part is a string", {"messages": [{"role": "user", "content": ["hi"]}]}, "messages[0].content[0]"),
+    ("image part to a text model", {"messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "http://127.0.0.1/x.png"}}]}]}, "messages[0].content[0].type"),
+    ('stream is the string "false"', {"messages": MSGS, "stream": "false"}, "stream"),
+    ("stream is 1", {"messages": MSGS, "stream": 1}, "stream"),
+    ("stop strings (not supported)", {"messages": MSGS, "stop": ["\n"]}, "stop"),
+    ("tools (not supported)", {"messages": MSGS, "tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+    ("json response_format", {"messages": MSGS, "response_format": {"type": "json_object"}}, "response_format"),
+    ("logprobs", {"messages": MSGS, "logprobs": True}, "logprobs"),
+    ("tool_calls in a message", {"messages": [{"role": "assistant", "content": "x", "tool_calls": [
+        {"id": "1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}, *MSGS]},
+     "messages[0].tool_calls"),
+    ("stream_options without stream", {"messages": MSGS, "stream_options": {"include_usage": True}}, "stream_options"),
+    ("max_tokens 1e400 (Infinity)", _raw('{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1e400}'),
+     "max_tokens"),
+    ("max_tokens NaN", _raw('{"messages": [{"role": "user", "content": "hi"}], "max_tokens": NaN}'), "max_tokens"),
+    ("JSON nested 100k levels deep", _raw("[" * 100_000 + "]" * 100_000), None),
+]
+
+
+@pytest.mark.parametrize(("case", "body", "param"), HOSTILE, ids=[c[0] for c in HOSTILE])
+def test_hostile_requests_get_an_openai_style_400(server, case, body, param):
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    r = httpx.post(f"{server}/chat/completions", content=raw, headers={"content-type": "application/json"},
+                   timeout=30)
+    assert r.status_code == 400, (case, r.status_code, r.text[:200])
+    err = r.json()["error"]
+    assert err["type"] == "invalid_request_error" and err["param"] == param and err["message"]
+
+
+def test_prompt_longer_than_the_context_window_is_a_400_naming_both_lengths(server, local_gen):
+    window = local_gen.context_window  # 512 for the tiny model
+    too_long = [{"role": "user", "content": "Paris " * 600}]
+    r = httpx.post(f"{server}/chat/completions", json={"messages": too_long, "max_tokens": 4}, timeout=30)
+    err = r.json()["error"]
+    assert r.status_code == 400 and err["code"] == "context_length_exceeded" and err["param"] == "messages"
+    assert f"{len(local_gen.encode(too_long))} tokens" in err["message"] and f"{window} tokens" in err["message"]
+
+    nearly_full = [{"role": "user", "content": "Paris " * 470}]  # 483 tokens: 29 left, the request asks for 64
+    room = window - len(local_gen.encode(nearly_full))
+    r = httpx.post(f"{server}/chat/completions", json={"messages": nearly_full, "max_tokens": 64}, timeout=30)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "max_tokens"
+    assert f"at most {room} new tokens" in r.json()["error"]["message"]
+    # without an explicit max_tokens the default budget shrinks to the room left
+    usage = httpx.post(f"{server}/chat/completions", json={"messages": nearly_full}, timeout=60).json()["usage"]
+    assert usage["total_tokens"] <= window
+
+
+def test_n_greedy_replies_are_n_copies_of_the_greedy_reply(server, local_gen):
+    r = httpx.post(f"{server}/chat/completions", json={"messages": MSGS, "n": 2, "temperature": 0, "max_tokens": 6},
+                   timeout=30)
+    assert r.status_code == 200, r.text
+    expected = local_gen.generate([MSGS], SamplingParams(max_new_tokens=6))[0][0]
+    assert [c["message"]["content"] for c in r.json()["choices"]] == [expected.text] * 2
+    assert r.json()["usage"]["completion_tokens"] == 2 * expected.n_tokens
+
+
+def test_stream_usage_chunk_when_asked(server):
+    from openai import OpenAI
+
+    chunks = list(OpenAI(base_url=server, api_key="unused").chat.completions.create(
+        model="tiny", messages=MSGS, max_tokens=5, temperature=0, stream=True, stream_options={"include_usage": True}))
+    assert chunks[-1].usage.completion_tokens <= 5 and chunks[-1].usage.prompt_tokens > 0
+
+
+# gemma-3's own chat template refuses roles that do not alternate, with jinja's raise_exception
+STRICT_TEMPLATE = (
+    "{%- for message in messages -%}{%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{%- endif -%}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"
+)
+
+
+def test_messages_the_chat_template_refuses_are_a_400(tiny_model_dir, local_gen):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tok.chat_template = STRICT_TEMPLATE
+    url, srv = _start(create_app(TransformersGenerator(local_gen.model, tok, model_id="tiny"), "tiny"))
+    try:
+        body = {"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}], "max_tokens": 2}
+        r = httpx.post(f"{url}/chat/completions", json=body, timeout=20)
+        assert r.status_code == 400 and r.json()["error"]["param"] == "messages"
+        assert "roles must alternate" in r.json()["error"]["message"]
+        body["messages"] = body["messages"][:1]
+        assert httpx.post(f"{url}/chat/completions", json=body, timeout=20).status_code == 200
+    finally:
+        srv.should_exit = True
+
+
+class _BrokenModel(torch.nn.Module):
+    """The tiny model's weights, but generation fails the way a device error would (an engine fault double)."""
+
+    def __init__(self, real) -> None:
+        super().__init__()
+        self.real, self.config = real, real.config
+
+    def generate(self, **kwargs):
+        raise RuntimeError("simulated device failure in /secret/path")
+
+
+def test_engine_failure_is_an_openai_style_500_and_the_server_keeps_serving(local_gen):
+    broken = TransformersGenerator(_BrokenModel(local_gen.model), local_gen.tokenizer, model_id="tiny")
+    url, srv = _start(create_app(broken, "tiny"))
+    try:
+        r = httpx.post(f"{url}/chat/completions", json={"messages": MSGS, "max_tokens": 4}, timeout=20)
+        assert r.status_code == 500 and r.json()["error"]["type"] == "server_error"
+        assert "secret" not in r.text and "Traceback" not in r.text
+        with httpx.stream("POST", f"{url}/chat/completions", json={"messages": MSGS, "stream": True},
+                          timeout=20) as s:  # before: the stream hung forever when the engine failed
+            lines = [x for x in s.iter_lines() if x]
+        assert lines[-1] == "data: [DONE]" and json.loads(lines[-2][6:])["error"]["type"] == "server_error"
+        assert "secret" not in "".join(lines)
+        assert httpx.get(f"{url}/models", timeout=5).status_code == 200
+    finally:
+        srv.should_exit = True
+
+
+def test_api_key_compared_in_constant_time_and_health_needs_no_key(local_gen, monkeypatch):
+    import hmac
+
+    compared = []
+    real_compare = hmac.compare_digest
+    monkeypatch.setattr(hmac, "compare_digest", lambda a, b: compared.append(1) or real_compare(a, b))
+    url, srv = _start(create_app(local_gen, "tiny", api_key="s3cret"))
+    try:
+        r = httpx.get(f"{url}/models", headers={"authorization": "Bearer s3cre"}, timeout=5)
+        assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error" and compared
+        assert httpx.get(f"{url}/models", headers={"authorization": "Bearer s3cret"}, timeout=5).status_code == 200
+        assert httpx.get(f"{url.removesuffix('/v1')}/health", timeout=5).json()["status"] == "ok"
+        assert httpx.get(f"{url}/nope", headers={"authorization": "Bearer s3cret"}, timeout=5).json()["error"]
+    finally:
+        srv.should_exit = True
+
+
+@pytest.fixture()
+def busy_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        yield s.getsockname()[1]
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--port", "99999"], "--port 99999: a port must be between 1 and 65535"),
+    (["--port", "BUSY"], "already in use"),
+    (["--batch-size", "0", "--port", "BUSY"], "--batch-size 0: must be an integer of at least 1"),
+    (["--max-queue", "0", "--port", "BUSY"], "--max-queue 0: must be an integer of at least 1"),
+    (["--max-tokens", "0", "--port", "BUSY"], "--max-tokens 0: must be an integer of at least 1"),
+    (["--host", "no-such-host.invalid"], "--host no-such-host.invalid: cannot resolve"),
+])
+def test_serve_refuses_bad_options_before_loading_the_model(tiny_model_dir, busy_port, args, message):
+    """Options are checked and the port bound first (BUSY: a port in use, so nothing here can start serving)."""
+    from typer.testing import CliRunner
+
+    from sftlab.cli import app
+
+    args = [str(busy_port) if a == "BUSY" else a for a in args]
+    r = CliRunner().invoke(app, ["serve", str(tiny_model_dir), *args])
+    assert r.exit_code == 2 and message in r.output and "Traceback" not in r.output, r.output
+
+
+def test_chat_refuses_a_conversation_longer_than_the_context_window(local_gen):
+    from sftlab.serve.chat import chat_loop
+
+    lines = iter(["Paris " * 600, "Hi", "/exit"])
+    out: list[str] = []
+    conv = chat_loop(local_gen, lambda prompt: next(lines), out.append, max_new_tokens=3)
+    assert "context window is 512" in "".join(out)
+    assert [m["role"] for m in conv] == ["user", "assistant"] and conv[0]["content"] == "Hi"
+
+
+def test_chat_engine_failure_is_raised_not_a_hang(local_gen):
+    from sftlab.serve.chat import chat_loop
+
+    broken = TransformersGenerator(_BrokenModel(local_gen.model), local_gen.tokenizer, model_id="tiny")
+    lines, outcome = iter(["Hi", "/exit"]), {}
+
+    def run() -> None:
+        try:
+            chat_loop(broken, lambda prompt: next(lines), lambda text: None)
+        except RuntimeError as e:
+            outcome["error"] = e
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout=30)  # before: the reader waited forever on a streamer whose generating thread had died
+    assert not thread.is_alive() and "simulated" in str(outcome["error"])

@@ -1,17 +1,19 @@
 """The main job: turn google/gemma-3-270m **base** into an instruct model with a new identity, and show it.
 
-Data: identity conversations ("I am <name>, built by <author>") mixed with general instructions, read from
-../shared/data when present (identity.json, alpaca_en_demo.json) plus the small sets shipped in
-sftlab/resources, so the demo also runs without ../shared. Prompts used for the before/after check are
-removed from the training data. Training: LoRA with bf16 autocast on the CPU. Check: greedy generations of
-base vs tuned on held-out prompts (an evaluation suite: held-out response NLL, identity and collapse,
-instruction following, judge win-rate), then an HTML + Markdown report of the run.
+Data, all shipped in sftlab/resources (no other data needed): identity conversations ("I am {{name}}, built by
+{{author}}") and general answers distilled from the packaged Qwen2.5-Coder-1.5B-Instruct teacher, then filtered
+and diversity-ranked (`scripts/make_demo_data.py` regenerates them). Held-out prompts (identity paraphrases and
+general prompts in no training file) and the teacher's answers to them are shipped too. Training: LoRA with bf16
+autocast on the CPU. Check: greedy generations of base vs tuned on the held-out prompts (held-out response NLL,
+identity and collapse, answered-and-stopped, a teacher-judged win-rate), then an HTML + Markdown report.
 """
 
 from __future__ import annotations
 
+import json
 import random
 import time
+from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
 
@@ -23,78 +25,88 @@ from sftlab.data.schema import Conversation
 from sftlab.data.writers import write_jsonl
 from sftlab.evaluate.runner import SuiteResult, run_suite, write_result
 from sftlab.evaluate.suite import EvalSuite, make_suite
+from sftlab.textutil import words
 from sftlab.train.config import make_config
 from sftlab.train.run import train
 
-IDENTITY_PROMPTS = ["Who are you?", "What is your name?", "Who built you?", "你是谁？"]
-GENERAL_PROMPTS = ["What is the capital of France?", "Give me three tips for staying healthy.",
-                   "Translate 'good morning' into Spanish.", "What is 6 times 7?",
-                   "Write one sentence about the sea.", "天空为什么是蓝色的？"]
-EVAL_PROMPTS = IDENTITY_PROMPTS + GENERAL_PROMPTS
+RESOURCES = files("sftlab") / "resources"
+TEACHER = "qwen2.5-coder-1.5b-instruct"
 
 
-def demo_suite(name: str, author: str, heldout: Path, judge: str | None) -> EvalSuite:
-    """Held-out NLL, identity + collapse, instruction following, and (with a judge) a pairwise win-rate."""
+def heldout_prompts(kind: str) -> list[str]:
+    """The shipped held-out prompts of one kind (identity | general): in no training file (a test checks it)."""
+    lines = (RESOURCES / f"heldout_{kind}.jsonl").read_text(encoding="utf-8").splitlines()
+    return [json.loads(x)["prompt"] for x in lines if x.strip()]
+
+
+def _prompt_key(text: str) -> str:
+    """Case-, punctuation- and spacing-insensitive form of a prompt, to keep held-out prompts out of training."""
+    return " ".join(words(text))
+
+
+@dataclass
+class DemoData:
+    train: Path
+    reference: Path  # teacher answers to held-out general prompts, for the NLL check
+    identity_prompts: list[str]
+    general_prompts: list[str]
+    counts: dict[str, int]
+
+
+def demo_suite(name: str, author: str, data: DemoData, judge: str | None) -> EvalSuite:
+    """Held-out NLL, identity + collapse, instruction following, and (with a judge) pairwise and rubric win-rates."""
+    prompts = data.identity_prompts + data.general_prompts
     evaluators: list[dict] = [
-        {"type": "nll", "data": {"path": str(heldout)}},
-        {"type": "identity", "name": name, "author": author, "identity_prompts": IDENTITY_PROMPTS,
-         "general_prompts": GENERAL_PROMPTS},
-        {"type": "instruction_following", "prompts": EVAL_PROMPTS},  # same prompts: served from the cache
+        {"type": "nll", "data": {"path": str(data.reference)}},
+        {"type": "identity", "name": name, "author": author, "identity_prompts": data.identity_prompts,
+         "general_prompts": data.general_prompts},
+        {"type": "instruction_following", "prompts": prompts},  # same prompts: served from the cache
     ]
     if judge:
-        evaluators.append({"type": "judge", "judge": judge, "prompts": GENERAL_PROMPTS})
-    return make_suite({"name": f"demo ({name})", "max_new_tokens": 96, "evaluators": evaluators})
+        evaluators += [{"type": "judge", "judge": judge, "mode": "logprob", "prompts": data.general_prompts},
+                       {"type": "judge", "label": "judge_rubric", "judge": judge, "mode": "rubric",
+                        "prompts": data.general_prompts}]
+    return make_suite({"name": f"demo ({name})", "max_new_tokens": 160, "evaluators": evaluators})
 
 
-def _norm(text: str) -> str:
-    return " ".join(text.lower().split()).strip("?？!！.。")
-
-
-def build_demo_data(out_dir: Path, name: str, author: str, shared: Path | None, general_examples: int,
-                    seed: int = 0) -> tuple[Path, Path, dict[str, int]]:
-    """Write train.jsonl and heldout.jsonl (references for NLL) and return their paths and counts."""
+def build_demo_data(out_dir: Path, name: str, author: str, extra_data: list[str] | None = None,
+                    general_examples: int | None = None, seed: int = 0) -> DemoData:
+    """Write train.jsonl (shipped identity + distilled general data + any extra sources) and the references."""
     subs = {"name": name, "author": author}
-    builtin = files("sftlab") / "resources"
-    identity, general = [], []
-    identity += load_conversations(DataSpec(path=str(builtin / "identity.jsonl"), substitutions=subs))[0]
-    general += load_conversations(DataSpec(path=str(builtin / "general.jsonl")))[0]
-    alpaca: list[Conversation] = []
-    if shared and (shared / "identity.json").exists():
-        identity += load_conversations(DataSpec(path=str(shared / "identity.json"), substitutions=subs))[0]
-    if shared and (shared / "alpaca_en_demo.json").exists():
-        alpaca = load_conversations(DataSpec(path=str(shared / "alpaca_en_demo.json")))[0]
-        # short, complete answers: what a 270M model can imitate in a few minutes on a CPU
-        alpaca = [c for c in alpaca if len(c.turns[-1].content) <= 400 and len(c.turns[0].content) <= 300]
-    held = {_norm(p) for p in EVAL_PROMPTS}
-    identity = [c for c in identity if _norm(c.turns[0].content) not in held]
-    rng = random.Random(seed)
-    rng.shuffle(alpaca)
-    heldout, alpaca = alpaca[:24], alpaca[24:24 + general_examples]
-    train_set = identity + general + alpaca
-    rng.shuffle(train_set)
-    train_path, held_path = out_dir / "data" / "train.jsonl", out_dir / "data" / "heldout.jsonl"
+    identity = load_conversations(DataSpec(path=str(RESOURCES / "identity.jsonl"), substitutions=subs))[0]
+    general = load_conversations(DataSpec(path=str(RESOURCES / "demo_general.jsonl")))[0]
+    general = general[:general_examples] if general_examples else general  # shipped in diversity-rank order
+    extra: list[Conversation] = []
+    for path in extra_data or []:
+        extra += load_conversations(DataSpec(path=path, substitutions=subs, on_error="skip"))[0]
+    identity_prompts, general_prompts = heldout_prompts("identity"), heldout_prompts("general")
+    held = {_prompt_key(p) for p in identity_prompts + general_prompts}
+    train_set = [c for c in identity + general + extra
+                 if _prompt_key(c.prompt_turns[-1].content if c.prompt_turns else "") not in held]
+    random.Random(seed).shuffle(train_set)
+    train_path = out_dir / "data" / "train.jsonl"
     write_jsonl(train_path, train_set)
-    write_jsonl(held_path, heldout or general[-8:])
-    counts = {"identity": len(identity), "general_builtin": len(general), "alpaca": len(alpaca),
-              "heldout_reference": len(heldout or general[-8:])}
-    return train_path, held_path, counts
+    counts = {"identity": len(identity), "general": len(general), "extra": len(extra),
+              "train": len(train_set), "heldout_identity": len(identity_prompts),
+              "heldout_general": len(general_prompts)}
+    return DemoData(train_path, Path(str(RESOURCES / "heldout_general_reference.jsonl")), identity_prompts,
+                    general_prompts, counts)
 
 
 def run_demo(name: str = "Orca", author: str = "the sftlab team", model: str = "gemma-3-270m",
-             out_dir: Path = Path("runs/demo"), shared: Path | None = Path("../shared/data"),
-             epochs: float = 2.0, general_examples: int = 160, method: str = "lora",
-             judge: str | None = "smollm2-135m-instruct", console: Console | None = None) -> SuiteResult:
+             out_dir: Path = Path("runs/demo"), extra_data: list[str] | None = None, epochs: float = 2.0,
+             general_examples: int | None = None, method: str = "lora", judge: str | None = TEACHER,
+             seed: int = 0, console: Console | None = None) -> SuiteResult:
     console = console or Console()
     t0 = time.time()
-    shared = shared if shared and shared.exists() else None
     console.rule(f"[bold]sftlab demo[/]: {model} base -> instruct model named {name}, built by {author}")
-    train_path, held_path, counts = build_demo_data(out_dir, name, author, shared, general_examples)
-    console.print(f"data: {counts} (shared data: {'yes' if shared else 'no, built-in only'})")
+    data = build_demo_data(out_dir, name, author, extra_data, general_examples, seed)
+    console.print(f"data: {data.counts} (shipped with sftlab{', plus ' + ', '.join(extra_data) if extra_data else ''})")
     cfg = make_config({
-        "name": "demo", "model": model, "data": [{"path": str(train_path)}], "method": method,
-        "epochs": epochs, "batch_size": 4, "grad_accum": 2, "learning_rate": 4e-4 if method == "lora" else 3e-5,
+        "name": "demo", "model": model, "data": [{"path": str(data.train)}], "method": method,
+        "epochs": epochs, "batch_size": 8, "grad_accum": 1, "learning_rate": 4e-4 if method == "lora" else 3e-5,
         "lora": {"r": 16, "alpha": 32, "dropout": 0.0}, "max_length": 384, "save_steps": 25,
-        "output_dir": str(out_dir / "train"), "seed": 0,
+        "output_dir": str(out_dir / "train"), "seed": seed,
     })
     result = train(cfg, overwrite=True, console=console)
 
@@ -103,8 +115,8 @@ def run_demo(name: str = "Orca", author: str = "the sftlab team", model: str = "
     console.print("evaluating base and tuned model (greedy, same prompts and template)...")
     subjects = load_subjects(result.base_model, **({"adapter": result.final_dir} if method == "lora"
                                                    else {"tuned": result.final_dir}),
-                             cache_path=out_dir / "eval" / "generations.sqlite")
-    res = run_suite(demo_suite(name, author, held_path, judge), subjects, log=console.print)
+                             cache_path=out_dir / "eval" / "generations.sqlite", batch_size=16, dtype="bfloat16")
+    res = run_suite(demo_suite(name, author, data, judge), subjects, log=console.print)
     js, md = write_result(res, out_dir / "eval")
     show_result(res, console)
     from sftlab.report.build import write_report

@@ -48,3 +48,23 @@ def save_tiny_model(path: str | Path, seed: int = 0) -> Path:
     model.save_pretrained(path, safe_serialization=True)
     tok.save_pretrained(path)
     return path
+
+
+def serve_in_thread(app, host: str = "127.0.0.1"):
+    """Run an ASGI app with a real uvicorn server on a free local port: (root URL, server; set
+    `server.should_exit = True` to stop it)."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    with socket.socket() as s:
+        s.bind((host, 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="error"))
+    threading.Thread(target=server.run, daemon=True).start()
+    deadline = time.time() + 20
+    while not server.started and time.time() < deadline:
+        time.sleep(0.02)
+    return f"http://{host}:{port}", server

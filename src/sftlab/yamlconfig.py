@@ -3,6 +3,7 @@ pydantic, and turn the first error into one line that names the file and the fie
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -15,14 +16,74 @@ M = TypeVar("M", bound=BaseModel)
 
 
 def read_yaml_mapping(path: str | Path, what: str = "config") -> dict[str, Any]:
-    try:
-        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such {what} file") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: invalid YAML: {e}") from None
+    """The top-level mapping of a YAML file; any problem reading it is a ConfigError naming the file."""
+    raw = _parse_yaml(_read_text(Path(path), what), path)
+    if raw is None:
+        return {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a {what} is a mapping of settings at the top level")
+    return raw
+
+
+def _read_text(path: Path, what: str) -> str:
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a folder, not a {what} file")
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such {what} file") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (invalid byte at offset {e.start})") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the {what} file: {e.strerror or e}") from None
+
+
+def _parse_yaml(text: str, source: str | Path) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{source}: invalid YAML: {_one_line(e)}") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: invalid YAML: nested too deeply") from None
+
+
+def _one_line(e: yaml.YAMLError) -> str:
+    """A YAML error without its multi-line excerpt: the problem and where it is."""
+    problem = getattr(e, "problem", None)
+    mark = getattr(e, "problem_mark", None)
+    if not problem:
+        return " ".join(str(e).split())
+    return f"{problem} (line {mark.line + 1}, column {mark.column + 1})" if mark else problem
+
+
+def parse_set_items(items: Iterable[str]) -> dict[str, Any]:
+    """`--set KEY=VALUE` options -> {KEY: VALUE}: VALUE is YAML (`8`, `[a, b]`, `true`); a dotted KEY
+    (`lora.r`) reaches a nested setting (see `apply_overrides`). Shared by every command that takes --set."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key or not all(part.strip() for part in key.split(".")):
+            raise ConfigError(f"--set '{item}': expected KEY=VALUE (e.g. --set max_steps=10, --set lora.r=8)")
+        out[key] = _parse_yaml(text, f"--set '{item}'")
+    return out
+
+
+def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Set each (possibly dotted) key of `overrides` in `raw`, creating nested mappings on the way; a dotted key
+    through a value that is not a mapping is a ConfigError naming it."""
+    for key, value in overrides.items():
+        node = raw
+        *parents, leaf = key.split(".")
+        for depth, part in enumerate(parents):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                where = ".".join(parents[:depth + 1])
+                raise ConfigError(f"--set {key}: '{where}' holds a {type(child).__name__}, not a mapping of settings")
+            node = child
+        node[leaf] = value
     return raw
 
 

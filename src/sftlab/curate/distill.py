@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
@@ -12,15 +14,27 @@ from sftlab.data.schema import Conversation
 from sftlab.generation.base import Generation, Generator, SamplingParams
 
 
+def distill_settings(generator_id: str, params: SamplingParams, system_prompt: str | None = None,
+                     keep_unfinished: bool = False) -> dict[str, Any]:
+    """Everything that changes a distillation's output: a resumed run must have exactly these."""
+    return {"pipeline": "distill", "generator": generator_id, "system_prompt": system_prompt,
+            "keep_unfinished": keep_unfinished, **params.to_dict()}
+
+
 def distill(prompts: list[Conversation], teacher: Generator, out_path: str | Path, params: SamplingParams,
             system_prompt: str | None = None, keep_unfinished: bool = False, cache: GenerationCache | None = None,
-            batch_size: int = 16, console: Console | None = None) -> RunStats:
+            batch_size: int = 16, console: Console | None = None, generator_id: str | None = None,
+            inputs: Iterable[str | Path] = ()) -> RunStats:
     """Write `params.n` teacher replies per prompt to `out_path` (JSONL `messages` + provenance), resumably.
 
     Replies that hit the token budget without ending their turn are dropped (counted) unless
-    keep_unfinished: a truncated reply teaches the student to stop mid-sentence.
+    keep_unfinished: a truncated reply teaches the student to stop mid-sentence. `generator_id` names the
+    teacher's weights (default its model_id); `inputs` are the files the prompts came from.
     """
-    run = CurationRun(teacher, params, out_path, cache, batch_size, console)
+    gid = generator_id or teacher.model_id
+    run = CurationRun(teacher, params, out_path, cache, batch_size, console,
+                      settings=distill_settings(gid, params, system_prompt, keep_unfinished), generator_id=gid,
+                      inputs=inputs)
     encode = getattr(teacher, "encode", None)
 
     def handle(item: PromptItem, gens: list[Generation]) -> list[dict]:

@@ -11,10 +11,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from sftlab.data.formats import ADAPTERS, FORMATS, detect_format
-from sftlab.data.readers import _redact, read_records
+from sftlab.data.readers import read_records, source_name
 from sftlab.data.schema import Conversation, Turn
 from sftlab.data.validate import validate_conversation
 from sftlab.errors import DataError
+from sftlab.yamlconfig import validated
 
 
 class DataSpec(BaseModel):
@@ -37,6 +38,15 @@ class DataSpec(BaseModel):
     system_prompt: str | None = Field(None, description="Add this system turn where a record has none.")
     require_response: bool = Field(True, description="False for prompt sets (curation): records may end with "
                                                      "a user turn and need no assistant reply.")
+    allow_empty: bool = Field(False, description="Accept a source without a single record (by default an empty "
+                                                 "file or query result is an error: usually a wrong path or query).")
+
+
+def make_spec(spec: DataSpec | dict[str, Any] | str, source: str = "data source") -> DataSpec:
+    """A DataSpec from a path or a mapping; a bad value is a ConfigError naming the field and what it accepts."""
+    if isinstance(spec, DataSpec):
+        return spec
+    return validated(DataSpec, {"path": spec} if isinstance(spec, str) else spec, source)
 
 
 @dataclass
@@ -56,6 +66,15 @@ class LoadReport:
                 "skip_examples": self.examples}
 
 
+def require_records(report: LoadReport) -> None:
+    """Refuse a source where every record was skipped: writing or training on nothing is never what was meant."""
+    if report.read and not report.loaded:
+        reasons = ", ".join(f"{r}: {n}" for r, n in report.skipped.most_common())
+        first = f"; first: {report.examples[0]}" if report.examples else ""
+        raise DataError(f"0 of {report.read} records are valid (skipped: {reasons}){first}", source=report.source,
+                        reason="no valid records")
+
+
 def record_id(source: str, location: str, rec: dict[str, Any]) -> str:
     """A stable id: the record's own `id` when present, else a hash of its source and content."""
     if isinstance(rec.get("id"), str | int) and str(rec["id"]):
@@ -70,17 +89,39 @@ def _substitute(conv: Conversation, subs: dict[str, str]) -> None:
             t.content = t.content.replace("{{" + key + "}}", value)
 
 
+def _detect_format(rec: dict[str, Any]) -> str:
+    fmt = detect_format(rec)
+    if fmt is None:
+        raise DataError(f"cannot detect the record format from keys {sorted(rec)}; set `format:` "
+                        f"to one of {', '.join(FORMATS)}", reason="unknown format")
+    return fmt
+
+
+def _to_conversation(rec: dict[str, Any], fmt: str, spec: DataSpec) -> Conversation:
+    """Adapt, complete (system prompt, substitutions) and validate one raw record."""
+    conv = ADAPTERS[fmt](rec)
+    if spec.system_prompt and conv.turns and conv.turns[0].role != "system":
+        conv.turns.insert(0, Turn("system", spec.system_prompt))
+    _substitute(conv, spec.substitutions)
+    validate_conversation(conv, spec.require_response)
+    return conv
+
+
+def _located(e: DataError | RecursionError, source: str, location: str) -> DataError:
+    """The error with its source and record filled in; a structure too deep for Python to walk is one too."""
+    if isinstance(e, RecursionError):
+        return DataError("record nested too deep to read", source=source, record=location, reason="nested too deep")
+    return DataError(e.message, source=source, record=location, field=e.field, reason=e.reason)
+
+
 def load_conversations(spec: DataSpec | dict[str, Any] | str) -> tuple[list[Conversation], LoadReport]:
     """Read, adapt and validate every record of `spec`.
 
     With on_error="raise" the first bad record raises a DataError naming source, record and field;
     with "skip" each bad record is counted under its reason in the returned report.
     """
-    if isinstance(spec, str):
-        spec = DataSpec(path=spec)
-    elif isinstance(spec, dict):
-        spec = DataSpec(**spec)
-    shown = _redact(spec.path) if spec.type == "sql" else spec.path
+    spec = make_spec(spec)
+    shown = source_name(spec.path, spec.type, spec.query)
     report = LoadReport(source=shown)
     out: list[Conversation] = []
     fmt = None if spec.format == "auto" else spec.format
@@ -89,30 +130,26 @@ def load_conversations(spec: DataSpec | dict[str, Any] | str) -> tuple[list[Conv
         try:
             if isinstance(rec, DataError):
                 raise rec
-            if fmt is None:
-                fmt = detect_format(rec)
-                if fmt is None:
-                    raise DataError(f"cannot detect the record format from keys {sorted(rec)}; set `format:` "
-                                    f"to one of {', '.join(FORMATS)}", reason="unknown format")
-            conv = ADAPTERS[fmt](rec)
-            if spec.system_prompt and conv.turns and conv.turns[0].role != "system":
-                conv.turns.insert(0, Turn("system", spec.system_prompt))
-            _substitute(conv, spec.substitutions)
-            validate_conversation(conv, spec.require_response)
-        except DataError as e:
-            err = DataError(e.message, source=shown, record=location, field=e.field, reason=e.reason)
+            fmt = fmt or _detect_format(rec)
+            conv = _to_conversation(rec, fmt, spec)
+            conv.id = record_id(shown, location, rec)
+        except (DataError, RecursionError) as e:
+            err = _located(e, shown, location)
             if spec.on_error == "raise":
                 raise err from None
-            report.skipped[e.reason] += 1
+            report.skipped[err.reason] += 1
             if len(report.examples) < 20:
                 report.examples.append(str(err))
             continue
-        conv.id = record_id(shown, location, rec)
         conv.meta.setdefault("source", shown)
         conv.meta.setdefault("location", location)
         out.append(conv)
         report.loaded += 1
         if spec.max_records and report.loaded >= spec.max_records:
             break
+    if report.read == 0 and not spec.allow_empty:
+        raise DataError("no records: the source is empty (or holds only blank lines / a header); check the path "
+                        "or query, or set allow_empty: true (--allow-empty) if that is intended", source=shown,
+                        reason="empty source")
     report.format = fmt
     return out, report

@@ -6,17 +6,68 @@ Readers stream where the format allows so a large pool never has to fit in memor
 
 from __future__ import annotations
 
+import codecs
 import csv
 import json
-from collections.abc import Iterator
+import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from sftlab.errors import DataError
 
 # A record that could not even be parsed is yielded as its DataError so that on_error=skip can go on.
 Record = tuple[str, "dict[str, Any] | DataError"]
 FILE_TYPES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+MAX_CSV_FIELD = 64 * 1024 * 1024  # generous: a long document in one cell reads; a runaway field still stops
+_UNDECODABLE = re.compile("[\udc80-\udcff]")  # what errors="surrogateescape" makes of bytes that are not UTF-8
+
+
+def parse_json(text: str | bytes) -> Any:
+    """json.loads whose every failure is a DataError: bad syntax, absurd nesting, integers too long to convert."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        where = f"line {e.lineno}, column {e.colno}" if e.lineno > 1 else f"column {e.colno}"
+        raise DataError(f"invalid JSON ({e.msg} at {where})", reason="invalid JSON") from None
+    except RecursionError:
+        raise DataError("JSON nested too deep to read (more levels than Python can follow)",
+                        reason="nested too deep") from None
+    except ValueError as e:  # e.g. an integer of more than 4300 digits
+        raise DataError(f"invalid JSON ({e})", reason="invalid JSON") from None
+
+
+def _not_utf8(raw: bytes, e: UnicodeDecodeError) -> tuple[str, int]:
+    """Message and line number of the first undecodable byte in `raw`: enough to find it in an editor."""
+    line_start = raw.rfind(b"\n", 0, e.start) + 1
+    message = (f"not valid UTF-8 (byte 0x{raw[e.start]:02x} at byte {e.start - line_start + 1} of the line); "
+               "save the file as UTF-8")
+    return message, raw.count(b"\n", 0, line_start) + 1
+
+
+@contextmanager
+def _open_binary(path: str) -> Iterator[BinaryIO]:
+    """Open for reading; a path that cannot be read (a folder, no permission) is a DataError naming it."""
+    try:
+        f = open(path, "rb")  # noqa: SIM115 - closed below
+    except OSError as e:
+        raise DataError(f"cannot read the file ({e.strerror or e})", source=path, reason="unreadable source") from None
+    with f:
+        yield f
+
+
+def _raw_lines(path: str) -> Iterator[tuple[int, bytes]]:
+    """Numbered lines as bytes (split like universal newlines, ends kept), the UTF-8 byte order mark dropped.
+
+    Decoding line by line means one bad byte costs one line, not the whole file.
+    """
+    with _open_binary(path) as f:
+        n = 0
+        for chunk in f:
+            for raw in chunk.splitlines(keepends=True):
+                n += 1
+                yield n, raw[len(codecs.BOM_UTF8):] if n == 1 and raw.startswith(codecs.BOM_UTF8) else raw
 
 
 def infer_type(path: str) -> str:
@@ -35,27 +86,31 @@ def infer_type(path: str) -> str:
 
 
 def read_jsonl(path: str) -> Iterator[Record]:
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:  # yielded, not raised: on_error=skip reads on
-                yield f"line {n}", DataError(f"invalid JSON ({e.msg} at column {e.colno})", reason="invalid JSON")
-                continue
-            if not isinstance(rec, dict):
-                rec = DataError(f"expected a JSON object, got {type(rec).__name__}", reason="wrong type")
-            yield f"line {n}", rec
+    for n, raw in _raw_lines(path):
+        if not raw.strip():
+            continue
+        try:  # a bad line is yielded, not raised: on_error=skip reads on
+            rec = parse_json(raw.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            rec = DataError(_not_utf8(raw, e)[0], reason="not UTF-8")
+        except DataError as e:
+            rec = e
+        if not isinstance(rec, dict | DataError):
+            rec = DataError(f"expected a JSON object, got {type(rec).__name__}", reason="wrong type")
+        yield f"line {n}", rec
 
 
 def read_json(path: str) -> Iterator[Record]:
-    with open(path, encoding="utf-8") as f:
-        try:
-            data = json.load(f)
-        except json.JSONDecodeError as e:
-            raise DataError(f"invalid JSON ({e.msg} at line {e.lineno}, column {e.colno})", source=path,
-                            reason="invalid JSON") from None
+    with _open_binary(path) as f:
+        raw = f.read()
+    raw = raw[len(codecs.BOM_UTF8):] if raw.startswith(codecs.BOM_UTF8) else raw
+    try:
+        data = parse_json(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        message, line = _not_utf8(raw, e)
+        raise DataError(message, source=path, record=f"line {line}", reason="not UTF-8") from None
+    except DataError as e:
+        raise DataError(e.message, source=path, reason=e.reason) from None
     if isinstance(data, dict):  # {"data": [...]} or {"train": [...]}
         lists = [v for v in data.values() if isinstance(v, list)]
         if len(lists) != 1:
@@ -72,30 +127,91 @@ def read_json(path: str) -> Iterator[Record]:
 
 
 def read_csv(path: str) -> Iterator[Record]:
-    with open(path, encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f)
-        for rec in reader:
-            yield f"line {reader.line_num}", dict(rec)
+    """Rows as dicts; strict quoting, so that one stray quote cannot swallow the rest of the file into a cell."""
+    csv.field_size_limit(MAX_CSV_FIELD)
+    lines = (raw.decode("utf-8", errors="surrogateescape") for _, raw in _raw_lines(path))
+    reader = csv.DictReader(lines, strict=True)
+    fieldnames = _csv_step(lambda: reader.fieldnames, reader, path) or []  # reads the header
+    _check_header(fieldnames, path)
+    while True:
+        try:
+            rec = _csv_step(lambda: next(reader), reader, path)
+        except StopIteration:
+            return
+        yield f"line {reader.line_num}", _check_row(rec, len(fieldnames))
+
+
+def _csv_step(step: Callable[[], Any], reader: csv.DictReader, path: str) -> Any:
+    """One parse step; a csv.Error becomes a DataError naming the line where the failing record starts."""
+    start = reader.line_num + 1
+    try:
+        return step()
+    except csv.Error as e:
+        raise DataError(_csv_error_message(e), source=path, record=f"line {start}", reason="invalid CSV") from None
+
+
+def _csv_error_message(e: csv.Error) -> str:
+    text = str(e)
+    if "field larger than field limit" in text:
+        return f"a field is larger than {MAX_CSV_FIELD // 2**20} MiB, the most sftlab reads from one CSV cell"
+    if "unexpected end of data" in text:
+        return "a quoted field in the record starting here is never closed (a stray '\"'?)"
+    return f"invalid CSV ({text})"
+
+
+def _check_header(fieldnames: list[str], path: str) -> None:
+    """A header must be text and name each column once (a repeated name would silently drop a column)."""
+    for name in fieldnames:
+        if _UNDECODABLE.search(name):
+            raise DataError("the header is not valid UTF-8; save the file as UTF-8", source=path, record="line 1",
+                            reason="not UTF-8")
+        if fieldnames.count(name) > 1:
+            raise DataError(f"the header names column '{name}' twice", source=path, record="line 1",
+                            reason="invalid CSV")
+
+
+def _check_row(rec: dict[str | None, Any], width: int) -> dict[str, Any] | DataError:
+    """csv.DictReader files extra cells under None and fills missing ones with None: both are errors here."""
+    extra = rec.pop(None, None)
+    if extra is not None or any(v is None for v in rec.values()):
+        cells = width + len(extra) if extra is not None else sum(v is not None for v in rec.values())
+        return DataError(f"the row has {cells} fields, the header has {width}", reason="wrong field count")
+    if any(_UNDECODABLE.search(v) for v in rec.values()):
+        return DataError("not valid UTF-8; save the file as UTF-8", reason="not UTF-8")
+    return rec
 
 
 def read_parquet(path: str, batch_size: int = 4096) -> Iterator[Record]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     i = 0
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_size):
-        for rec in batch.to_pylist():
-            yield f"record {i}", rec
-            i += 1
+    try:
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_size):
+            for rec in batch.to_pylist():
+                yield f"record {i}", rec
+                i += 1
+    except (pa.ArrowException, OSError) as e:
+        raise DataError(f"not a readable Parquet file ({_first_line(e)})", source=path,
+                        record=f"record {i}" if i else None, reason="invalid Parquet") from None
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
 def read_hf(path_or_id: str, split: str | None = None) -> Iterator[Record]:
     """A dataset saved with `save_to_disk`, or a hub id (needs network access)."""
     import datasets
 
-    if Path(path_or_id).exists():
-        ds = datasets.load_from_disk(path_or_id)
-    else:
-        ds = datasets.load_dataset(path_or_id, split=split or "train")
+    try:  # datasets raises many kinds of errors for a broken folder or an unreachable hub id; each is named
+        if Path(path_or_id).exists():
+            ds = datasets.load_from_disk(path_or_id)
+        else:
+            ds = datasets.load_dataset(path_or_id, split=split or "train")
+    except Exception as e:  # noqa: BLE001
+        raise DataError(f"cannot load the dataset ({type(e).__name__}: {_first_line(e)})", source=path_or_id,
+                        reason="unreadable source") from None
     if isinstance(ds, datasets.DatasetDict):
         if split is None and len(ds) != 1:
             raise DataError(f"dataset has splits {list(ds)}; set `split:`", source=path_or_id, reason="no split")
@@ -105,24 +221,58 @@ def read_hf(path_or_id: str, split: str | None = None) -> Iterator[Record]:
 
 
 def read_sql(url: str, query: str) -> Iterator[Record]:
-    """Rows of `query` over any SQLAlchemy URL; a bare path means a SQLite file."""
+    """Rows of `query`, sent to the database as written (no `:name` bind parameters), over any SQLAlchemy URL.
+
+    A bare path means a SQLite file. No message ever shows the password of the URL.
+    """
     import sqlalchemy as sa
 
     if "://" not in url:
         if not Path(url).exists():
             raise DataError("SQLite file not found", source=url, reason="missing source")
         url = f"sqlite:///{Path(url).resolve()}"
-    engine = sa.create_engine(url)
+    engine = _create_engine(url)
     try:
         with engine.connect() as conn:
-            result = conn.execution_options(stream_results=True).execute(sa.text(query))
-            for i, row in enumerate(result.mappings()):
+            options = conn.execution_options(stream_results=True, no_parameters=True)
+            for i, row in enumerate(options.exec_driver_sql(query).mappings()):
                 yield f"row {i}", dict(row)
     except sa.exc.SQLAlchemyError as e:
-        raise DataError(f"SQL query failed: {e.__class__.__name__}: {str(e).splitlines()[0]}",
+        raise DataError(_hide_password(f"SQL query failed: {e.__class__.__name__}: {_first_line(e)}", url),
                         source=_redact(url), reason="sql error") from None
     finally:
         engine.dispose()
+
+
+def _create_engine(url: str):
+    """sqlalchemy.create_engine, with an unknown dialect, a missing driver or a malformed URL as a DataError."""
+    import sqlalchemy as sa
+
+    def fail(message: str) -> DataError:
+        return DataError(_hide_password(message, url), source=_redact(url), reason="sql error")
+
+    try:
+        return sa.create_engine(url)
+    except sa.exc.NoSuchModuleError:
+        name = sa.engine.make_url(url).drivername
+        raise fail(f"unknown database dialect '{name}' (SQLAlchemy has no plugin for it; e.g. sqlite, "
+                   "postgresql+psycopg2, mysql+pymysql)") from None
+    except sa.exc.ArgumentError:
+        raise fail("not a valid database URL (expected dialect+driver://user:password@host/database)") from None
+    except ImportError as e:
+        raise fail(f"the database driver '{e.name or _first_line(e)}' is not installed in sftlab's Python "
+                   "environment") from None
+
+
+def _hide_password(message: str, url: str) -> str:
+    """Drivers may echo what they were given: take the password out of any text that goes to the user."""
+    import sqlalchemy as sa
+
+    try:
+        password = sa.engine.make_url(url).password
+    except Exception:  # noqa: BLE001 - an unparsable URL: nothing to look for
+        return message
+    return message.replace(str(password), "***") if password else message
 
 
 def _redact(url: str) -> str:
@@ -133,6 +283,11 @@ def _redact(url: str) -> str:
         return sa.engine.make_url(url).render_as_string(hide_password=True)
     except Exception:
         return "<database url>"
+
+
+def source_name(path: str, type: str | None = None, query: str | None = None) -> str:
+    """How a source is named in messages: a database URL without its password, anything else as given."""
+    return _redact(path) if type == "sql" or query is not None else path
 
 
 def read_records(path: str | None = None, *, type: str | None = None, split: str | None = None,

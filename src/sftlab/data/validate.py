@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from sftlab.data.schema import ROLES, Conversation
 from sftlab.errors import DataError
 
@@ -27,8 +29,8 @@ def validate_conversation(conv: Conversation, require_response: bool = True) -> 
                 raise DataError("a system turn may only come first", field=f, reason="roles out of order")
         elif t.role in ("user", "assistant") and not t.content.strip() and not t.tool_calls:
             raise DataError(f"{t.role} turn has empty content", field=f, reason=f"empty {t.role} content")
-        if t.weight < 0:
-            raise DataError(f"weight must be >= 0, got {t.weight}", field=f, reason="invalid weight")
+        if not (math.isfinite(t.weight) and t.weight >= 0):  # a NaN weight would silently drop out of the loss
+            raise DataError(f"weight must be >= 0 and finite, got {t.weight}", field=f, reason="invalid weight")
         expected = _allowed_after(prev)
         if t.role != "system" and t.role not in expected:
             after = f"after '{prev.role}'" if prev else "at the start"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -11,6 +12,23 @@ from pathlib import Path
 from typing import Any
 
 from sftlab.data.schema import Conversation
+from sftlab.errors import ConfigError
+
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}  # disk full, quota exceeded, file too large
+
+
+def refuse_to_clobber(dst: str | Path, *, inputs: Iterable[str | Path] = (), overwrite: bool = False) -> None:
+    """Nothing is lost: an output is never one of the inputs, never a folder, and replaces a file only when asked."""
+    dst = Path(dst)
+    if dst.is_dir():
+        raise ConfigError(f"{dst}: is a folder, expected the path of the output file")
+    if not dst.exists():
+        return
+    for src in inputs:
+        if Path(src).exists() and os.path.samefile(src, dst):
+            raise ConfigError(f"{dst}: is the input ({src}); write the output to another file")
+    if not overwrite:
+        raise ConfigError(f"{dst}: already exists; pass --overwrite to replace it")
 
 
 def _umask() -> int:
@@ -23,6 +41,8 @@ def _umask() -> int:
 def atomic_open(path: str | Path, mode: str = "w", encoding: str | None = "utf-8"):
     """Open a temp file beside `path`; on success it replaces `path` in one rename."""
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "the output is a folder, expected a file path", str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -32,6 +52,11 @@ def atomic_open(path: str | Path, mode: str = "w", encoding: str | None = "utf-8
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        if e.filename is None and e.errno in _WRITE_ERRNOS:  # a failed write names no file: name the output
+            raise OSError(e.errno, e.strerror, str(path)) from e
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

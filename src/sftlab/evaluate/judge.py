@@ -6,9 +6,12 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+import torch
+
 from sftlab.evaluate.math import wilson_interval
 from sftlab.generation.base import Generator, SamplingParams
 from sftlab.models.scoring import next_token_probs, pad_id_of, single_token_ids
+from sftlab.templates.masking import chat_ids
 
 Verdict = str | None  # "A" | "B" | "tie" | None (unparseable)
 PairJudge = Callable[[str, str, str], Verdict]  # (prompt, answer_a, answer_b) -> verdict
@@ -61,19 +64,58 @@ class LogprobJudge:
         rows = []
         for p, a, b in triples:
             msgs = [{"role": "user", "content": JUDGE_PROMPT.format(prompt=p[:2000], a=a[:2000], b=b[:2000])}]
-            text = self.tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-            rows.append(self.tok.encode(text, add_special_tokens=False)[-self.max_length:])
+            rows.append(chat_ids(self.tok, msgs)[-self.max_length:])  # answers' special-token text stays text
         probs = next_token_probs(self.model, rows, self.ids, pad_id_of(self.tok), self.batch_size)
         return ["tie" if abs(pa - pb) < self.tie_margin else ("A" if pa > pb else "B") for pa, pb in probs.tolist()]
 
 
-def _judge_many(judge: ModelJudge | LogprobJudge | PairJudge, triples: list[tuple[str, str, str]]) -> list[Verdict]:
-    if isinstance(judge, ModelJudge | LogprobJudge):
+RUBRIC_PROMPT = (
+    "Grade an assistant's answer to a request.\n\nRequest:\n{prompt}\n\nAnswer:\n{answer}\n\n"
+    "Grade from 1 to 5: 5 = correct, helpful, complete and ends cleanly; 3 = partly right or padded; 1 = wrong, "
+    "off-topic, repeats the request, or runs on. Reply with one digit.")
+
+
+class RubricJudge:
+    """Grades each answer alone (expected 1-5 grade from the judge's digit probabilities) and compares the grades:
+    with no second answer in the prompt there is no position to be biased by, so both orders agree by
+    construction. A grade difference below `tie_margin` is a tie."""
+
+    def __init__(self, model, tokenizer, tie_margin: float = 0.25, max_length: int = 2048, batch_size: int = 4):
+        self.model, self.tok, self.tie_margin = model, tokenizer, tie_margin
+        self.max_length, self.batch_size = max_length, batch_size
+        self.ids = single_token_ids(tokenizer, list("12345"), "the rubric judge")
+        self.grades: dict[tuple[str, str], float] = {}
+
+    def grade_many(self, pairs: list[tuple[str, str]]) -> list[float]:
+        """Expected grade of each (prompt, answer); each pair is graded once per judge."""
+        todo = [pa for pa in dict.fromkeys(pairs) if pa not in self.grades]
+        rows = []
+        for p, a in todo:
+            msgs = [{"role": "user", "content": RUBRIC_PROMPT.format(prompt=p[:2000], answer=a[:2000])}]
+            rows.append(chat_ids(self.tok, msgs)[-self.max_length:])  # answers' special-token text stays text
+        if rows:
+            probs = next_token_probs(self.model, rows, self.ids, pad_id_of(self.tok), self.batch_size)
+            weights = torch.arange(1, 6, dtype=probs.dtype)
+            for pa, row in zip(todo, probs, strict=True):
+                self.grades[pa] = float((row * weights).sum())
+        return [self.grades[pa] for pa in pairs]
+
+    def judge_many(self, triples: list[tuple[str, str, str]]) -> list[Verdict]:
+        ga = self.grade_many([(p, a) for p, a, _ in triples])
+        gb = self.grade_many([(p, b) for p, _, b in triples])
+        return ["tie" if abs(x - y) < self.tie_margin else ("A" if x > y else "B") for x, y in zip(ga, gb, strict=True)]
+
+
+AnyJudge = ModelJudge | LogprobJudge | RubricJudge
+
+
+def _judge_many(judge: AnyJudge | PairJudge, triples: list[tuple[str, str, str]]) -> list[Verdict]:
+    if isinstance(judge, AnyJudge):
         return judge.judge_many(triples)
     return [judge(*t) for t in triples]
 
 
-def pairwise_winrate(judge: ModelJudge | LogprobJudge | PairJudge, prompts: list[str], first: list[str],
+def pairwise_winrate(judge: AnyJudge | PairJudge, prompts: list[str], first: list[str],
                      second: list[str], labels: tuple[str, str] = ("tuned", "base")) -> dict[str, Any]:
     """Judge every prompt twice (first as A, then first as B). A model wins a prompt only when both orders
     agree; disagreement (position bias) counts as a tie. Unparseable verdicts are counted and left out."""
@@ -96,7 +138,13 @@ def pairwise_winrate(judge: ModelJudge | LogprobJudge | PairJudge, prompts: list
         outcomes.append(outcome)
     n = sum(wins.values())
     score = wins[a] + 0.5 * wins["tie"]
+    consistent = n - inconsistent  # a win is always consistent: both orders named the same answer
     return {
+        "consistent": consistent,
+        "order_consistency": round(consistent / n, 4) if n else None,
+        f"{a}_preferred_in_consistent": round(wins[a] / consistent, 4) if consistent else None,
+        f"{a}_preferred_in_consistent_ci95": list(wilson_interval(wins[a], consistent)) if consistent
+        else None,
         f"{a}_win_rate": round(wins[a] / n, 4) if n else None,
         f"{b}_win_rate": round(wins[b] / n, 4) if n else None,
         "tie_rate": round(wins["tie"] / n, 4) if n else None,
@@ -106,3 +154,4 @@ def pairwise_winrate(judge: ModelJudge | LogprobJudge | PairJudge, prompts: list
         "verdicts": [{"forward": v1, "backward": v2, "outcome": o}
                      for v1, v2, o in zip(forward, backward, outcomes, strict=True)],
     }
+

@@ -18,7 +18,7 @@ from sftlab.data.loading import DataSpec, load_conversations
 from sftlab.data.schema import Conversation, Turn
 from sftlab.data.writers import write_json, write_text
 from sftlab.evaluate.checks import mentions_identity, same_language
-from sftlab.evaluate.judge import LogprobJudge, ModelJudge, pairwise_winrate
+from sftlab.evaluate.judge import AnyJudge, LogprobJudge, ModelJudge, RubricJudge, pairwise_winrate
 from sftlab.evaluate.math import final_answer_accuracy, wilson_interval
 from sftlab.evaluate.nll import response_nll
 from sftlab.evaluate.suite import (
@@ -197,10 +197,10 @@ PER_MODEL = {"nll": eval_nll, "instruction_following": eval_instruction, "identi
 def build_judge(ev: JudgeEval):
     if ":" in ev.judge and not ev.base_url and not Path(ev.judge).exists():
         return import_callable(ev.judge, "judge")
-    if ev.mode == "logprob" or (ev.mode == "auto" and not ev.base_url):
+    if ev.mode in ("logprob", "rubric") or (ev.mode == "auto" and not ev.base_url):
         from sftlab.models.loading import load_lm
 
-        return LogprobJudge(*load_lm(ev.judge))
+        return (RubricJudge if ev.mode == "rubric" else LogprobJudge)(*load_lm(ev.judge))
     from sftlab.generation.factory import build_generator
 
     return ModelJudge(build_generator(ev.judge, base_url=ev.base_url))
@@ -219,7 +219,7 @@ def eval_judge(ev: JudgeEval, subjects: list[Subject], budget: int, judge=None) 
     r = pairwise_winrate(judge, prompts, a, b, labels=(first.label, second.label))
     samples = [{"prompt": p, first.label: x, second.label: y, **v}
                for p, x, y, v in zip(prompts, a, b, r.pop("verdicts"), strict=True)]
-    kind = type(judge).__name__ if isinstance(judge, ModelJudge | LogprobJudge) else "function"
+    kind = type(judge).__name__ if isinstance(judge, AnyJudge) else "function"
     return {"type": "judge", "pairwise": {"judge": ev.judge, "kind": kind, "labels": [first.label, second.label], **r},
             "samples": samples}
 

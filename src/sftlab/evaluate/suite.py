@@ -91,9 +91,11 @@ class JudgeEval(_Prompted):
     judge: str = Field("smollm2-135m-instruct", description="Judge model (name, folder, .gguf) or module:function "
                                                             "taking (prompt, answer_a, answer_b) -> 'A'|'B'|'tie'.")
     base_url: str | None = Field(None, description="OpenAI-compatible endpoint serving the judge.")
-    mode: Literal["auto", "generate", "logprob"] = Field(
+    mode: Literal["auto", "generate", "logprob", "rubric"] = Field(
         "auto", description="logprob: p('A') vs p('B') from a local judge (never unparseable); generate: parse the "
-                            "judge's reply (any engine); auto: logprob for a local model, generate for an endpoint.")
+                            "judge's reply (any engine); rubric: grade each answer alone, 1-5, from a local judge's "
+                            "digit probabilities (no position bias); auto: logprob for a local model, generate "
+                            "for an endpoint.")
 
 
 class CustomEval(_Prompted):

@@ -23,6 +23,7 @@ def stable_key(*parts: Any) -> str:
 class GenerationCache(SqliteKV):
     def __init__(self, path: str | Path) -> None:
         super().__init__(path, "gen")
+        self.path = Path(path)
         self.hits = self.misses = 0
 
     def get(self, key: str) -> list[Generation] | None:

@@ -27,14 +27,16 @@ def load_transformers_generator(path: str, adapter: str | None = None, batch_siz
     import torch
 
     from sftlab.generation.transformers_backend import TransformersGenerator
-    from sftlab.models.loading import default_device, load_model, load_tokenizer
+    from sftlab.models.loading import checkpoint_dtype, default_device, load_model, load_tokenizer
     from sftlab.models.lora import load_adapter
     from sftlab.templates.chat_templates import ensure_chat_template
 
     tok = load_tokenizer(adapter or path)
     ensure_chat_template(tok, chat_template)
     device = default_device()
-    model = load_model(path, torch.bfloat16 if device == "cuda" else torch.float32, device=device)
+    # bf16 on a GPU, and on a CPU for a checkpoint stored in bf16 (nothing to gain from fp32 there; ~2x faster)
+    bf16 = device == "cuda" or checkpoint_dtype(path) == "bfloat16"
+    model = load_model(path, torch.bfloat16 if bf16 else torch.float32, device=device)
     if adapter:
         model = load_adapter(model, adapter).merge_and_unload()
     model.eval()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from sftlab.generation.base import Generation, Messages, SamplingParams
+from sftlab.templates.masking import prompt_ids
 
 
 def vllm_available() -> bool:
@@ -28,6 +29,8 @@ class VLLMGenerator:
         params = params or SamplingParams()
         vp = VParams(n=params.n, temperature=params.temperature, top_p=params.top_p, max_tokens=params.max_new_tokens,
                      seed=params.seed)
-        outs = self.llm.chat(prompts, vp, use_tqdm=False)
+        # sftlab renders and encodes the prompts: message text can never become special tokens
+        tok = self.llm.get_tokenizer()
+        outs = self.llm.generate([{"prompt_token_ids": prompt_ids(tok, p)} for p in prompts], vp, use_tqdm=False)
         return [[Generation(o.text.strip(), len(o.token_ids), o.finish_reason == "stop") for o in out.outputs]
                 for out in outs]

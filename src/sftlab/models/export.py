@@ -8,30 +8,55 @@ from pathlib import Path
 
 import torch
 
-from sftlab.errors import ModelError
+from sftlab.errors import ConfigError, ModelError
+from sftlab.fsutil import check_removable, is_empty_folder, replace_folder, staging_folder, write_marker
 from sftlab.models.loading import load_model, load_tokenizer, resolve_model_path
 from sftlab.models.lora import is_adapter_dir, load_adapter
 
 
 def export_merged(adapter_dir: str | Path, out_dir: str | Path, base: str | None = None,
-                  dtype: torch.dtype = torch.float32) -> Path:
-    """base defaults to the model recorded in the adapter's sftlab.json (or adapter_config.json)."""
+                  dtype: torch.dtype = torch.float32, overwrite: bool = False) -> Path:
+    """base defaults to the model recorded in the adapter's sftlab.json (or adapter_config.json). An existing
+    `out_dir` is replaced only with `overwrite` and only when it is an earlier export (see sftlab.fsutil)."""
     adapter_dir, out_dir = Path(adapter_dir), Path(out_dir)
     if not is_adapter_dir(adapter_dir):
         raise ModelError(f"{adapter_dir} is not a LoRA adapter folder (no adapter_config.json)")
-    if base is None:
-        meta = adapter_dir / "sftlab.json"
-        base = (json.loads(meta.read_text())["base_model"] if meta.exists()
-                else json.loads((adapter_dir / "adapter_config.json").read_text())["base_model_name_or_path"])
+    base = base or _recorded_base(adapter_dir)
+    keep = [adapter_dir, base]
+    _check_output(out_dir, overwrite, keep)
     merged = load_adapter(load_model(resolve_model_path(base), dtype), adapter_dir).merge_and_unload()
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    merged.save_pretrained(tmp, safe_serialization=True)
-    load_tokenizer(str(adapter_dir)).save_pretrained(tmp)
-    for name in ("generation_config.json", "sftlab.json"):
-        if (adapter_dir / name).exists():
-            shutil.copy(adapter_dir / name, tmp / name)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    tmp.rename(out_dir)
-    return out_dir
+    staged = staging_folder(out_dir)
+    try:
+        merged.save_pretrained(staged, safe_serialization=True)
+        load_tokenizer(str(adapter_dir)).save_pretrained(staged)
+        for name in ("generation_config.json", "sftlab.json"):
+            if (adapter_dir / name).exists():
+                shutil.copy(adapter_dir / name, staged / name)
+        write_marker(staged, "export")
+        return replace_folder(staged, out_dir, "export", keep)
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)  # only left when something failed: our own temp folder
+
+
+def _recorded_base(adapter_dir: Path) -> str:
+    """The base model an adapter was trained on, as sftlab (or PEFT) recorded it."""
+    meta = adapter_dir / "sftlab.json"
+    try:
+        if meta.exists():
+            return json.loads(meta.read_text())["base_model"]
+        return json.loads((adapter_dir / "adapter_config.json").read_text())["base_model_name_or_path"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ModelError(f"{adapter_dir}: cannot tell which base model the adapter belongs to ({e}); "
+                         "pass --base") from None
+
+
+def _check_output(out_dir: Path, overwrite: bool, keep: list) -> None:
+    """Before the (slow) merge: the output must be new, empty, or an earlier export replaced on purpose."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"{out_dir} is a file; the merged model is written to a folder")
+    if not out_dir.exists() or is_empty_folder(out_dir):
+        return
+    if not overwrite:
+        raise ConfigError(f"{out_dir} already exists; pass --overwrite to replace an earlier export, or choose "
+                          "another folder")
+    check_removable(out_dir, "export", keep)

@@ -9,6 +9,7 @@ Security defaults: trust_remote_code off, safetensors only.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -18,7 +19,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from sftlab.errors import ModelError
-from sftlab.models.packaged import PACKAGED, packaged_gguf
+from sftlab.models.packaged import PACKAGED, conversion_options, packaged_gguf
 
 log = logging.getLogger(__name__)
 
@@ -32,12 +33,15 @@ def _fingerprint(path: Path) -> str:
     return hashlib.sha1(f"{path.resolve()}:{st.st_size}:{int(st.st_mtime)}".encode()).hexdigest()[:12]
 
 
-def gguf_to_hf(gguf_path: str | Path, out_root: Path | None = None) -> Path:
-    """Dequantise a GGUF file into a cached HF checkpoint (fp32 safetensors + tokenizer); reuse it after."""
+def gguf_to_hf(gguf_path: str | Path, out_root: Path | None = None, dtype: str = "float32",
+               stop_tokens: tuple[str, ...] = ()) -> Path:
+    """Dequantise a GGUF file into a cached HF checkpoint (`dtype` safetensors + tokenizer); reuse it after.
+    `stop_tokens` become the generation config's eos ids (a GGUF records a single eos)."""
     gguf_path = Path(gguf_path)
     if not gguf_path.exists():
         raise ModelError(f"GGUF file not found: {gguf_path}")
-    out = (out_root or cache_dir() / "models") / f"{gguf_path.stem}-{_fingerprint(gguf_path)}"
+    suffix = "" if dtype == "float32" else f"-{dtype}"  # fp32 checkpoints keep their earlier cache names
+    out = (out_root or cache_dir() / "models") / f"{gguf_path.stem}-{_fingerprint(gguf_path)}{suffix}"
     if (out / "config.json").exists() and (out / "model.safetensors").exists():
         return out
     log.info("dequantising %s into %s (once)", gguf_path, out)
@@ -46,16 +50,18 @@ def gguf_to_hf(gguf_path: str | Path, out_root: Path | None = None) -> Path:
     try:
         tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
         quant = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name,
-                                                     dtype=torch.float32)
+                                                     dtype=getattr(torch, dtype))
     except Exception as e:
         raise ModelError(f"could not read GGUF file {gguf_path}: {e}") from e
     config = quant.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config  # the weights are already dequantised: a plain checkpoint
-    config.dtype = "float32"
-    plain = AutoModelForCausalLM.from_config(config)
+    config.dtype = dtype
+    plain = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype))
     plain.load_state_dict(quant.state_dict(), strict=True)
     plain.generation_config = quant.generation_config
+    if stop_tokens:
+        plain.generation_config.eos_token_id = tok.convert_tokens_to_ids(list(stop_tokens))
     plain.save_pretrained(tmp, safe_serialization=True)
     tok.save_pretrained(tmp)
     del quant, plain
@@ -70,7 +76,7 @@ def gguf_to_hf(gguf_path: str | Path, out_root: Path | None = None) -> Path:
 def resolve_model_path(spec: str) -> str:
     """A loadable HF folder or hub id for `spec`: packaged name | *.gguf | local folder | hub id."""
     if spec in PACKAGED:
-        return str(gguf_to_hf(packaged_gguf(spec)))
+        return str(gguf_to_hf(packaged_gguf(spec), **conversion_options(spec)))
     p = Path(spec)
     if p.suffix.lower() == ".gguf":
         return str(gguf_to_hf(p))
@@ -83,6 +89,23 @@ def resolve_model_path(spec: str) -> str:
     return spec  # hub id; needs network unless cached by huggingface_hub
 
 
+PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
+NOT_WEIGHTS = {"training_args.bin"}  # Trainer's pickled arguments, never loaded as weights
+
+
+def require_safetensors(folder: str | Path, what: str = "model") -> None:
+    """Refuse a local folder whose weights exist only as pickles: unpickling a file can run any code in it, so
+    sftlab loads safetensors only (every model and adapter load goes through here)."""
+    folder = Path(folder)
+    if not folder.is_dir() or any(folder.glob("*.safetensors")) or any(folder.glob("*.safetensors.index.json")):
+        return
+    pickles = sorted({p.name for pattern in PICKLE_WEIGHTS for p in folder.glob(pattern)} - NOT_WEIGHTS)
+    if pickles:
+        raise ModelError(f"{folder}: the {what} weights are only in pickle format ({', '.join(pickles)}); sftlab "
+                         "loads only safetensors (loading a pickle can run arbitrary code). If you trust the file, "
+                         "convert it once, e.g. load it and save_pretrained(..., safe_serialization=True)")
+
+
 def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
     try:
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
@@ -93,6 +116,18 @@ def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
     return tok
 
 
+def checkpoint_dtype(path: str) -> str | None:
+    """The dtype a local checkpoint's weights are stored in (its config's `dtype`), e.g. "bfloat16"."""
+    config = Path(path) / "config.json"
+    if not config.is_file():
+        return None
+    try:
+        cfg = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return cfg.get("dtype") or cfg.get("torch_dtype")
+
+
 def load_model(path: str, dtype: torch.dtype | str = torch.float32, device: str | None = None,
                attn_implementation: str | None = None) -> PreTrainedModel:
     """Load a causal LM with safe defaults; `path` must already be resolved (see resolve_model_path).
@@ -100,6 +135,7 @@ def load_model(path: str, dtype: torch.dtype | str = torch.float32, device: str 
     if isinstance(dtype, str):
         dtype = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
                  "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}[dtype]
+    require_safetensors(path)
     try:
         extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=False,

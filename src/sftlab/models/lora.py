@@ -34,6 +34,9 @@ def set_adapter_input_casts(model: torch.nn.Module, enabled: bool) -> None:
 
 
 def load_adapter(base: PreTrainedModel, adapter_dir: str | Path, trainable: bool = False) -> PeftModel:
+    from sftlab.models.loading import require_safetensors
+
+    require_safetensors(adapter_dir, "adapter")
     return PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=trainable)
 
 

@@ -2,15 +2,55 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 
 import torch
-from transformers import TextIteratorStreamer
+from transformers import StoppingCriteria, StoppingCriteriaList, TextStreamer
 
+from sftlab.generation.base import SamplingParams
 from sftlab.generation.transformers_backend import TransformersGenerator
 
 HELP = "commands: /reset (forget the conversation), /system TEXT (set the system prompt), /exit"
+
+
+class _CallbackStreamer(TextStreamer):
+    """Hands each decoded piece to a callback in the generating thread: no second thread that could die
+    silently and leave the reader waiting forever."""
+
+    def __init__(self, tokenizer, on_text: Callable[[str], None]) -> None:
+        super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        self.on_text = on_text
+
+    def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+        if text:
+            self.on_text(text)
+
+
+class _StopWhen(StoppingCriteria):
+    """Ends generation early when asked (the client went away)."""
+
+    def __init__(self, should_stop: Callable[[], bool]) -> None:
+        self.should_stop = should_stop
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        return torch.full((input_ids.shape[0],), self.should_stop(), dtype=torch.bool, device=input_ids.device)
+
+
+def stream_reply(gen: TransformersGenerator, prompt_ids: list[int], params: SamplingParams,
+                 on_text: Callable[[str], None], should_stop: Callable[[], bool] | None = None) -> tuple[int, bool]:
+    """Generate one reply, passing text pieces to `on_text` as they are decoded; returns (new tokens, whether
+    it ended with a stop token). Runs in the caller's thread, so an engine error is raised to the caller."""
+    ids = torch.tensor([prompt_ids], device=next(gen.model.parameters()).device)
+    sample = params.temperature > 0
+    stopping = StoppingCriteriaList([_StopWhen(should_stop)]) if should_stop else None
+    out = gen.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=params.max_new_tokens,
+                             do_sample=sample, temperature=params.temperature if sample else None,
+                             top_p=params.top_p if sample else None, top_k=None,
+                             streamer=_CallbackStreamer(gen.tokenizer, on_text), stopping_criteria=stopping,
+                             eos_token_id=gen.stop_ids, pad_token_id=gen.pad_id)
+    new = out[0, ids.shape[1]:].tolist()
+    stops = [k for k, t in enumerate(new) if t in gen.stop_ids]
+    return (stops[0] if stops else len(new)), bool(stops)
 
 
 def chat_loop(gen: TransformersGenerator, read: Callable[[str], str], write: Callable[[str], None],
@@ -38,27 +78,35 @@ def chat_loop(gen: TransformersGenerator, read: Callable[[str], str], write: Cal
             history = []
             write(f"(system prompt {'set' if system else 'cleared'}; conversation reset)\n")
             continue
-        history.append({"role": "user", "content": text})
-        msgs = ([{"role": "system", "content": system}] if system else []) + history
+        turn = {"role": "user", "content": text}
+        prompt = gen.encode(([{"role": "system", "content": system}] if system else []) + history + [turn])
+        if not _fits(prompt, gen, write):
+            continue
+        history.append(turn)
         write("assistant> ")
-        reply = _stream_reply(gen, msgs, write, max_new_tokens, temperature)
+        reply = _reply(gen, prompt, SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature), write)
         write("\n")
         history.append({"role": "assistant", "content": reply})
     return ([{"role": "system", "content": system}] if system else []) + history
 
 
-def _stream_reply(gen: TransformersGenerator, msgs, write, max_new_tokens: int, temperature: float) -> str:
-    streamer = TextIteratorStreamer(gen.tokenizer, skip_prompt=True, skip_special_tokens=True)
-    ids = torch.tensor([gen.encode(msgs)], device=next(gen.model.parameters()).device)
-    sample = temperature > 0
-    kwargs = dict(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                  do_sample=sample, temperature=temperature if sample else None, top_k=None, top_p=None,
-                  streamer=streamer, eos_token_id=gen.stop_ids, pad_token_id=gen.pad_id)
-    thread = threading.Thread(target=lambda: gen.model.generate(**kwargs), daemon=True)
-    thread.start()
-    pieces = []
-    for piece in streamer:
+def _reply(gen: TransformersGenerator, prompt: list[int], params: SamplingParams, write: Callable[[str], None]) -> str:
+    """Stream one reply to the terminal; return its text for the history."""
+    pieces: list[str] = []
+
+    def show(piece: str) -> None:
         pieces.append(piece)
         write(piece)
-    thread.join()
+
+    stream_reply(gen, prompt, params, show)
     return "".join(pieces).strip()
+
+
+def _fits(prompt: list[int], gen: TransformersGenerator, write: Callable[[str], None]) -> bool:
+    """A conversation that leaves no room in the context window is refused with the numbers, not generated from."""
+    window = getattr(gen, "context_window", None)
+    if not window or len(prompt) < window:
+        return True
+    write(f"(not sent: the conversation would be {len(prompt)} tokens and the model's context window is {window}; "
+          "send something shorter or /reset)\n")
+    return False

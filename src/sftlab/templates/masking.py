@@ -7,7 +7,8 @@ must produce: the reply *and its end-of-turn token*, so it learns to stop. Each 
 own, the way inference tokenizes a prompt and then generates; the trained tokens are decoded back and
 must equal the trained text exactly, and every reply must end in a special token. Any template that
 cannot satisfy this (e.g. one that rewrites earlier turns) raises a TemplateError instead of training on
-a wrong mask.
+a wrong mask. Special tokens come only from the template: special-token strings in any message (system
+prompts included) are tokenized as text (see `sftlab.templates.literal`), in training, scoring and prompts.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from transformers import PreTrainedTokenizerBase
 
 from sftlab.data.schema import Conversation
 from sftlab.errors import TemplateError
+from sftlab.templates.literal import Shield, encode_rendered, shield_for, special_token_ids
 
 IGNORE_INDEX = -100
 
@@ -59,8 +61,16 @@ def render(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, Any]], t
 def segment_conversation(tokenizer: PreTrainedTokenizerBase, conv: Conversation,
                          mode: MaskMode | str = MaskMode.assistant) -> list[tuple[str, bool]]:
     """Split the rendered conversation into (text, trained) segments that concatenate to the full text."""
+    segments, shield = _shielded_segments(tokenizer, conv, mode)
+    return [(shield.restore(text), trained) for text, trained in segments]
+
+
+def _shielded_segments(tokenizer: PreTrainedTokenizerBase, conv: Conversation,
+                       mode: MaskMode | str) -> tuple[list[tuple[str, bool]], Shield]:
+    """Segments rendered with the user's special-token strings swapped for sentinels, and the Shield to undo it."""
     mode = MaskMode(mode)
-    msgs, tools = template_messages(conv), conv.tools
+    shield = shield_for(tokenizer, template_messages(conv), conv.tools)
+    msgs, tools = shield.protect(template_messages(conv)), shield.protect(conv.tools)
     full = render(tokenizer, msgs, tools)
     assistant_idx = [i for i, t in enumerate(conv.turns) if t.role == "assistant"]
     if mode is MaskMode.last:
@@ -76,11 +86,11 @@ def segment_conversation(tokenizer: PreTrainedTokenizerBase, conv: Conversation,
                 "earlier turns or the generation prompt), so a correct assistant mask cannot be built; use "
                 "`chat_template: chatml` (or another named template) or mask_mode: last")
         span = upto[len(prefix):].rstrip()
-        content = conv.turns[i].content.strip()
+        content = msgs[i]["content"].strip()
         if content and content not in span:
             raise TemplateError(f"the chat template dropped or changed the content of assistant turn {i}")
         for call in conv.turns[i].tool_calls or []:
-            if call["name"] not in span:
+            if shield.protect(call["name"]) not in span:
                 raise TemplateError(f"the chat template drops the tool call in assistant turn {i}; use a named "
                                     "template that renders tool calls (`chat_template: chatml` or `gemma`)")
         trained = mode is MaskMode.all or conv.turns[i].weight > 0
@@ -88,13 +98,7 @@ def segment_conversation(tokenizer: PreTrainedTokenizerBase, conv: Conversation,
         segments.append((span, trained))
         pos = len(prefix) + len(span)
     segments.append((full[pos:], mode is MaskMode.all))
-    return [(text, trained) for text, trained in segments if text]
-
-
-def _special_ids(tokenizer: PreTrainedTokenizerBase) -> set[int]:
-    ids = set(tokenizer.all_special_ids)
-    ids.update(i for i, t in tokenizer.added_tokens_decoder.items() if t.special)
-    return ids
+    return [(text, trained) for text, trained in segments if text], shield
 
 
 def tokenize_conversation(tokenizer: PreTrainedTokenizerBase, conv: Conversation,
@@ -105,11 +109,13 @@ def tokenize_conversation(tokenizer: PreTrainedTokenizerBase, conv: Conversation
     Returns None when the example must be dropped: longer than `max_length` with truncation="drop",
     or with no trained token left after truncation="truncate" (the caller counts these).
     """
-    special = _special_ids(tokenizer) if verify else set()
+    special = special_token_ids(tokenizer) if verify else frozenset()
     input_ids: list[int] = []
     labels: list[int] = []
-    for text, trained in segment_conversation(tokenizer, conv, mode):
-        ids = tokenizer.encode(text, add_special_tokens=False)
+    segments, shield = _shielded_segments(tokenizer, conv, mode)
+    for shielded, trained in segments:
+        ids = encode_rendered(tokenizer, shielded, shield)
+        text = shield.restore(shielded)
         if verify and trained:
             back = tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
             if back != text:
@@ -154,4 +160,13 @@ def prompt_ids(tokenizer: PreTrainedTokenizerBase, conv_or_messages: Conversatio
         msgs = template_messages(Conversation(conv_or_messages.prompt_turns))
     else:
         msgs = conv_or_messages
-    return tokenizer.encode(render(tokenizer, msgs, tools, add_generation_prompt=True), add_special_tokens=False)
+    return chat_ids(tokenizer, msgs, tools)
+
+
+def chat_ids(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, Any]], tools=None,
+             add_generation_prompt: bool = True, suffix: str = "") -> list[int]:
+    """Token ids of rendered chat messages (+ `suffix`, e.g. a judge's "Rating: "), for generation and scoring:
+    the one way every prompt is encoded, so message content can never become special tokens."""
+    shield = shield_for(tokenizer, messages, tools)
+    text = render(tokenizer, shield.protect(messages), shield.protect(tools), add_generation_prompt)
+    return encode_rendered(tokenizer, text + suffix, shield)

@@ -9,6 +9,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from transformers import TrainerCallback
+from transformers.trainer_callback import ExportableState
+
+from sftlab.data.writers import atomic_open
 
 
 class TokenCounter:
@@ -19,6 +22,7 @@ class TokenCounter:
         self.trained = 0  # response tokens (carry loss)
         self.computed = 0  # positions run through the model, padding included
         self.start = time.time()
+        self.tokens_at_start = 0  # a resumed run starts from the checkpoint's counts
 
     def snapshot(self) -> tuple[int, int, int]:
         return self.tokens, self.trained, self.computed
@@ -30,8 +34,55 @@ class TokenCounter:
     def padding_share(self) -> float:
         return 1 - self.tokens / self.computed if self.computed else 0.0
 
+    def begin(self) -> None:
+        """Throughput counts this process's training, not model loading nor the steps before a resume."""
+        self.start = time.time()
+        self.tokens_at_start = self.tokens
+
     def rate(self) -> float:
-        return self.tokens / max(1e-9, time.time() - self.start)
+        return (self.tokens - self.tokens_at_start) / max(1e-9, time.time() - self.start)
+
+
+class TokenCounterState(TrainerCallback, ExportableState):
+    """Saves the token counts inside each checkpoint's trainer_state.json (written last, so a checkpoint that is
+    complete has them): a resumed run goes on counting from there instead of from 0."""
+
+    def __init__(self, counter: TokenCounter) -> None:
+        self.counter = counter
+
+    def state(self) -> dict:
+        tokens, trained, computed = self.counter.snapshot()
+        return {"args": {}, "attributes": {"tokens": tokens, "trained": trained, "computed": computed}}
+
+    @staticmethod
+    def saved_counts(trainer_state: dict) -> tuple[int, int, int] | None:
+        """The counts a checkpoint's trainer_state.json holds (None for checkpoints saved without them)."""
+        saved = (trainer_state.get("stateful_callbacks") or {}).get(TokenCounterState.__name__)
+        attrs = saved.get("attributes") if isinstance(saved, dict) else None
+        if not isinstance(attrs, dict):
+            return None
+        return int(attrs.get("tokens", 0)), int(attrs.get("trained", 0)), int(attrs.get("computed", 0))
+
+
+def truncate_metrics(path: Path, last_step: int) -> int:
+    """Keep the log rows of steps up to `last_step` (a resume redoes the later ones), atomically; a torn last
+    line (a kill mid-write) goes too. Returns how many rows were dropped."""
+    if not path.exists():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            step = json.loads(line).get("step", 0)
+        except (ValueError, AttributeError):
+            step = None
+        if isinstance(step, int) and step <= last_step:
+            kept.append(line)
+        else:
+            dropped += 1
+    if dropped:
+        with atomic_open(path) as f:
+            f.write("".join(line + "\n" for line in kept))
+    return dropped
 
 
 class MetricsLogger(TrainerCallback):
@@ -41,7 +92,7 @@ class MetricsLogger(TrainerCallback):
         self.path, self.counter = path, counter
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self.counter.start = time.time()  # throughput counts training, not model loading
+        self.counter.begin()
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not logs or not state.is_world_process_zero:

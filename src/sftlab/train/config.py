@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -10,30 +11,47 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from sftlab.data.loading import DataSpec
 from sftlab.errors import ConfigError
-from sftlab.yamlconfig import read_yaml_mapping
+from sftlab.yamlconfig import apply_overrides, read_yaml_mapping
+
+RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
 
 
 class LoraSettings(BaseModel):
     """LoRA: W + (alpha/r)·BA on the target modules; the base weights stay frozen."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     r: int = Field(16, ge=1, description="Rank of the update BA.")
     alpha: int = Field(32, ge=1, description="Scale numerator: the update is multiplied by alpha/r.")
     dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
     target_modules: str | list[str] = Field(
-        "all-linear", description="'all-linear' (every linear layer but the output head) or module names.")
+        "all-linear", min_length=1, description="'all-linear' (every linear layer but the output head), a list of "
+                                                "module names (q_proj, v_proj...) or one regular expression matched "
+                                                "against full module names. Checked against the model before "
+                                                "training.")
+
+    @field_validator("target_modules")
+    @classmethod
+    def _names_or_pattern(cls, v: str | list[str]) -> str | list[str]:
+        if isinstance(v, list) and not all(x.strip() for x in v):
+            raise ValueError("module names may not be empty")
+        if isinstance(v, str) and v != "all-linear":
+            try:
+                re.compile(v)
+            except re.error as e:
+                raise ValueError(f"{v!r} is not a valid regular expression ({e}); list plain names instead") from None
+        return v
 
 
 class TrainConfig(BaseModel):
     """Everything one SFT run needs. Defaults suit a small model on a CPU and run unchanged on a GPU."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     name: str = Field("sft", description="Run name; the run folder defaults to runs/<name>.")
     model: str = Field(description="Packaged name (gemma-3-270m, smollm2-135m-instruct), HF folder, .gguf, hub id.")
     chat_template: str = Field("auto", description="auto: the model's own, else a named one (chatml, gemma).")
-    data: list[DataSpec] = Field(description="Training sources, concatenated (a mix).")
+    data: list[DataSpec] = Field(min_length=1, description="Training sources, concatenated (a mix).")
     eval_data: list[DataSpec] = Field(default_factory=list, description="Held-out reference set for response NLL.")
     mask_mode: Literal["assistant", "last", "all"] = Field(
         "assistant", description="Loss on all assistant turns, the last one only, or every token.")
@@ -44,7 +62,7 @@ class TrainConfig(BaseModel):
     lora: LoraSettings = Field(default_factory=LoraSettings)
 
     epochs: float = Field(1.0, gt=0)
-    max_steps: int = Field(-1, description="Optimizer steps; overrides epochs when > 0.")
+    max_steps: int = Field(-1, ge=-1, description="Optimizer steps; overrides epochs when > 0 (-1: use epochs).")
     batch_size: int = Field(4, ge=1, description="Sequences per micro-batch.")
     grad_accum: int = Field(4, ge=1, description="Micro-batches per optimizer step.")
     learning_rate: float | None = Field(None, gt=0, description="Default: 2e-4 for LoRA, 2e-5 for full.")
@@ -53,7 +71,7 @@ class TrainConfig(BaseModel):
     warmup_ratio: float = Field(0.03, ge=0, le=1)
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float = Field(1.0, gt=0)
-    seed: int = Field(42)
+    seed: int = Field(42, ge=0, le=2**32 - 1)
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
         "auto", description="auto: bf16 autocast where the hardware supports it (CPU included), fp32 master weights.")
     lora_base_dtype: Literal["auto", "fp32", "bf16"] = Field(
@@ -91,7 +109,39 @@ class TrainConfig(BaseModel):
     def _one_or_many(cls, v: Any) -> Any:
         if isinstance(v, dict | str):
             v = [v]
+        if not isinstance(v, list):
+            return v  # pydantic reports what was expected
         return [{"path": x} if isinstance(x, str) else x for x in v]
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_not_a_path(cls, v: str) -> str:
+        """The run folder is runs/<name>: a name with '/' or '..' would write anywhere on the disk."""
+        if not RUN_NAME.fullmatch(v) or ".." in v:
+            raise ValueError(f"a run name is a name, not a path: 1-100 letters, digits, '.', '_', '+', '-', starting "
+                             f"with a letter or digit, no '..' (got {v!r}); set output_dir to choose the folder")
+        return v
+
+    @field_validator("max_steps")
+    @classmethod
+    def _steps_or_epochs(cls, v: int) -> int:
+        if v == 0:
+            raise ValueError("max_steps is -1 (train for `epochs`) or a positive number of optimizer steps, not 0")
+        return v
+
+    @field_validator("lr_scheduler")
+    @classmethod
+    def _known_scheduler(cls, v: str) -> str:
+        from transformers.trainer_utils import SchedulerType
+
+        return _one_of(v, [s.value for s in SchedulerType], "learning-rate scheduler")
+
+    @field_validator("optim")
+    @classmethod
+    def _known_optimizer(cls, v: str) -> str:
+        from transformers.training_args import OptimizerNames
+
+        return _one_of(v, [o.value for o in OptimizerNames], "optimizer")
 
     @property
     def use_gradient_checkpointing(self) -> bool:
@@ -108,11 +158,20 @@ class TrainConfig(BaseModel):
         return Path(self.output_dir or f"runs/{self.name}")
 
 
+def _one_of(value: str, valid: list[str], what: str) -> str:
+    """`value` if it is one of `valid`, else a ValueError listing them (closest first)."""
+    if value in valid:
+        return value
+    close = difflib.get_close_matches(value, valid, n=1)
+    hint = f"did you mean '{close[0]}'? " if close else ""
+    raise ValueError(f"unknown {what} '{value}'; {hint}valid: {', '.join(valid)}")
+
+
 def _explain(e: ValidationError, source: str) -> str:
     lines = []
     for err in e.errors():
         loc = ".".join(str(x) for x in err["loc"])
-        msg = err["msg"]
+        msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             key = str(err["loc"][-1])
             fields = _fields_at(err["loc"][:-1])
@@ -135,9 +194,8 @@ def _fields_at(loc: tuple) -> list[str]:
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """Read a YAML config; `overrides` (from the CLI) win over the file."""
-    raw = read_yaml_mapping(path, "config")
-    raw.update(overrides or {})
+    """Read a YAML config; `overrides` (from the CLI's --set, keys may be dotted: lora.r) win over the file."""
+    raw = apply_overrides(read_yaml_mapping(path, "config"), overrides or {})
     return make_config(raw, source=str(path))
 
 

@@ -86,26 +86,33 @@ class LengthBucketSampler(torch.utils.data.Sampler[int]):
     into micro-batches, then shuffle the micro-batches across buckets. transformers' `group_by_length` sorts
     buckets of at most a quarter of the dataset (and of whole optimizer steps), which left 17% of the computed
     tokens as padding on identity + Alpaca; sorting larger buckets leaves 4%. Shuffling the micro-batches keeps
-    the order random and mixes lengths within an optimizer step. Draws from torch's global RNG, like Trainer's
-    own samplers, so seeding and resuming behave the same."""
+    the order random and mixes lengths within an optimizer step. The order depends on (seed, epoch) only, drawn
+    from its own generator (Trainer calls `set_epoch`): a run resumed in any epoch sees exactly the order of the
+    uninterrupted run, whatever the global RNG went through, and every process of a multi-GPU run agrees."""
 
-    def __init__(self, lengths: list[int], batch_size: int, bucket_batches: int = 64) -> None:
+    def __init__(self, lengths: list[int], batch_size: int, bucket_batches: int = 64, seed: int = 0) -> None:
         self.lengths = list(lengths)
         self.batch_size = batch_size
         self.bucket = batch_size * bucket_batches
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
 
     def __len__(self) -> int:
         return len(self.lengths)
 
     def __iter__(self):
-        order = torch.randperm(len(self.lengths)).tolist()
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(len(self.lengths), generator=g).tolist()
         batches = []
         for start in range(0, len(order), self.bucket):
             bucket = sorted(order[start:start + self.bucket], key=self.lengths.__getitem__)
             batches += [bucket[i:i + self.batch_size] for i in range(0, len(bucket), self.batch_size)]
         # the DataLoader cuts batch_size consecutive indices: a short last batch must stay last
         short = [batches.pop()] if batches and len(batches[-1]) < self.batch_size else []
-        for b in torch.randperm(len(batches)).tolist():
+        for b in torch.randperm(len(batches), generator=g).tolist():
             yield from batches[b]
         for batch in short:
             yield from batch

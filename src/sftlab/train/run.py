@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,19 +16,28 @@ from typing import Any
 import torch
 import yaml
 from rich.console import Console
+from rich.markup import escape
 from transformers import GenerationConfig, PrinterCallback, TrainingArguments, set_seed
 from transformers.integrations import TensorBoardCallback
-from transformers.trainer_utils import get_last_checkpoint
 
 from sftlab.data.loading import load_conversations
 from sftlab.data.writers import write_json, write_text
 from sftlab.errors import ConfigError
+from sftlab.fsutil import MARKER, marker_kind, remove_owned_folder, write_marker
 from sftlab.models.compile import compile_layers, should_compile_layers
 from sftlab.models.loading import default_device, load_model, load_tokenizer, resolve_model_path
 from sftlab.models.lora import attach_lora, set_adapter_input_casts
 from sftlab.templates.chat_templates import ensure_chat_template
 from sftlab.templates.masking import stop_token_ids
-from sftlab.train.callbacks import MetricsLogger, ReleaseFreedMemory, RichProgress, TokenCounter
+from sftlab.train.callbacks import (
+    MetricsLogger,
+    ReleaseFreedMemory,
+    RichProgress,
+    TokenCounter,
+    TokenCounterState,
+    truncate_metrics,
+)
+from sftlab.train.checkpoints import ResumePoint, find_resume_point
 from sftlab.train.config import TrainConfig
 from sftlab.train.dataset import PadCollator, SFTDataset, tokenize_all
 from sftlab.train.trainer import SFTLabTrainer
@@ -65,20 +75,87 @@ def prepare_data(cfg: TrainConfig, tokenizer) -> tuple[SFTDataset, dict[str, Any
     return SFTDataset(examples), {"sources": reports, "tokenized": stats.to_dict()}
 
 
-def _check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
-    if run_dir.exists() and any(run_dir.iterdir()) and not resume:
-        if not overwrite:
+def _inputs(cfg: TrainConfig) -> list[str]:
+    """Local paths a run reads: --overwrite must never remove the folder holding one of them."""
+    return [cfg.model, *(spec.path for spec in [*cfg.data, *cfg.eval_data])]
+
+
+def _is_legacy_run(run_dir: Path) -> bool:
+    """A run folder written before runs had a marker: config.yaml beside Trainer checkpoints."""
+    return (run_dir / "config.yaml").is_file() and (run_dir / "checkpoints").is_dir()
+
+
+def prepare_run_dir(cfg: TrainConfig, resume: bool, overwrite: bool) -> Path:
+    """Create (or reuse, or replace) the run folder by the rules of sftlab.fsutil, and mark it as a run."""
+    run_dir = cfg.run_dir
+    if resume and overwrite:
+        raise ConfigError("--resume continues the run in the run folder and --overwrite deletes it: pass one")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"output_dir {run_dir} is a file, not a folder; choose another output_dir")
+    if run_dir.is_dir() and any(run_dir.iterdir()):
+        if resume:
+            if marker_kind(run_dir) != "train" and not _is_legacy_run(run_dir):
+                raise ConfigError(f"{run_dir} is not an sftlab run folder (no {MARKER}): --resume would write the "
+                                  "run's files into it; choose another output_dir")
+        elif overwrite:
+            remove_owned_folder(run_dir, "train", keep=_inputs(cfg))
+        else:
             raise ConfigError(f"run folder {run_dir} already exists; pass --resume to continue it or --overwrite "
                               "to start again")
-        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if marker_kind(run_dir) != "train":
+        write_marker(run_dir, "train")
+    return run_dir
+
+
+def resume_point(checkpoints: Path, console: Console) -> ResumePoint:
+    """The newest complete checkpoint, saying which one is used and which newer ones were skipped, and why."""
+    point = find_resume_point(checkpoints)
+    for path, why in point.skipped:
+        console.print(f"[yellow]--resume: skipped {escape(str(path))}: {escape(why)}[/]", soft_wrap=True)
+    if point.path is None:
+        console.print("[yellow]--resume: no complete checkpoint found, starting from step 0[/]")
+    else:
+        console.print(f"--resume: resuming from {escape(str(point.path))} (step {point.step})", soft_wrap=True)
+    return point
+
+
+def restore_progress(point: ResumePoint, run_dir: Path, counter: TokenCounter) -> None:
+    """Bring the run folder back to the checkpoint: the metrics log ends at its step, the token counts go on."""
+    truncate_metrics(run_dir / "metrics.jsonl", point.step)
+    counts = TokenCounterState.saved_counts(point.trainer_state)
+    if counts:
+        counter.restore(counts)
+    elif point.path is not None:
+        log.warning("%s holds no token counts (saved by an older sftlab): tokens_seen restarts from 0", point.path)
+
+
+def check_lora_targets(model: torch.nn.Module, targets: str | list[str], model_spec: str) -> None:
+    """Fail before training when a LoRA target matches no layer LoRA can wrap (PEFT would train fewer layers
+    than asked without a word, or stop with a bare error), listing the model's linear layers."""
+    if targets == "all-linear":
+        return
+    from transformers.pytorch_utils import Conv1D
+
+    kinds = (torch.nn.Linear, torch.nn.Embedding, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d, Conv1D)
+    names = [n for n, m in model.named_modules() if n and isinstance(m, kinds)]
+    if isinstance(targets, str):
+        unmatched = [] if any(re.fullmatch(targets, n) for n in names) else [targets]
+    else:
+        unmatched = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
+    if unmatched:
+        head = model.get_output_embeddings()
+        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
+                         if isinstance(m, torch.nn.Linear | Conv1D) and m is not head})
+        missing = ", ".join(repr(t) for t in unmatched)
+        raise ConfigError(f"lora.target_modules: {missing} match no layer of {model_spec}; its linear layers: "
+                          f"{', '.join(linear)} (or use 'all-linear')")
 
 
 def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, console: Console | None = None,
           callbacks: list | None = None) -> TrainResult:
     console = console or Console(stderr=True)
-    run_dir = cfg.run_dir
-    _check_run_dir(run_dir, resume, overwrite)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = prepare_run_dir(cfg, resume, overwrite)
     set_seed(cfg.seed)
 
     base_path = resolve_model_path(cfg.model)
@@ -113,6 +190,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, conso
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     if cfg.method == "lora":
+        check_lora_targets(model, cfg.lora.target_modules, cfg.model)
         model = attach_lora(model, cfg.lora, new_token_ids=_added_ids(tokenizer) if added_tokens else None)
         if bf16_base:
             freeze_base_in(model, torch.bfloat16)  # e.g. rows of new tokens: anything frozen not yet bf16
@@ -153,15 +231,15 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, conso
         model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
         data_collator=PadCollator(tokenizer.pad_token_id), counter=counter, fast_loss=cfg.fast_loss,
         compile_loss=cfg.compile_loss, compiled_layers=compiled,
-        callbacks=[MetricsLogger(run_dir / "metrics.jsonl", counter), RichProgress(counter, console),
+        callbacks=[MetricsLogger(run_dir / "metrics.jsonl", counter), TokenCounterState(counter),
+                   RichProgress(counter, console),
                    TensorBoardCallback(tb_writer=tb), *([ReleaseFreedMemory()] if device_type == "cpu" else []),
                    *(callbacks or [])],
     )
     trainer.remove_callback(PrinterCallback)  # the rich progress bar and metrics.jsonl replace its prints
-    checkpoint = get_last_checkpoint(args.output_dir) if resume and Path(args.output_dir).exists() else None
-    if resume and checkpoint is None:
-        console.print("[yellow]--resume: no checkpoint found, starting from step 0[/]")
-    out = trainer.train(resume_from_checkpoint=checkpoint)
+    point = resume_point(Path(args.output_dir), console) if resume else ResumePoint()
+    restore_progress(point, run_dir, counter)
+    out = trainer.train(resume_from_checkpoint=str(point.path) if point.path else None)
     tb.close()
 
     final_dir = run_dir / "final"

@@ -33,10 +33,12 @@ class SFTLabTrainer(Trainer):
         self.loss_is_scaled_for_ga = True
 
     def _get_train_sampler(self, train_dataset=None):
-        """`group_by_length`: sftlab's bucketing sampler (less padding than transformers' grouping)."""
+        """`group_by_length`: sftlab's bucketing sampler (less padding than transformers' grouping), seeded per
+        epoch so that a resumed run replays every epoch's order exactly."""
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         if self.args.train_sampling_strategy == "group_by_length" and isinstance(dataset, SFTDataset):
-            return LengthBucketSampler(dataset.lengths, self.args.train_batch_size)
+            seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+            return LengthBucketSampler(dataset.lengths, self.args.train_batch_size, seed=seed)
         return super()._get_train_sampler(train_dataset)
 
     def _check_fast_loss(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> None:

@@ -22,6 +22,7 @@ REFUSAL_PATTERNS = [
     r"(?:help|assist|provide|answer|do that|comply|fulfill)", r"\bi do not have (?:personal|the ability|access)\b",
     r"\bi don't have (?:personal|the ability|access)\b", r"\bmy knowledge cutoff\b",
     r"\bit is not appropriate for me\b", r"\bi'm not able to (?:help|assist|provide)\b",
+    r"我(?:不能|无法)(?:帮助|提供|协助|帮你|为你|回答)", r"作为(?:一个)?(?:人工智能|AI)(?:语言模型|助手)?",
 ]
 _REFUSAL = re.compile("|".join(REFUSAL_PATTERNS), re.I)
 _END_OK = re.compile(r"""[.!?。！？…"'”’)\]}>*`:;~\d%]\s*$""")
@@ -39,7 +40,9 @@ class HeuristicSettings(BaseModel):
         0.3, description="Share of word n-grams that repeat an earlier one (looping text).")
     repetition_ngram: int = Field(3, ge=1)
     repetition_min_words: int = Field(20, description="Repetition is only judged on responses this long.")
-    refusal: bool = Field(True, description="Drop refusals and 'As an AI language model' boilerplate.")
+    refusal: bool | Literal["require"] = Field(
+        True, description="true: drop refusals and 'As an AI language model' boilerplate; 'require': keep only "
+                          "refusals (curating replies to harmful requests).")
     truncation: bool = Field(True, description="Drop responses that stop mid-sentence or leave a code fence open.")
     language: Literal["match_prompt", "latin", "zh"] | None = Field(
         "match_prompt", description="Response script must match the prompt's, or a fixed target.")
@@ -91,7 +94,9 @@ def check(prompt: str, response: str, s: HeuristicSettings) -> str | None:
         return "too long"
     if s.max_prompt_chars and len(prompt) > s.max_prompt_chars:
         return "prompt too long"
-    if s.refusal and _REFUSAL.search(r):
+    if s.refusal == "require" and not _REFUSAL.search(r):
+        return "not a refusal"
+    if s.refusal is True and _REFUSAL.search(r):
         return "refusal or boilerplate"
     if s.truncation and looks_truncated(r):
         return "truncated"

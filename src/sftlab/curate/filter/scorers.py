@@ -60,6 +60,7 @@ class ScoreCache(SqliteKV):
 
 def ifd_examples(tok, convs: list[Conversation], max_length: int):
     """(response given its prompt, response alone) as (input_ids, labels) pairs, for NLL scoring."""
+    from sftlab.templates.literal import encode_text
     from sftlab.templates.masking import tokenize_conversation
 
     cond, alone = [], []
@@ -67,7 +68,7 @@ def ifd_examples(tok, convs: list[Conversation], max_length: int):
         ex = tokenize_conversation(tok, c, "last", max_length, "truncate", verify=False)
         cond.append((ex.input_ids, ex.labels) if ex else ([0], [-100]))
         bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
-        ids = (bos + tok.encode(c.last_response or "", add_special_tokens=False))[:max_length]
+        ids = (bos + encode_text(tok, c.last_response or ""))[:max_length]
         alone.append((ids, [-100] * len(bos) + ids[len(bos):]))
     return cond, alone
 
@@ -152,6 +153,7 @@ def logprob_ratings(model, tok, convs: list[Conversation], max_length: int = 102
     import torch
 
     from sftlab.models.scoring import next_token_probs, pad_id_of, single_token_ids
+    from sftlab.templates.masking import chat_ids
 
     digit_ids = single_token_ids(tok, [str(d) for d in range(1, 10)], "judge_logprob")
     budget = max(64, max_length // 2) * 3  # characters per field: prompt and answer share the window
@@ -159,8 +161,7 @@ def logprob_ratings(model, tok, convs: list[Conversation], max_length: int = 102
     for c in convs:
         prompt = (c.prompt_turns[-1].content if c.prompt_turns else "")[:budget]
         msgs = [{"role": "user", "content": RUBRIC_9.format(prompt=prompt, response=(c.last_response or "")[:budget])}]
-        text = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True) + "Rating: "
-        rows.append(tok.encode(text, add_special_tokens=False)[-max_length:])
+        rows.append(chat_ids(tok, msgs, suffix="Rating: ")[-max_length:])  # special-token text stays text
     probs = next_token_probs(model, rows, digit_ids, pad_id_of(tok), batch_size)
     return [round(x, 4) for x in (probs @ torch.arange(1, 10, dtype=torch.float32)).tolist()]
 

@@ -1,0 +1,125 @@
+"""Folders sftlab may remove or replace: only the ones it created (recognised by a marker file), never a folder
+a user lives in (the current directory, its parents, $HOME and its parents, `/`), never one holding an input of
+the command that would remove it. Every command that deletes a folder goes through `remove_owned_folder`."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+from sftlab import __version__
+from sftlab.errors import ConfigError
+
+MARKER = "sftlab-run.json"
+MARKER_FORMAT = 1
+
+
+def write_marker(folder: str | Path, kind: str) -> None:
+    """Claim `folder` as sftlab's own output of `kind` (train, export), so a later --overwrite may replace it."""
+    from sftlab.data.writers import write_json
+
+    write_json(Path(folder) / MARKER, {"sftlab_marker": MARKER_FORMAT, "kind": kind, "created_by": f"sftlab {kind}",
+                                       "sftlab_version": __version__,
+                                       "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+
+
+def marker_kind(folder: str | Path) -> str | None:
+    """The kind recorded in `folder`'s marker, or None when the folder is not one sftlab created."""
+    try:
+        data = json.loads((Path(folder) / MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    kind = data.get("kind") if isinstance(data, dict) else None
+    return kind if isinstance(kind, str) else None
+
+
+def _is_within(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def _protected_reason(folder: Path) -> str | None:
+    """Why `folder` (resolved) is a place no command may remove, whatever marker it holds."""
+    cwd, home = Path.cwd().resolve(), Path.home().resolve()
+    if folder == Path(folder.anchor):
+        return "it is the filesystem root"
+    if folder == cwd:
+        return "it is the current directory"
+    if _is_within(cwd, folder):
+        return "it contains the current directory"
+    if folder == home:
+        return "it is your home folder"
+    if _is_within(home, folder):
+        return "it contains your home folder"
+    return None
+
+
+def removal_refusal(folder: str | Path, kind: str, keep: Iterable[str | Path] = ()) -> str | None:
+    """Why `folder` may not be removed to make room for a new `kind` output (None: it may)."""
+    folder = Path(folder)
+    if folder.is_symlink():
+        return "it is a symbolic link"
+    resolved = folder.resolve()
+    reason = _protected_reason(resolved)
+    if reason:
+        return reason
+    for path in keep:
+        if Path(path).exists() and _is_within(Path(path).resolve(), resolved):
+            return f"it holds {path}, an input of this command"
+    found = marker_kind(folder)
+    if found is None:
+        return (f"it holds no {MARKER}, so sftlab did not create it; move or delete it yourself, or choose "
+                "another output folder")
+    if found != kind:
+        return f"it is the output of `sftlab {found}`, not of `sftlab {kind}`"
+    return None
+
+
+def check_removable(folder: str | Path, kind: str, keep: Iterable[str | Path] = ()) -> None:
+    """Raise a ConfigError naming `folder` and the reason when it may not be removed."""
+    reason = removal_refusal(folder, kind, keep)
+    if reason:
+        resolved = Path(folder).resolve()
+        shown = str(folder) if str(folder) == str(resolved) else f"{folder} ({resolved})"
+        raise ConfigError(f"refusing to remove {shown}: {reason}")
+
+
+def remove_owned_folder(folder: str | Path, kind: str, keep: Iterable[str | Path] = ()) -> None:
+    """Delete a folder sftlab created as a `kind` output (checked first); anything else is a ConfigError."""
+    check_removable(folder, kind, keep)
+    shutil.rmtree(folder)
+
+
+def is_empty_folder(folder: str | Path) -> bool:
+    folder = Path(folder)
+    return folder.is_dir() and not any(folder.iterdir())
+
+
+def staging_folder(dest: str | Path) -> Path:
+    """A new, uniquely named hidden folder beside `dest` to build an output in (never an existing one)."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp"))
+
+
+def replace_folder(staged: str | Path, dest: str | Path, kind: str, keep: Iterable[str | Path] = ()) -> Path:
+    """Move a completed `staged` folder to `dest`; an existing `dest` must be sftlab's own `kind` output (or an
+    empty folder) and is only deleted once the new one is in place."""
+    staged, dest = Path(staged), Path(dest)
+    if not dest.exists() and not dest.is_symlink():
+        os.replace(staged, dest)
+        return dest
+    if is_empty_folder(dest) and not dest.is_symlink():
+        dest.rmdir()
+        os.replace(staged, dest)
+        return dest
+    check_removable(dest, kind, keep)
+    old = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".old"))
+    os.replace(dest, old / dest.name)
+    os.replace(staged, dest)
+    shutil.rmtree(old)
+    return dest
