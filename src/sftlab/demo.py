@@ -62,16 +62,16 @@ def demo_suite(name: str, author: str, data: DemoData, judge: str | None) -> Eva
          "general_prompts": data.general_prompts},
         {"type": "instruction_following", "prompts": prompts},  # same prompts: served from the cache
     ]
-    if judge:
-        evaluators += [{"type": "judge", "judge": judge, "mode": "logprob", "prompts": data.general_prompts},
-                       {"type": "judge", "label": "judge_rubric", "judge": judge, "mode": "rubric",
-                        "prompts": data.general_prompts}]
-    return make_suite({"name": f"demo ({name})", "max_new_tokens": 160, "evaluators": evaluators})
+    if judge:  # rubric: the teacher's pairwise p("A") vs p("B") was order-consistent on 0 of 49 pairs (README)
+        evaluators.append({"type": "judge", "judge": judge, "mode": "rubric", "prompts": data.general_prompts})
+    return make_suite({"name": f"demo ({name})", "max_new_tokens": 128, "evaluators": evaluators})
 
 
 def build_demo_data(out_dir: Path, name: str, author: str, extra_data: list[str] | None = None,
-                    general_examples: int | None = None, seed: int = 0) -> DemoData:
-    """Write train.jsonl (shipped identity + distilled general data + any extra sources) and the references."""
+                    general_examples: int | None = None, seed: int = 0, identity_repeats: int = 2) -> DemoData:
+    """Write train.jsonl (shipped identity data `identity_repeats` times + distilled general data + any extra
+    sources) and the references. Seen once among 680 general answers, the identity held on 79% of unseen
+    paraphrases (seed 0); the repeat is the usual mixing-ratio lever."""
     subs = {"name": name, "author": author}
     identity = load_conversations(DataSpec(path=str(RESOURCES / "identity.jsonl"), substitutions=subs))[0]
     general = load_conversations(DataSpec(path=str(RESOURCES / "demo_general.jsonl")))[0]
@@ -81,7 +81,7 @@ def build_demo_data(out_dir: Path, name: str, author: str, extra_data: list[str]
         extra += load_conversations(DataSpec(path=path, substitutions=subs, on_error="skip"))[0]
     identity_prompts, general_prompts = heldout_prompts("identity"), heldout_prompts("general")
     held = {_prompt_key(p) for p in identity_prompts + general_prompts}
-    train_set = [c for c in identity + general + extra
+    train_set = [c for c in identity * identity_repeats + general + extra
                  if _prompt_key(c.prompt_turns[-1].content if c.prompt_turns else "") not in held]
     random.Random(seed).shuffle(train_set)
     train_path = out_dir / "data" / "train.jsonl"

@@ -91,7 +91,7 @@ class RubricJudge:
         todo = [pa for pa in dict.fromkeys(pairs) if pa not in self.grades]
         rows = []
         for p, a in todo:
-            msgs = [{"role": "user", "content": RUBRIC_PROMPT.format(prompt=p[:2000], answer=a[:2000])}]
+            msgs = [{"role": "user", "content": RUBRIC_PROMPT.format(prompt=p[:2000], answer=a[:1000])}]
             rows.append(chat_ids(self.tok, msgs)[-self.max_length:])  # answers' special-token text stays text
         if rows:
             probs = next_token_probs(self.model, rows, self.ids, pad_id_of(self.tok), self.batch_size)
