@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sftlab.data.writers import write_json
+from sftlab.data.writers import refuse_to_clobber, write_json
 from sftlab.errors import ConfigError, SftlabError
 from sftlab.generation.cache import GenerationCache, stable_key
 
@@ -185,18 +185,10 @@ def check_selection_output(output: str | Path, report_dir: str | Path, inputs: I
                            overwrite: bool = False) -> None:
     """`curate filter` replaces its output in one rename: allowed for a selection it wrote before (its report
     names it) or with --overwrite; never for a folder or one of the run's inputs."""
-    out = Path(output)
-    if out.is_dir():
-        raise ConfigError(f"output {out} is a folder; give a file path, e.g. {out / 'selected.jsonl'}")
-    for src in inputs:
-        if src and Path(src).is_file() and same_file(out, src):
-            raise ConfigError(f"output {out} is also the input {src}: the output can never be an input; "
-                              "choose a new output")
-    report = Path(report_dir) / "curation_report.json"
-    if overwrite or not out.exists() or out.stat().st_size == 0 or _report_names(report, out):
-        return
-    raise ConfigError(f"output {out} already exists and is not a selection written by sftlab curate filter (no "
-                      f"{report} naming it); pass --overwrite to replace it, or choose a new output")
+    out, report = Path(output), Path(report_dir) / "curation_report.json"
+    ours = out.is_file() and (out.stat().st_size == 0 or _report_names(report, out))
+    refuse_to_clobber(out, inputs=inputs, overwrite=overwrite or ours,
+                      not_ours=f"is not a selection written by sftlab curate filter (no {report} naming it)")
 
 
 def write_failed(e: OSError, path: Path, out: Path, records: int) -> SftlabError:

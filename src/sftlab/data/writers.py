@@ -17,18 +17,22 @@ from sftlab.errors import ConfigError
 _WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}  # disk full, quota exceeded, file too large
 
 
-def refuse_to_clobber(dst: str | Path, *, inputs: Iterable[str | Path] = (), overwrite: bool = False) -> None:
-    """Nothing is lost: an output is never one of the inputs, never a folder, and replaces a file only when asked."""
+def refuse_to_clobber(dst: str | Path, *, inputs: Iterable[str | Path] = (), overwrite: bool = False,
+                      not_ours: str = "") -> None:
+    """Nothing is lost: an output is never one of the inputs, never a folder, and replaces a file only when asked
+    (`not_ours` says why an existing file may not simply be replaced)."""
     dst = Path(dst)
     if dst.is_dir():
         raise ConfigError(f"{dst}: is a folder, expected the path of the output file")
     if not dst.exists():
         return
     for src in inputs:
-        if Path(src).exists() and os.path.samefile(src, dst):
-            raise ConfigError(f"{dst}: is the input ({src}); write the output to another file")
+        if src and Path(src).exists() and os.path.samefile(src, dst):
+            raise ConfigError(f"{dst}: is the input ({src}): the output can never be an input; write the output "
+                              "to another file")
     if not overwrite:
-        raise ConfigError(f"{dst}: already exists; pass --overwrite to replace it")
+        raise ConfigError(f"{dst}: already exists{' and ' + not_ours if not_ours else ''}; pass --overwrite to "
+                          "replace it, or choose another output")
 
 
 def _umask() -> int:
