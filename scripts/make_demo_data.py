@@ -16,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+from sftlab.data.writers import write_jsonl
+
 ROOT = Path(__file__).resolve().parents[1]
 BUILD = ROOT / "data" / "demo" / "build"
 RES = ROOT / "src" / "sftlab" / "resources"
@@ -40,12 +42,6 @@ def sftlab(*args: str) -> None:
 
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    tmp.replace(path)
 
 
 def without_system(rec: dict) -> dict:
