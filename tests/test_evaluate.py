@@ -235,3 +235,31 @@ def test_demo_pipeline_on_tiny_model(tiny_model_dir, tmp_path):
     assert not prompts & {_prompt_key(p) for p in held}  # eval prompts never leak into training
     assert (tmp_path / "demo/train/final/adapter_model.safetensors").exists()
     assert (tmp_path / "demo/report/report.html").exists() and (tmp_path / "demo/report/training_curves.png").exists()
+
+
+def test_rubric_judge_shows_the_reference_answer_to_the_judge(tiny_model_dir):
+    from sftlab.evaluate.judge import RubricJudge
+    from sftlab.models.loading import load_lm
+
+    model, tok = load_lm(str(tiny_model_dir), dtype="float32")
+    plain = RubricJudge(model, tok)
+    guided = RubricJudge(model, tok, references={"2+2?": "4"})
+    assert "4" not in plain.question("2+2?", "five") and "reference" in guided.question("2+2?", "five")
+    assert guided.question("other?", "x") == plain.question("other?", "x")  # no reference: the plain rubric
+    g_plain, g_guided = plain.grade_many([("2+2?", "five")])[0], guided.grade_many([("2+2?", "five")])[0]
+    assert 1 <= g_plain <= 5 and 1 <= g_guided <= 5 and g_plain != g_guided  # the judge saw a different question
+
+
+def test_judge_references_need_rubric_mode_and_replies(tmp_path, tiny_model_dir, tuned_tiny):
+    from sftlab.evaluate.runner import eval_judge
+    from sftlab.evaluate.subjects import load_subjects
+
+    no_reply = tmp_path / "prompts.jsonl"
+    no_reply.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}]}) + "\n")
+    subjects = load_subjects(str(tiny_model_dir), adapter=tuned_tiny[0])
+    for ev, needle in [({"mode": "logprob", "data": {"path": str(no_reply)}}, "needs `mode: rubric`"),
+                       ({"mode": "rubric", "prompts": ["hi"]}, "needs `mode: rubric` and `data`"),
+                       ({"mode": "rubric", "data": {"path": str(no_reply)}}, "1 of 1 records")]:
+        suite = make_suite({"evaluators": [{"type": "judge", "judge": str(tiny_model_dir), "references": True, **ev}]})
+        with pytest.raises(ConfigError, match=needle):
+            eval_judge(suite.evaluators[0], subjects, 4)

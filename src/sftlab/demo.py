@@ -68,7 +68,7 @@ def demo_suite(name: str, author: str, data: DemoData, judge: str | None) -> Eva
 
 
 def build_demo_data(out_dir: Path, name: str, author: str, extra_data: list[str] | None = None,
-                    general_examples: int | None = None, seed: int = 0, identity_repeats: int = 2) -> DemoData:
+                    general_examples: int | None = None, seed: int = 0, identity_repeats: int = 1) -> DemoData:
     """Write train.jsonl (shipped identity data `identity_repeats` times + distilled general data + any extra
     sources) and the references. Seen once among 680 general answers, the identity held on 79% of unseen
     paraphrases (seed 0); the repeat is the usual mixing-ratio lever."""
@@ -109,6 +109,7 @@ def run_demo(name: str = "Orca", author: str = "the sftlab team", model: str = "
         "output_dir": str(out_dir / "train"), "seed": seed,
     })
     result = train(cfg, overwrite=True, console=console)
+    t_train = time.time()
 
     from sftlab.evaluate.subjects import load_subjects
 
@@ -118,12 +119,13 @@ def run_demo(name: str = "Orca", author: str = "the sftlab team", model: str = "
                              cache_path=out_dir / "eval" / "generations.sqlite", batch_size=16, dtype="bfloat16")
     res = run_suite(demo_suite(name, author, data, judge), subjects, log=console.print)
     js, md = write_result(res, out_dir / "eval")
+    t_eval = time.time()
     show_result(res, console)
     from sftlab.report.build import write_report
 
     html, _ = write_report(out_dir)
-    console.print(f"[green]done in {time.time() - t0:.0f}s[/]: report {html}; eval {md} and {js}; "
-                  f"model in {result.final_dir}")
+    console.print(f"[green]done in {time.time() - t0:.0f}s[/] (data + training {t_train - t0:.0f}s, evaluation "
+                  f"{t_eval - t_train:.0f}s): report {html}; eval {md} and {js}; model in {result.final_dir}")
     return res
 
 

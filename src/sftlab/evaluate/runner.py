@@ -17,6 +17,7 @@ from typing import Any
 from sftlab.data.loading import DataSpec, load_conversations
 from sftlab.data.schema import Conversation, Turn
 from sftlab.data.writers import write_json, write_text
+from sftlab.errors import ConfigError
 from sftlab.evaluate.checks import mentions_identity, same_language
 from sftlab.evaluate.judge import AnyJudge, LogprobJudge, ModelJudge, RubricJudge, pairwise_winrate
 from sftlab.evaluate.math import final_answer_accuracy, wilson_interval
@@ -194,16 +195,31 @@ PER_MODEL = {"nll": eval_nll, "instruction_following": eval_instruction, "identi
              "math": eval_math, "tool_calls": eval_tool_calls, "custom": eval_custom}
 
 
-def build_judge(ev: JudgeEval):
+def build_judge(ev: JudgeEval, references: dict[str, str] | None = None):
     if ":" in ev.judge and not ev.base_url and not Path(ev.judge).exists():
         return import_callable(ev.judge, "judge")
     if ev.mode in ("logprob", "rubric") or (ev.mode == "auto" and not ev.base_url):
         from sftlab.models.loading import load_lm
 
-        return (RubricJudge if ev.mode == "rubric" else LogprobJudge)(*load_lm(ev.judge))
+        if ev.mode == "rubric":
+            return RubricJudge(*load_lm(ev.judge), references=references)
+        return LogprobJudge(*load_lm(ev.judge))
     from sftlab.generation.factory import build_generator
 
     return ModelJudge(build_generator(ev.judge, base_url=ev.base_url))
+
+
+def _references(ev: JudgeEval, convs: list[Conversation]) -> dict[str, str] | None:
+    """Prompt -> the dataset's reply, for reference-guided rubric grading."""
+    if not ev.references:
+        return None
+    if ev.mode != "rubric" or ev.data is None:
+        raise ConfigError("judge `references: true` needs `mode: rubric` and `data` whose records have replies")
+    refs = {c.prompt_turns[-1].content: c.turns[-1].content for c in convs if c.turns[-1].role == "assistant"}
+    if len(refs) < len(convs):
+        raise ConfigError(f"judge `references: true`: {len(convs) - len(refs)} of {len(convs)} records in "
+                          f"{ev.data.path} have no reply to use as the reference")
+    return refs
 
 
 def eval_judge(ev: JudgeEval, subjects: list[Subject], budget: int, judge=None) -> dict[str, Any]:
@@ -213,9 +229,10 @@ def eval_judge(ev: JudgeEval, subjects: list[Subject], budget: int, judge=None) 
     convs = _prompt_convs(ev)
     prompts = [c.prompt_turns[-1].content for c in convs]
     msgs = [as_messages(c) for c in convs]
+    references = _references(ev, convs)  # checked before any generation
     a = [g[0].text for g in _generate(first, msgs, budget)]
     b = [g[0].text for g in _generate(second, msgs, budget)]
-    judge = judge or build_judge(ev)
+    judge = judge or build_judge(ev, references)
     r = pairwise_winrate(judge, prompts, a, b, labels=(first.label, second.label))
     samples = [{"prompt": p, first.label: x, second.label: y, **v}
                for p, x, y, v in zip(prompts, a, b, r.pop("verdicts"), strict=True)]

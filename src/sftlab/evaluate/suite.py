@@ -96,6 +96,8 @@ class JudgeEval(_Prompted):
                             "judge's reply (any engine); rubric: grade each answer alone, 1-5, from a local judge's "
                             "digit probabilities (no position bias); auto: logprob for a local model, generate "
                             "for an endpoint.")
+    references: bool = Field(False, description="Rubric mode with `data`: show the judge each record's reply as a "
+                                                "reference answer (reference-guided grading).")
 
 
 class CustomEval(_Prompted):
