@@ -391,7 +391,7 @@ def curate_filter(
     """Filter a large pool to a small, high-quality, diverse set; explain every decision in a report."""
     _quiet()
     from sftlab.curate.filter.pipeline import make_filter_config, run_filter
-    from sftlab.curate.store import check_selection_output
+    from sftlab.curate.outputs import check_selection_output
     from sftlab.yamlconfig import apply_overrides, parse_set_items, read_yaml_mapping
 
     try:
