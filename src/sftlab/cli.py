@@ -214,22 +214,27 @@ def data_check(path: str = typer.Argument(..., help="File, dataset folder or dat
 
 
 @data_app.command("convert")
-def data_convert(src: str = typer.Argument(...), dst: Path = typer.Argument(..., help="Output .jsonl (messages)."),
+def data_convert(src: str = typer.Argument(...),
+                 dst: Path = typer.Argument(..., help="Output: .jsonl (messages), .parquet, or a folder (--out-format "
+                                                      "hf)."),
                  format: str = typer.Option("auto"), on_error: str = typer.Option("raise"),
+                 out_format: str = typer.Option("auto", help="jsonl | parquet | hf (a save_to_disk folder); auto: "
+                                                             ".parquet is Parquet, anything else JSONL."),
                  overwrite: bool = typer.Option(False, help="Replace DST if it exists (never the input)."),
                  allow_empty: bool = typer.Option(False, help="Write an empty DST when the source has no (valid) "
                                                               "record, instead of an error.")) -> None:
-    """Convert any supported source into sftlab's JSONL `messages` format (atomic write)."""
+    """Convert any supported source into sftlab's `messages` format: JSONL, Parquet or a HF dataset (atomic write)."""
     from sftlab.data.loading import load_conversations, make_spec, require_records
-    from sftlab.data.writers import refuse_to_clobber, write_jsonl
+    from sftlab.data.set_writers import check_set_output, output_format, write_conversations
 
     try:
-        refuse_to_clobber(dst, inputs=[src], overwrite=overwrite)
+        out_format = output_format(dst, out_format)
+        check_set_output(dst, out_format, inputs=[src], overwrite=overwrite)
         spec = make_spec(dict(path=src, format=format, on_error=on_error, allow_empty=allow_empty), "data convert")
         convs, report = load_conversations(spec)
         if not allow_empty:
             require_records(report)
-        n = write_jsonl(dst, convs)
+        n = write_conversations(dst, convs, out_format, keep=[src])
         skipped = ", ".join(f"{r}: {c}" for r, c in report.skipped.most_common())
         console.print(f"wrote {n} conversations to {dst}; skipped {sum(report.skipped.values())}"
                       + (f" ({skipped})" if skipped else ""), markup=False)
@@ -379,7 +384,9 @@ def curate_best_of_k(
 def curate_filter(
         config: Path = typer.Argument(None, help="Filter config YAML (see recipes/filter_alpaca.yaml)."),
         pool: list[str] = typer.Option([], help="Pool source(s): files, HF datasets, database URLs."),
-        out: str = typer.Option(None, help="Selected set (.jsonl)."),
+        out: str = typer.Option(None, help="Selected set (.jsonl, .parquet, or a folder with --out-format hf)."),
+        out_format: str = typer.Option(None, help="jsonl | parquet | hf (a save_to_disk folder); default: from "
+                                                  "--out (.parquet is Parquet, anything else JSONL)."),
         target_size: int = typer.Option(None, help="How many records to keep."),
         eval_set: list[str] = typer.Option([], "--eval", help="Evaluation set(s) to decontaminate against."),
         scorer: list[str] = typer.Option([], help="Quality scorer TYPE[:MODEL]: ifd, perplexity, judge, "
@@ -400,6 +407,8 @@ def curate_filter(
             raw["pool"] = pool
         if out:
             raw["output"] = out
+        if out_format:
+            raw["output_format"] = out_format
         if target_size:
             raw["target_size"] = target_size
         if eval_set:
@@ -415,7 +424,7 @@ def curate_filter(
         apply_overrides(raw, parse_set_items(set_))
         cfg = make_filter_config(raw, str(config) if config else "options")
         check_selection_output(cfg.output, cfg.report_path, [s.path for s in [*cfg.pool, *cfg.decontaminate.eval]],
-                               overwrite)
+                               overwrite, cfg.output_format)
         result = run_filter(cfg, console=console)
         for step in result.funnel:
             console.print(f"  {step['stage']:<22} {step['in']:>7} -> {step['kept']:>7}  {step['dropped'] or ''}")

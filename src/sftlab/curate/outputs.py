@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sftlab.data.writers import refuse_to_clobber
+from sftlab.data.set_writers import check_set_output, output_format
 from sftlab.errors import ConfigError, SftlabError
 
 MANIFEST_FORMAT = "sftlab-curation/1"
@@ -156,13 +156,17 @@ def _report_names(report: Path, out: Path) -> bool:
 
 
 def check_selection_output(output: str | Path, report_dir: str | Path, inputs: Iterable[str | Path] = (),
-                           overwrite: bool = False) -> None:
+                           overwrite: bool = False, fmt: str | None = None) -> None:
     """`curate filter` replaces its output in one rename: allowed for a selection it wrote before (its report
-    names it) or with --overwrite; never for a folder or one of the run's inputs."""
+    names it) or with --overwrite; never for a folder sftlab did not write or one of the run's inputs."""
     out, report = Path(output), Path(report_dir) / "curation_report.json"
-    ours = out.is_file() and (out.stat().st_size == 0 or _report_names(report, out))
-    refuse_to_clobber(out, inputs=inputs, overwrite=overwrite or ours,
-                      not_ours=f"is not a selection written by sftlab curate filter (no {report} naming it)")
+    fmt = output_format(out, fmt)
+    if fmt == "hf":
+        ours = out.is_dir() and _report_names(report, out)
+    else:
+        ours = out.is_file() and (out.stat().st_size == 0 or _report_names(report, out))
+    check_set_output(out, fmt, inputs=inputs, overwrite=overwrite or ours,
+                     not_ours=f"is not a selection written by sftlab curate filter (no {report} naming it)")
 
 
 def write_failed(e: OSError, path: Path, out: Path, records: int) -> SftlabError:
