@@ -19,7 +19,7 @@ from typing import Any
 from sftlab.data.schema import Conversation
 from sftlab.data.writers import atomic_open, refuse_to_clobber, write_jsonl
 from sftlab.errors import ConfigError
-from sftlab.fsutil import check_removable, is_empty_folder, replace_folder, staging_folder, write_marker
+from sftlab.fsutil import check_folder_output, replace_folder, staging_folder, write_marker
 
 OUTPUT_FORMATS = ("jsonl", "parquet", "hf")
 DATASET_KIND = "dataset"  # the sftlab-run.json kind of a dataset folder sftlab wrote
@@ -41,14 +41,8 @@ def check_set_output(path: str | Path, fmt: str, *, inputs: Iterable[str | Path]
     if fmt != "hf":
         refuse_to_clobber(path, inputs=inputs, overwrite=overwrite, not_ours=not_ours)
         return
-    if path.exists() and not path.is_dir():
-        raise ConfigError(f"{path}: is a file; a Hugging Face dataset is written to a folder (choose a new path)")
-    if not path.exists() or is_empty_folder(path):
-        return
-    if not overwrite:
-        raise ConfigError(f"{path}: already exists{' and ' + not_ours if not_ours else ''}; pass --overwrite to "
-                          "replace an earlier dataset written by sftlab, or choose another output")
-    check_removable(path, DATASET_KIND, inputs)
+    check_folder_output(path, DATASET_KIND, overwrite, inputs, what="a Hugging Face dataset",
+                        earlier="an earlier dataset written by sftlab")
 
 
 def write_conversations(path: str | Path, rows: Iterable[dict[str, Any] | Conversation], fmt: str | None = None,

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch
 
-from sftlab.errors import ConfigError, ModelError
-from sftlab.fsutil import check_removable, is_empty_folder, replace_folder, staging_folder, write_marker
+from sftlab.errors import ModelError
+from sftlab.fsutil import check_folder_output, replace_folder, staging_folder, write_marker
 from sftlab.models.loading import load_model, load_tokenizer, resolve_model_path
 from sftlab.models.lora import is_adapter_dir, load_adapter
 
@@ -23,7 +23,7 @@ def export_merged(adapter_dir: str | Path, out_dir: str | Path, base: str | None
         raise ModelError(f"{adapter_dir} is not a LoRA adapter folder (no adapter_config.json)")
     base = base or recorded_base(adapter_dir)
     keep = [adapter_dir, base]
-    _check_output(out_dir, overwrite, keep)
+    check_folder_output(out_dir, "export", overwrite, keep, what="the merged model", earlier="an earlier export")
     staged = staging_folder(out_dir)
     try:
         merge_into(staged, adapter_dir, base, dtype)
@@ -53,15 +53,3 @@ def recorded_base(adapter_dir: Path) -> str:
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ModelError(f"{adapter_dir}: cannot tell which base model the adapter belongs to ({e}); "
                          "pass --base") from None
-
-
-def _check_output(out_dir: Path, overwrite: bool, keep: list) -> None:
-    """Before the (slow) merge: the output must be new, empty, or an earlier export replaced on purpose."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ConfigError(f"{out_dir} is a file; the merged model is written to a folder")
-    if not out_dir.exists() or is_empty_folder(out_dir):
-        return
-    if not overwrite:
-        raise ConfigError(f"{out_dir} already exists; pass --overwrite to replace an earlier export, or choose "
-                          "another folder")
-    check_removable(out_dir, "export", keep)
