@@ -214,22 +214,27 @@ def data_check(path: str = typer.Argument(..., help="File, dataset folder or dat
 
 
 @data_app.command("convert")
-def data_convert(src: str = typer.Argument(...), dst: Path = typer.Argument(..., help="Output .jsonl (messages)."),
+def data_convert(src: str = typer.Argument(...),
+                 dst: Path = typer.Argument(..., help="Output: .jsonl (messages), .parquet, or a folder (--out-format "
+                                                      "hf)."),
                  format: str = typer.Option("auto"), on_error: str = typer.Option("raise"),
+                 out_format: str = typer.Option("auto", help="jsonl | parquet | hf (a save_to_disk folder); auto: "
+                                                             ".parquet is Parquet, anything else JSONL."),
                  overwrite: bool = typer.Option(False, help="Replace DST if it exists (never the input)."),
                  allow_empty: bool = typer.Option(False, help="Write an empty DST when the source has no (valid) "
                                                               "record, instead of an error.")) -> None:
-    """Convert any supported source into sftlab's JSONL `messages` format (atomic write)."""
+    """Convert any supported source into sftlab's `messages` format: JSONL, Parquet or a HF dataset (atomic write)."""
     from sftlab.data.loading import load_conversations, make_spec, require_records
-    from sftlab.data.writers import refuse_to_clobber, write_jsonl
+    from sftlab.data.set_writers import check_set_output, output_format, write_conversations
 
     try:
-        refuse_to_clobber(dst, inputs=[src], overwrite=overwrite)
+        out_format = output_format(dst, out_format)
+        check_set_output(dst, out_format, inputs=[src], overwrite=overwrite)
         spec = make_spec(dict(path=src, format=format, on_error=on_error, allow_empty=allow_empty), "data convert")
         convs, report = load_conversations(spec)
         if not allow_empty:
             require_records(report)
-        n = write_jsonl(dst, convs)
+        n = write_conversations(dst, convs, out_format, keep=[src])
         skipped = ", ".join(f"{r}: {c}" for r, c in report.skipped.most_common())
         console.print(f"wrote {n} conversations to {dst}; skipped {sum(report.skipped.values())}"
                       + (f" ({skipped})" if skipped else ""), markup=False)
@@ -379,7 +384,9 @@ def curate_best_of_k(
 def curate_filter(
         config: Path = typer.Argument(None, help="Filter config YAML (see recipes/filter_alpaca.yaml)."),
         pool: list[str] = typer.Option([], help="Pool source(s): files, HF datasets, database URLs."),
-        out: str = typer.Option(None, help="Selected set (.jsonl)."),
+        out: str = typer.Option(None, help="Selected set (.jsonl, .parquet, or a folder with --out-format hf)."),
+        out_format: str = typer.Option(None, help="jsonl | parquet | hf (a save_to_disk folder); default: from "
+                                                  "--out (.parquet is Parquet, anything else JSONL)."),
         target_size: int = typer.Option(None, help="How many records to keep."),
         eval_set: list[str] = typer.Option([], "--eval", help="Evaluation set(s) to decontaminate against."),
         scorer: list[str] = typer.Option([], help="Quality scorer TYPE[:MODEL]: ifd, perplexity, judge, "
@@ -391,7 +398,7 @@ def curate_filter(
     """Filter a large pool to a small, high-quality, diverse set; explain every decision in a report."""
     _quiet()
     from sftlab.curate.filter.pipeline import make_filter_config, run_filter
-    from sftlab.curate.store import check_selection_output
+    from sftlab.curate.outputs import check_selection_output
     from sftlab.yamlconfig import apply_overrides, parse_set_items, read_yaml_mapping
 
     try:
@@ -400,6 +407,8 @@ def curate_filter(
             raw["pool"] = pool
         if out:
             raw["output"] = out
+        if out_format:
+            raw["output_format"] = out_format
         if target_size:
             raw["target_size"] = target_size
         if eval_set:
@@ -415,7 +424,7 @@ def curate_filter(
         apply_overrides(raw, parse_set_items(set_))
         cfg = make_filter_config(raw, str(config) if config else "options")
         check_selection_output(cfg.output, cfg.report_path, [s.path for s in [*cfg.pool, *cfg.decontaminate.eval]],
-                               overwrite)
+                               overwrite, cfg.output_format)
         result = run_filter(cfg, console=console)
         for step in result.funnel:
             console.print(f"  {step['stage']:<22} {step['in']:>7} -> {step['kept']:>7}  {step['dropped'] or ''}")
@@ -490,16 +499,26 @@ def chat(model: str = typer.Argument(..., help="Model (packaged name, folder, .g
 
 @app.command()
 def export(adapter: Path = typer.Argument(..., help="LoRA adapter folder (e.g. runs/x/final)."),
-           out: Path = typer.Argument(..., help="Where to write the merged model."),
+           out: Path = typer.Argument(..., help="Where to write the merged model (a folder; a .gguf file with "
+                                                "--format gguf)."),
            base: str = typer.Option(None, help="Base model; default: the one the adapter was trained on."),
+           format: str = typer.Option("hf", help="hf (a checkpoint folder) | gguf (one file for llama.cpp, Ollama)."),
+           gguf_type: str = typer.Option("f16", help="GGUF tensor type: f32 | f16 | bf16 | q8_0."),
            overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier export in OUT (only a "
-                                                                     "folder `sftlab export` created).")) -> None:
-    """Merge a LoRA adapter into its base model: a standard HF checkpoint for transformers or vLLM."""
+                                                                     "folder `sftlab export` created, or a GGUF "
+                                                                     "file).")) -> None:
+    """Merge a LoRA adapter into its base model: a standard HF checkpoint (transformers, vLLM) or a GGUF file."""
     _quiet()
+    from sftlab.errors import ConfigError
     from sftlab.models.export import export_merged
+    from sftlab.models.gguf_export import export_gguf
 
     try:
-        console.print(f"merged model written to {export_merged(adapter, out, base, overwrite=overwrite)}")
+        if format not in ("hf", "gguf"):
+            raise ConfigError(f"--format {format}: expected hf or gguf")
+        written = (export_gguf(adapter, out, base, gguf_type, overwrite=overwrite) if format == "gguf"
+                   else export_merged(adapter, out, base, overwrite=overwrite))
+        console.print(f"merged model written to {written}")
     except SftlabError as e:
         _fail(e)
 

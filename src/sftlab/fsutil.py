@@ -123,3 +123,17 @@ def replace_folder(staged: str | Path, dest: str | Path, kind: str, keep: Iterab
     os.replace(staged, dest)
     shutil.rmtree(old)
     return dest
+
+
+def check_folder_output(folder: str | Path, kind: str, overwrite: bool, keep: Iterable[str | Path] = (), *,
+                        what: str, earlier: str) -> None:
+    """Before the (slow) work: a folder output must be new, empty, or an earlier `kind` output replaced on purpose
+    (`what` is written; `earlier` is what --overwrite would replace)."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"{folder} is a file; {what} is written to a folder")
+    if not folder.exists() or is_empty_folder(folder):
+        return
+    if not overwrite:
+        raise ConfigError(f"{folder} already exists; pass --overwrite to replace {earlier}, or choose another folder")
+    check_removable(folder, kind, keep)

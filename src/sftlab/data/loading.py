@@ -11,8 +11,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from sftlab.data.formats import ADAPTERS, FORMATS, detect_format
-from sftlab.data.readers import read_records, source_name
+from sftlab.data.readers import read_records
 from sftlab.data.schema import Conversation, Turn
+from sftlab.data.sql import source_name
 from sftlab.data.validate import validate_conversation
 from sftlab.errors import DataError
 from sftlab.yamlconfig import validated

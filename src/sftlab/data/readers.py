@@ -1,4 +1,4 @@
-"""Readers: yield (location, raw record) pairs from files, Hugging Face datasets and SQL databases.
+"""Readers: yield (location, raw record) pairs from files, Hugging Face datasets and SQL databases (`data.sql`).
 
 `location` is what an error message shows: "line 17" for JSONL/CSV, "record 4" elsewhere.
 Readers stream where the format allows so a large pool never has to fit in memory twice.
@@ -192,11 +192,12 @@ def read_parquet(path: str, batch_size: int = 4096) -> Iterator[Record]:
                 yield f"record {i}", rec
                 i += 1
     except (pa.ArrowException, OSError) as e:
-        raise DataError(f"not a readable Parquet file ({_first_line(e)})", source=path,
+        raise DataError(f"not a readable Parquet file ({first_line(e)})", source=path,
                         record=f"record {i}" if i else None, reason="invalid Parquet") from None
 
 
-def _first_line(e: BaseException) -> str:
+def first_line(e: BaseException) -> str:
+    """An exception's first line: library errors can run to pages, a message to the user is one line."""
     return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
@@ -210,7 +211,7 @@ def read_hf(path_or_id: str, split: str | None = None) -> Iterator[Record]:
         else:
             ds = datasets.load_dataset(path_or_id, split=split or "train")
     except Exception as e:  # noqa: BLE001
-        raise DataError(f"cannot load the dataset ({type(e).__name__}: {_first_line(e)})", source=path_or_id,
+        raise DataError(f"cannot load the dataset ({type(e).__name__}: {first_line(e)})", source=path_or_id,
                         reason="unreadable source") from None
     if isinstance(ds, datasets.DatasetDict):
         if split is None and len(ds) != 1:
@@ -219,77 +220,6 @@ def read_hf(path_or_id: str, split: str | None = None) -> Iterator[Record]:
     for i, rec in enumerate(ds):
         yield f"record {i}", rec
 
-
-def read_sql(url: str, query: str) -> Iterator[Record]:
-    """Rows of `query`, sent to the database as written (no `:name` bind parameters), over any SQLAlchemy URL.
-
-    A bare path means a SQLite file. No message ever shows the password of the URL.
-    """
-    import sqlalchemy as sa
-
-    if "://" not in url:
-        if not Path(url).exists():
-            raise DataError("SQLite file not found", source=url, reason="missing source")
-        url = f"sqlite:///{Path(url).resolve()}"
-    engine = _create_engine(url)
-    try:
-        with engine.connect() as conn:
-            options = conn.execution_options(stream_results=True, no_parameters=True)
-            for i, row in enumerate(options.exec_driver_sql(query).mappings()):
-                yield f"row {i}", dict(row)
-    except sa.exc.SQLAlchemyError as e:
-        raise DataError(_hide_password(f"SQL query failed: {e.__class__.__name__}: {_first_line(e)}", url),
-                        source=_redact(url), reason="sql error") from None
-    finally:
-        engine.dispose()
-
-
-def _create_engine(url: str):
-    """sqlalchemy.create_engine, with an unknown dialect, a missing driver or a malformed URL as a DataError."""
-    import sqlalchemy as sa
-
-    def fail(message: str) -> DataError:
-        return DataError(_hide_password(message, url), source=_redact(url), reason="sql error")
-
-    try:
-        return sa.create_engine(url)
-    except sa.exc.NoSuchModuleError:
-        name = sa.engine.make_url(url).drivername
-        raise fail(f"unknown database dialect '{name}' (SQLAlchemy has no plugin for it; e.g. sqlite, "
-                   "postgresql+psycopg2, mysql+pymysql)") from None
-    except sa.exc.ArgumentError:
-        raise fail("not a valid database URL (expected dialect+driver://user:password@host/database)") from None
-    except ImportError as e:
-        raise fail(f"the database driver '{e.name or _first_line(e)}' is not installed in sftlab's Python "
-                   "environment") from None
-
-
-def _hide_password(message: str, url: str) -> str:
-    """Drivers may echo what they were given: take the password out of any text that goes to the user."""
-    import sqlalchemy as sa
-
-    try:
-        password = sa.engine.make_url(url).password
-    except Exception:  # noqa: BLE001 - an unparsable URL: nothing to look for
-        return message
-    return message.replace(str(password), "***") if password else message
-
-
-def _redact(url: str) -> str:
-    """Never print a password that came in a database URL."""
-    import sqlalchemy as sa
-
-    try:
-        return sa.engine.make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return "<database url>"
-
-
-def source_name(path: str, type: str | None = None, query: str | None = None) -> str:
-    """How a source is named in messages: a database URL without its password, anything else as given."""
-    return _redact(path) if type == "sql" or query is not None else path
-
-
 def read_records(path: str | None = None, *, type: str | None = None, split: str | None = None,
                  query: str | None = None) -> Iterator[Record]:
     """Dispatch on `type` (inferred from the path when not given)."""
@@ -297,6 +227,8 @@ def read_records(path: str | None = None, *, type: str | None = None, split: str
         if not path or not query:
             raise DataError("a SQL source needs both `path` (database URL or SQLite file) and `query`",
                             reason="missing field")
+        from sftlab.data.sql import read_sql
+
         yield from read_sql(path, query)
         return
     if path is None:

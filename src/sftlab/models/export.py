@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch
 
-from sftlab.errors import ConfigError, ModelError
-from sftlab.fsutil import check_removable, is_empty_folder, replace_folder, staging_folder, write_marker
+from sftlab.errors import ModelError
+from sftlab.fsutil import check_folder_output, replace_folder, staging_folder, write_marker
 from sftlab.models.loading import load_model, load_tokenizer, resolve_model_path
 from sftlab.models.lora import is_adapter_dir, load_adapter
 
@@ -21,24 +21,29 @@ def export_merged(adapter_dir: str | Path, out_dir: str | Path, base: str | None
     adapter_dir, out_dir = Path(adapter_dir), Path(out_dir)
     if not is_adapter_dir(adapter_dir):
         raise ModelError(f"{adapter_dir} is not a LoRA adapter folder (no adapter_config.json)")
-    base = base or _recorded_base(adapter_dir)
+    base = base or recorded_base(adapter_dir)
     keep = [adapter_dir, base]
-    _check_output(out_dir, overwrite, keep)
-    merged = load_adapter(load_model(resolve_model_path(base), dtype), adapter_dir).merge_and_unload()
+    check_folder_output(out_dir, "export", overwrite, keep, what="the merged model", earlier="an earlier export")
     staged = staging_folder(out_dir)
     try:
-        merged.save_pretrained(staged, safe_serialization=True)
-        load_tokenizer(str(adapter_dir)).save_pretrained(staged)
-        for name in ("generation_config.json", "sftlab.json"):
-            if (adapter_dir / name).exists():
-                shutil.copy(adapter_dir / name, staged / name)
+        merge_into(staged, adapter_dir, base, dtype)
         write_marker(staged, "export")
         return replace_folder(staged, out_dir, "export", keep)
     finally:
         shutil.rmtree(staged, ignore_errors=True)  # only left when something failed: our own temp folder
 
 
-def _recorded_base(adapter_dir: Path) -> str:
+def merge_into(folder: Path, adapter_dir: Path, base: str, dtype: torch.dtype = torch.float32) -> None:
+    """Save base + adapter, merged, with the adapter's tokenizer and generation settings, into `folder`."""
+    merged = load_adapter(load_model(resolve_model_path(base), dtype), adapter_dir).merge_and_unload()
+    merged.save_pretrained(folder, safe_serialization=True)
+    load_tokenizer(str(adapter_dir)).save_pretrained(folder)
+    for name in ("generation_config.json", "sftlab.json"):
+        if (adapter_dir / name).exists():
+            shutil.copy(adapter_dir / name, folder / name)
+
+
+def recorded_base(adapter_dir: Path) -> str:
     """The base model an adapter was trained on, as sftlab (or PEFT) recorded it."""
     meta = adapter_dir / "sftlab.json"
     try:
@@ -48,15 +53,3 @@ def _recorded_base(adapter_dir: Path) -> str:
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ModelError(f"{adapter_dir}: cannot tell which base model the adapter belongs to ({e}); "
                          "pass --base") from None
-
-
-def _check_output(out_dir: Path, overwrite: bool, keep: list) -> None:
-    """Before the (slow) merge: the output must be new, empty, or an earlier export replaced on purpose."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ConfigError(f"{out_dir} is a file; the merged model is written to a folder")
-    if not out_dir.exists() or is_empty_folder(out_dir):
-        return
-    if not overwrite:
-        raise ConfigError(f"{out_dir} already exists; pass --overwrite to replace an earlier export, or choose "
-                          "another folder")
-    check_removable(out_dir, "export", keep)

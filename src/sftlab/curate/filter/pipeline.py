@@ -14,7 +14,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -27,6 +27,7 @@ from sftlab.curate.filter.heuristics import HeuristicSettings, check
 from sftlab.curate.filter.scorers import ScoreCache, Scorer, ScorerSettings, combine, score_records
 from sftlab.data.loading import DataSpec, load_conversations
 from sftlab.data.schema import Conversation
+from sftlab.data.set_writers import write_conversations
 from sftlab.data.writers import atomic_open, write_json, write_text
 from sftlab.generation.cache import stable_key
 from sftlab.yamlconfig import read_yaml_mapping, validated
@@ -64,6 +65,8 @@ class FilterConfig(BaseModel):
 
     pool: list[DataSpec] = Field(description="Sources, concatenated; bad records are skipped and counted.")
     output: str = Field(description="Selected set (.jsonl, messages format with provenance in meta).")
+    output_format: Literal["auto", "jsonl", "parquet", "hf"] = Field(
+        "auto", description="auto: .parquet is Parquet, anything else JSONL; hf: a `save_to_disk` folder.")
     target_size: int = Field(1000, ge=1)
     seed: int = 0
     dedup: DedupSettings = Field(default_factory=DedupSettings)
@@ -307,6 +310,15 @@ def run_filter(cfg: FilterConfig, console: Console | None = None) -> FilterResul
     return FilterResult(selected, records, funnel.steps, report)
 
 
+def _selected_record(rank: int, r: PoolRecord) -> dict[str, Any]:
+    """A kept record as written: messages, with its source, id, rank and scores in `meta`."""
+    d = r.conv.to_dict()
+    d["id"] = r.id
+    d["meta"] = {**d.get("meta", {}), "source": r.source, "source_id": r.id, "location": r.location,
+                 "rank": rank, "scores": r.scores}
+    return d
+
+
 def _write_outputs(cfg: FilterConfig, records: list[PoolRecord], selected: list[PoolRecord],
                    funnel: list[dict[str, Any]], sources: list[dict[str, Any]], dup_examples: list[dict[str, str]],
                    last_alive: list[PoolRecord], emb: np.ndarray | None, chosen: list[int]) -> dict[str, Any]:
@@ -314,13 +326,8 @@ def _write_outputs(cfg: FilterConfig, records: list[PoolRecord], selected: list[
 
     rep_dir = cfg.report_path
     rep_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_open(cfg.output) as f:
-        for rank, r in enumerate(selected):
-            d = r.conv.to_dict()
-            d["id"] = r.id
-            d["meta"] = {**d.get("meta", {}), "source": r.source, "source_id": r.id, "location": r.location,
-                         "rank": rank, "scores": r.scores}
-            f.write(json.dumps(d, ensure_ascii=False) + "\n")
+    write_conversations(cfg.output, (_selected_record(rank, r) for rank, r in enumerate(selected)),
+                        cfg.output_format, keep=[s.path for s in [*cfg.pool, *cfg.decontaminate.eval]])
     with atomic_open(rep_dir / "decisions.jsonl") as f:
         for r in records:
             row = {"id": r.id, "source": r.source, "location": r.location, "kept": not r.stage,

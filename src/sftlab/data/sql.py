@@ -1,0 +1,80 @@
+"""SQL sources: rows of a query over any SQLAlchemy URL (a bare path is a SQLite file), and the rule that no
+message ever shows the password of a database URL."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+from sftlab.data.readers import Record, first_line
+from sftlab.errors import DataError
+
+
+def read_sql(url: str, query: str) -> Iterator[Record]:
+    """Rows of `query`, sent to the database as written (no `:name` bind parameters), over any SQLAlchemy URL.
+
+    A bare path means a SQLite file. No message ever shows the password of the URL.
+    """
+    import sqlalchemy as sa
+
+    if "://" not in url:
+        if not Path(url).exists():
+            raise DataError("SQLite file not found", source=url, reason="missing source")
+        url = f"sqlite:///{Path(url).resolve()}"
+    engine = _create_engine(url)
+    try:
+        with engine.connect() as conn:
+            options = conn.execution_options(stream_results=True, no_parameters=True)
+            for i, row in enumerate(options.exec_driver_sql(query).mappings()):
+                yield f"row {i}", dict(row)
+    except sa.exc.SQLAlchemyError as e:
+        raise DataError(_hide_password(f"SQL query failed: {e.__class__.__name__}: {first_line(e)}", url),
+                        source=_redact(url), reason="sql error") from None
+    finally:
+        engine.dispose()
+
+
+def _create_engine(url: str):
+    """sqlalchemy.create_engine, with an unknown dialect, a missing driver or a malformed URL as a DataError."""
+    import sqlalchemy as sa
+
+    def fail(message: str) -> DataError:
+        return DataError(_hide_password(message, url), source=_redact(url), reason="sql error")
+
+    try:
+        return sa.create_engine(url)
+    except sa.exc.NoSuchModuleError:
+        name = sa.engine.make_url(url).drivername
+        raise fail(f"unknown database dialect '{name}' (SQLAlchemy has no plugin for it; e.g. sqlite, "
+                   "postgresql+psycopg2, mysql+pymysql)") from None
+    except sa.exc.ArgumentError:
+        raise fail("not a valid database URL (expected dialect+driver://user:password@host/database)") from None
+    except ImportError as e:
+        raise fail(f"the database driver '{e.name or first_line(e)}' is not installed in sftlab's Python "
+                   "environment") from None
+
+
+def _hide_password(message: str, url: str) -> str:
+    """Drivers may echo what they were given: take the password out of any text that goes to the user."""
+    import sqlalchemy as sa
+
+    try:
+        password = sa.engine.make_url(url).password
+    except Exception:  # noqa: BLE001 - an unparsable URL: nothing to look for
+        return message
+    return message.replace(str(password), "***") if password else message
+
+
+def _redact(url: str) -> str:
+    """Never print a password that came in a database URL."""
+    import sqlalchemy as sa
+
+    try:
+        return sa.engine.make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "<database url>"
+
+
+def source_name(path: str, type: str | None = None, query: str | None = None) -> str:
+    """How a source is named in messages: a database URL without its password, anything else as given."""
+    return _redact(path) if type == "sql" or query is not None else path
