@@ -27,6 +27,7 @@ evaluators:
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -112,7 +113,6 @@ class EvalSuite(BaseModel):
 
     name: str = "eval"
     max_new_tokens: int = Field(128, ge=1, description="Generation budget (greedy) for every evaluator.")
-    batch_size: int = Field(8, ge=1)
     evaluators: list[EvaluatorConfig]
 
     def unique_names(self) -> list[str]:
@@ -130,3 +130,22 @@ def make_suite(raw: dict[str, Any], source: str = "suite") -> EvalSuite:
 
 def load_suite(path: str | Path) -> EvalSuite:
     return make_suite(read_yaml_mapping(path, "evaluation suite"), str(path))
+
+
+def read_prompt_file(path: Path) -> list[str]:
+    """Prompts from a file: one a line, or JSONL records with a `prompt` field."""
+    lines = [x for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+    return [json.loads(x)["prompt"] if path.suffix == ".jsonl" else x.strip() for x in lines]
+
+
+def options_suite(prompts: Path | None = None, reference: Path | None = None, name: str | None = None,
+                  author: str | None = None, max_new_tokens: int = 128) -> EvalSuite:
+    """The suite `sftlab eval` runs without a suite file: instruction following on the prompts (default: the
+    identity and general defaults), plus response NLL on `reference` and an identity check for `name`."""
+    texts = read_prompt_file(prompts) if prompts else DEFAULT_IDENTITY_PROMPTS + DEFAULT_GENERAL_PROMPTS
+    evs: list[dict] = [{"type": "instruction_following", "prompts": texts}]
+    if reference:
+        evs.insert(0, {"type": "nll", "data": {"path": str(reference)}})
+    if name:
+        evs.append({"type": "identity", "name": name, "author": author})
+    return make_suite({"name": "eval", "max_new_tokens": max_new_tokens, "evaluators": evs})

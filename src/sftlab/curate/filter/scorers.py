@@ -22,8 +22,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from sftlab.data.schema import Conversation, Turn
-from sftlab.generation.cache import stable_key
-from sftlab.kvstore import SqliteKV
+from sftlab.kvstore import SqliteKV, stable_key
 
 
 class ScorerSettings(BaseModel):
@@ -106,17 +105,16 @@ class Scorer:
 
             self._state = load_lm(s.model or "smollm2-135m-instruct", s.dtype)
         elif s.type == "judge":
-            from sftlab.curate.rewards import JudgeReward
-            from sftlab.generation.factory import build_generator
+            from sftlab.curate.rewards import make_reward
 
-            self._state = JudgeReward(build_generator(s.model or "smollm2-135m-instruct", base_url=s.base_url,
-                                                      batch_size=s.batch_size))
+            self._state = make_reward("judge", judge=s.model or "smollm2-135m-instruct", base_url=s.base_url,
+                                      batch_size=s.batch_size)
         elif s.type == "reward_model":
-            from sftlab.curate.rewards import RewardModelScore
+            from sftlab.curate.rewards import make_reward
 
             if not s.model:
                 raise ValueError("scorer reward_model needs `model`: a sequence-classification model folder")
-            self._state = RewardModelScore(s.model, batch_size=s.batch_size)
+            self._state = make_reward(f"reward_model:{s.model}", batch_size=s.batch_size)
         elif s.type == "custom":
             from sftlab.userfn import import_callable
 
