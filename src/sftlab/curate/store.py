@@ -25,10 +25,9 @@ from typing import Any
 
 from sftlab.data.writers import refuse_to_clobber, write_json
 from sftlab.errors import ConfigError, SftlabError
-from sftlab.generation.cache import GenerationCache, stable_key
+from sftlab.kvstore import stable_key
 
-__all__ = ["CurationFiles", "GenerationCache", "ResumableJsonl", "check_selection_output", "run_fingerprint",
-           "stable_key"]
+__all__ = ["CurationFiles", "ResumableJsonl", "check_selection_output", "run_fingerprint"]
 
 MANIFEST_FORMAT = "sftlab-curation/1"
 _KEY_LINE = re.compile(rb"\S{1,200}")
