@@ -49,6 +49,17 @@ def _report(out: Path, stats) -> None:
     console.print_json(json.dumps(summary))
 
 
+def _sampling(what: str, batch_size: int, **settings):
+    """Sampling parameters and batch size, checked before anything is loaded (`what` names the count option)."""
+    from sftlab.curate.runner import check_batch_size, check_sampling
+    from sftlab.generation.base import SamplingParams
+
+    params = SamplingParams(**settings)
+    check_sampling(params, what)
+    check_batch_size(batch_size)
+    return params
+
+
 def _cache(out: Path, no_cache: bool):
     """The generation cache beside the output; a cache that cannot be opened is a clear error."""
     import sqlite3
@@ -80,14 +91,12 @@ def curate_distill(
     """A teacher answers the prompts; the output is ordinary SFT data."""
     quiet()
     from sftlab.curate.distill import distill, distill_settings
-    from sftlab.curate.runner import check_batch_size, check_sampling, engine_id
-    from sftlab.generation.base import SamplingParams
+    from sftlab.curate.runner import engine_id
     from sftlab.generation.factory import build_generator
 
     try:
-        params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, n=n, seed=seed)
-        check_sampling(params, "n")
-        check_batch_size(batch_size)
+        params = _sampling("n", batch_size, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                           n=n, seed=seed)
         gid = engine_id(teacher, adapter, base_url)
         _claim(out, distill_settings(gid, params, system, keep_unfinished), prompts)
         convs = _prompts(prompts, format, max_prompts)
@@ -120,14 +129,12 @@ def curate_best_of_k(
     quiet()
     from sftlab.curate.best_of_k import best_of_k, best_of_k_settings
     from sftlab.curate.rewards import make_reward, reward_identity
-    from sftlab.curate.runner import check_batch_size, check_sampling, engine_id
-    from sftlab.generation.base import SamplingParams
+    from sftlab.curate.runner import engine_id
     from sftlab.generation.factory import build_generator
 
     try:
-        params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, n=k, seed=seed)
-        check_sampling(params, "k")
-        check_batch_size(batch_size)
+        params = _sampling("k", batch_size, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                           n=k, seed=seed)
         gid = engine_id(policy, adapter, base_url)
         reward_id = reward_identity(reward, judge, base_url)
         _claim(out, best_of_k_settings(gid, params, reward_id, select, min_score), prompts)
