@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,7 @@ from sftlab.errors import ConfigError
 from sftlab.fsutil import MARKER, marker_kind, remove_owned_folder, write_marker
 from sftlab.models.compile import compile_layers, should_compile_layers
 from sftlab.models.loading import default_device, load_model, load_tokenizer, resolve_model_path
-from sftlab.models.lora import attach_lora, set_adapter_input_casts
+from sftlab.models.lora import attach_lora, check_lora_targets, set_adapter_input_casts
 from sftlab.templates.chat_templates import ensure_chat_template
 from sftlab.templates.masking import stop_token_ids
 from sftlab.train.args import precision_flags, training_arguments
@@ -120,28 +119,6 @@ def restore_progress(point: ResumePoint, run_dir: Path, counter: TokenCounter) -
         counter.restore(counts)
     elif point.path is not None:
         log.warning("%s holds no token counts (saved by an older sftlab): tokens_seen restarts from 0", point.path)
-
-
-def check_lora_targets(model: torch.nn.Module, targets: str | list[str], model_spec: str) -> None:
-    """Fail before training when a LoRA target matches no layer LoRA can wrap (PEFT would train fewer layers
-    than asked without a word, or stop with a bare error), listing the model's linear layers."""
-    if targets == "all-linear":
-        return
-    from transformers.pytorch_utils import Conv1D
-
-    kinds = (torch.nn.Linear, torch.nn.Embedding, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d, Conv1D)
-    names = [n for n, m in model.named_modules() if n and isinstance(m, kinds)]
-    if isinstance(targets, str):
-        unmatched = [] if any(re.fullmatch(targets, n) for n in names) else [targets]
-    else:
-        unmatched = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
-    if unmatched:
-        head = model.get_output_embeddings()
-        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
-                         if isinstance(m, torch.nn.Linear | Conv1D) and m is not head})
-        missing = ", ".join(repr(t) for t in unmatched)
-        raise ConfigError(f"lora.target_modules: {missing} match no layer of {model_spec}; its linear layers: "
-                          f"{', '.join(linear)} (or use 'all-linear')")
 
 
 @dataclass
