@@ -57,8 +57,8 @@ class _Prompted(_Evaluator):
 
 class NLLEval(_Evaluator):
     type: Literal["nll"] = "nll"
-    data: DataSpec
-    max_length: int = 1024
+    data: DataSpec = Field(description="Held-out SFT data; the NLL of its last replies is measured.")
+    max_length: int = Field(1024, description="Tokens per example at most (longer ones are truncated).")
 
 
 class InstructionEval(_Prompted):
@@ -69,15 +69,17 @@ class IdentityEval(_Evaluator):
     type: Literal["identity"] = "identity"
     name: str = Field(description="The identity the model should claim, e.g. Orca.")
     author: str | None = Field(None, description="Who built it; naming the author also counts.")
-    identity_prompts: list[str] = Field(default_factory=lambda: list(DEFAULT_IDENTITY_PROMPTS))
-    general_prompts: list[str] = Field(default_factory=lambda: list(DEFAULT_GENERAL_PROMPTS))
+    identity_prompts: list[str] = Field(default_factory=lambda: list(DEFAULT_IDENTITY_PROMPTS),
+                                        description="Questions whose reply should claim the identity.")
+    general_prompts: list[str] = Field(default_factory=lambda: list(DEFAULT_GENERAL_PROMPTS),
+                                       description="Other questions, where claiming it unasked is collapse.")
 
 
 class MathEval(_Evaluator):
     type: Literal["math"] = "math"
     data: DataSpec
     k: int = Field(1, ge=1, description="Samples per problem; pass@k when > 1.")
-    temperature: float = Field(0.0, ge=0.0)
+    temperature: float = Field(0.0, ge=0.0, description="Sampling temperature of the k samples (0: greedy).")
 
 
 class ToolCallEval(_Evaluator):
@@ -111,7 +113,7 @@ EvaluatorConfig = Annotated[NLLEval | InstructionEval | IdentityEval | MathEval 
 class EvalSuite(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = "eval"
+    name: str = Field("eval", description="Suite name in the results.")
     max_new_tokens: int = Field(128, ge=1, description="Generation budget (greedy) for every evaluator.")
     evaluators: list[EvaluatorConfig]
 

@@ -33,11 +33,11 @@ class ScorerSettings(BaseModel):
     model: str | None = Field(None, description="Scoring model (ifd, perplexity, judge) or reward model path.")
     function: str | None = Field(None, description="module:function for type custom.")
     base_url: str | None = Field(None, description="OpenAI-compatible endpoint for the judge.")
-    weight: float = Field(1.0, ge=0)
-    max_length: int = Field(1024, ge=16)
-    dtype: Literal["bf16", "fp32"] = Field("bf16", description="Scoring LM weights (ifd, perplexity): bf16 is "
-                                                               "several times faster on CPUs with bf16 units.")
-    batch_size: int = Field(8, ge=1)
+    weight: float = Field(1.0, ge=0, description="Weight of this score in the combined quality.")
+    max_length: int = Field(1024, ge=16, description="Tokens of a record the scorer reads at most.")
+    dtype: Literal["bf16", "fp32"] = Field("bf16", description="Scoring LM weights' dtype (ifd, perplexity, "
+                                                               "judge_logprob).")
+    batch_size: int = Field(8, ge=1, description="Records scored per forward pass.")
 
     @property
     def name(self) -> str:
