@@ -15,10 +15,11 @@ from transformers import AutoModelForCausalLM
 from sftlab.curate.best_of_k import best_of_k
 from sftlab.curate.distill import distill
 from sftlab.curate.rewards import JudgeReward
-from sftlab.curate.store import GenerationCache, ResumableJsonl
+from sftlab.curate.store import ResumableJsonl
 from sftlab.data.loading import DataSpec, load_conversations
 from sftlab.data.schema import Conversation, Turn
 from sftlab.generation import SamplingParams, TransformersGenerator
+from sftlab.generation.cache import GenerationCache
 from sftlab.templates.chat_templates import ensure_chat_template
 
 

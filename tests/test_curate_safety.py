@@ -16,10 +16,10 @@ from typer.testing import CliRunner
 from sftlab.cli import app
 from sftlab.curate.best_of_k import best_of_k
 from sftlab.curate.distill import distill
-from sftlab.curate.store import GenerationCache
 from sftlab.data.loading import DataSpec, load_conversations
 from sftlab.errors import SftlabError
 from sftlab.generation.base import Generation, SamplingParams
+from sftlab.generation.cache import GenerationCache
 
 runner = CliRunner()
 

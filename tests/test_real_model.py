@@ -16,7 +16,7 @@ def test_gemma_lora_loss_drops_and_adapter_reloads(tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from sftlab.evaluate.nll import response_nll
+    from sftlab.evaluate.nll import heldout_response_nll as response_nll
     from sftlab.models.loading import resolve_model_path
     from sftlab.train.config import make_config
     from sftlab.train.run import train

@@ -107,7 +107,7 @@ def test_ifd_response_alone_is_encoded_as_text(tiny_tokenizer):
 def test_response_nll_counts_the_forged_marker_as_text(tiny_model_dir, tiny_tokenizer):
     from transformers import AutoModelForCausalLM
 
-    from sftlab.evaluate.nll import response_nll
+    from sftlab.evaluate.nll import heldout_response_nll as response_nll
 
     ensure_chat_template(tiny_tokenizer, "gemma")
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)

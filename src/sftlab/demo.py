@@ -18,12 +18,12 @@ from importlib.resources import files
 from pathlib import Path
 
 from rich.console import Console
-from rich.table import Table
 
 from sftlab.data.loading import DataSpec, load_conversations
 from sftlab.data.schema import Conversation
 from sftlab.data.writers import write_jsonl
 from sftlab.evaluate.runner import SuiteResult, run_suite, write_result
+from sftlab.evaluate.show import show_result
 from sftlab.evaluate.suite import EvalSuite, make_suite
 from sftlab.textutil import words
 from sftlab.train.config import make_config
@@ -127,33 +127,3 @@ def run_demo(name: str = "Orca", author: str = "the sftlab team", model: str = "
     console.print(f"[green]done in {time.time() - t0:.0f}s[/] (data + training {t_train - t0:.0f}s, evaluation "
                   f"{t_eval - t_train:.0f}s): report {html}; eval {md} and {js}; model in {result.final_dir}")
     return res
-
-
-def show_result(res: SuiteResult, console: Console, samples: int = 10) -> None:
-    labels = list(res.subjects)
-    table = Table(title=f"{' vs '.join(labels)}: {res.suite}")
-    table.add_column("evaluator")
-    table.add_column("metric")
-    for label in labels:
-        table.add_column(label)
-    for name, entry in res.evaluators.items():
-        for key, per in entry.get("metrics", {}).items():
-            table.add_row(name, key, *(str((per.get(lab) or {}).get("value", "-")) for lab in labels))
-        if "pairwise" in entry:
-            p = entry["pairwise"]
-            a, b = p["labels"]
-            table.add_row(name, f"{a} vs {b}: wins / ties / losses", "",
-                          f"{p[f'{a}_win_rate']} / {p['tie_rate']} / {p[f'{b}_win_rate']} (n={p['n']}, "
-                          f"{p['inconsistent_orders']} order-inconsistent)")
-    console.print(table)
-    for entry in res.evaluators.values():
-        rows = entry.get("samples") or []
-        if not rows or not all(isinstance(rows[0].get(lab), dict) for lab in labels):
-            continue
-        for r in rows[:samples]:
-            console.print(f"[bold]{r['prompt']}[/]")
-            for label in labels:
-                g = r[label]
-                flag = "" if g.get("finished", True) else " [red](did not stop)[/]"
-                console.print(f"  [cyan]{label}[/]{flag}: {g['text'][:200]!r}")
-        break

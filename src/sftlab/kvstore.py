@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 import threading
 from pathlib import Path
 from typing import Any
+
+
+def stable_key(*parts: Any) -> str:
+    """A short hash of any JSON-able parts: the key of a cached generation, score or run's settings."""
+    blob = json.dumps(parts, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
 class SqliteKV:

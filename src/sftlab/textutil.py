@@ -1,4 +1,5 @@
-"""Small text helpers shared by curation and evaluation: writing-script detection, normalisation, n-grams."""
+"""Small text helpers shared by curation and evaluation: writing-script detection, normalisation, n-grams,
+final numeric answers."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import unicodedata
 _CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
 _LATIN = re.compile(r"[A-Za-z]")
 _WORD = re.compile(r"\w+", re.UNICODE)
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 
 
 def script(text: str) -> str:
@@ -42,3 +44,22 @@ def ngrams(tokens: list[str], n: int) -> list[str]:
     if len(tokens) < n:
         return [" ".join(tokens)] if tokens else []
     return [" ".join(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+
+
+def extract_final_number(text: str) -> str | None:
+    """GSM8K style: the number after '####', else after 'answer is', else the last number in the text."""
+    for pattern in (r"####\s*(-?[\d,]*\.?\d+)", r"answer is[:\s$]*(-?[\d,]*\.?\d+)", r"\\boxed\{(-?[\d,]*\.?\d+)\}"):
+        m = re.findall(pattern, text, flags=re.IGNORECASE)
+        if m:
+            return _canon_number(m[-1])
+    nums = _NUMBER.findall(text)
+    return _canon_number(nums[-1]) if nums else None
+
+
+def _canon_number(s: str) -> str | None:
+    s = s.replace(",", "").rstrip(".")
+    try:
+        v = float(s)
+    except ValueError:
+        return None
+    return str(int(v)) if v == int(v) else str(v)

@@ -12,10 +12,10 @@ from rich.console import Console
 
 from sftlab.curate.rewards import RewardFn
 from sftlab.curate.runner import CurationRun, PromptItem, RunStats, output_record, prompt_items
-from sftlab.curate.store import GenerationCache
 from sftlab.data.schema import Conversation
 from sftlab.errors import ConfigError
 from sftlab.generation.base import Generation, Generator, SamplingParams
+from sftlab.generation.cache import GenerationCache
 
 SELECT = ("best", "all")
 

@@ -9,9 +9,9 @@ from typing import Any
 from rich.console import Console
 
 from sftlab.curate.runner import CurationRun, PromptItem, RunStats, output_record, prompt_items
-from sftlab.curate.store import GenerationCache
 from sftlab.data.schema import Conversation
 from sftlab.generation.base import Generation, Generator, SamplingParams
+from sftlab.generation.cache import GenerationCache
 
 
 def distill_settings(generator_id: str, params: SamplingParams, system_prompt: str | None = None,

@@ -1,7 +1,7 @@
 """Reward functions for best-of-k: verifiable checkers, a judge model, a reward model, user code, penalties.
 
 A reward is `fn(prompt_messages, response, reference) -> float` (higher is better). Pick one by name
-(`gsm8k`, `numeric`, `exact`, `normalized`, `json_valid`, `json_schema`, `judge`, `reward_model`) or by
+(`gsm8k`, `numeric`, `exact`, `normalized`, `json_valid`, `judge`, `reward_model:PATH`: `make_reward`) or by
 `module:function`; combine with `Composite` (weights) and `LengthPenalty`.
 """
 
@@ -14,30 +14,12 @@ from collections.abc import Callable
 from typing import Any
 
 from sftlab.generation.base import Generator, Messages, SamplingParams
+from sftlab.textutil import extract_final_number
 from sftlab.userfn import import_callable
 
+__all__ = ["extract_final_number"]  # re-exported: rewards and the numeric-answer evaluation share it
+
 RewardFn = Callable[[Messages, str, "str | None"], float]
-
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
-
-
-def extract_final_number(text: str) -> str | None:
-    """GSM8K style: the number after '####', else after 'answer is', else the last number in the text."""
-    for pattern in (r"####\s*(-?[\d,]*\.?\d+)", r"answer is[:\s$]*(-?[\d,]*\.?\d+)", r"\\boxed\{(-?[\d,]*\.?\d+)\}"):
-        m = re.findall(pattern, text, flags=re.IGNORECASE)
-        if m:
-            return _canon_number(m[-1])
-    nums = _NUMBER.findall(text)
-    return _canon_number(nums[-1]) if nums else None
-
-
-def _canon_number(s: str) -> str | None:
-    s = s.replace(",", "").rstrip(".")
-    try:
-        v = float(s)
-    except ValueError:
-        return None
-    return str(int(v)) if v == int(v) else str(v)
 
 
 def numeric_match(prompt: Messages, response: str, reference: str | None) -> float:
@@ -210,3 +192,27 @@ def resolve_reward(name: str) -> RewardFn:
     if ":" in name:
         return import_callable(name, "reward")
     raise ValueError(f"unknown reward '{name}' (built-in: {', '.join(BUILTIN)}, or module:function)")
+
+
+def make_reward(spec: str, judge: str = "smollm2-135m-instruct", base_url: str | None = None,
+                api_key_env: str | None = "OPENAI_API_KEY", batch_size: int = 8) -> RewardFn:
+    """The one place a reward is chosen by name: `judge` (the `judge` model rates the reply), `reward_model:PATH`,
+    a built-in checker or `module:function`. Best-of-k and the filter's scorers both call it."""
+    if spec == "judge":
+        from sftlab.generation.factory import build_generator
+
+        return JudgeReward(build_generator(judge, base_url=base_url, batch_size=batch_size, api_key_env=api_key_env))
+    if spec.startswith("reward_model:"):
+        return RewardModelScore(spec.split(":", 1)[1], batch_size=batch_size)
+    return resolve_reward(spec)
+
+
+def reward_identity(spec: str, judge: str, base_url: str | None = None) -> str:
+    """What the reward is, for a resumable run's settings: the judge's or reward model's weights count too."""
+    from sftlab.curate.runner import engine_id
+
+    if spec == "judge":
+        return f"judge {engine_id(judge, base_url=base_url)}"
+    if spec.startswith("reward_model:"):
+        return f"reward_model {engine_id(spec.split(':', 1)[1])}"
+    return spec

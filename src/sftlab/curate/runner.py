@@ -14,11 +14,12 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from sftlab.curate.store import CurationFiles, GenerationCache, ResumableJsonl, stable_key
+from sftlab.curate.store import CurationFiles, ResumableJsonl
 from sftlab.data.schema import Conversation
 from sftlab.errors import ConfigError, SftlabError
 from sftlab.generation.base import Generation, GenerationError, Generator, Messages, SamplingParams, as_messages
-from sftlab.generation.cache import CachedGenerator
+from sftlab.generation.cache import CachedGenerator, GenerationCache
+from sftlab.kvstore import stable_key
 
 
 @dataclass
@@ -83,7 +84,7 @@ def check_batch_size(batch_size: int) -> None:
 def engine_id(model: str, adapter: str | None = None, base_url: str | None = None) -> str:
     """Which weights answer: model, adapter and endpoint, local weights with a size/mtime fingerprint, so a
     retrained adapter at the same path is a different generator (for the cache and the run's settings)."""
-    from sftlab.evaluate.subjects import weights_fingerprint
+    from sftlab.models.fingerprint import weights_fingerprint
 
     def named(spec: str) -> str:
         return f"{spec} (weights {weights_fingerprint(spec)})" if Path(spec).exists() else spec

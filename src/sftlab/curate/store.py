@@ -25,9 +25,9 @@ from typing import Any
 from sftlab.curate.outputs import MANIFEST_FORMAT, CurationFiles, normalised, write_failed
 from sftlab.data.writers import write_json
 from sftlab.errors import ConfigError
-from sftlab.generation.cache import GenerationCache, stable_key
+from sftlab.kvstore import stable_key
 
-__all__ = ["CurationFiles", "GenerationCache", "ResumableJsonl", "run_fingerprint", "stable_key"]
+__all__ = ["CurationFiles", "ResumableJsonl", "run_fingerprint"]
 
 _KEY_LINE = re.compile(rb"\S{1,200}")
 

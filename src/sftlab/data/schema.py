@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
-Role = Literal["system", "user", "assistant", "tool"]
 ROLES: tuple[str, ...] = ("system", "user", "assistant", "tool")
 
 
@@ -53,6 +52,11 @@ class Conversation:
         """Everything before the last assistant turn: what a generator is given."""
         last = max((i for i, t in enumerate(self.turns) if t.role == "assistant"), default=len(self.turns))
         return self.turns[:last]
+
+    @property
+    def prompt_messages(self) -> list[dict[str, Any]]:
+        """The prompt turns as chat messages (the shape chat templates and engines take)."""
+        return [t.to_dict() for t in self.prompt_turns]
 
     @property
     def last_response(self) -> str | None:

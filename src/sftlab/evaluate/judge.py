@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from sftlab.evaluate.math import wilson_interval
+from sftlab.evaluate.checks import wilson_interval
 from sftlab.generation.base import Generator, SamplingParams
 from sftlab.models.scoring import next_token_probs, pad_id_of, single_token_ids
 from sftlab.templates.masking import chat_ids

@@ -7,15 +7,15 @@ import math
 import torch
 
 from sftlab.data.schema import Conversation
+from sftlab.models.scoring import PadCollator, reference_nll
 from sftlab.templates.masking import tokenize_conversation
-from sftlab.train.dataset import PadCollator
-from sftlab.train.loss import reference_nll
 
 
 @torch.no_grad()
-def response_nll(model, tokenizer, convs: list[Conversation], batch_size: int = 4,
-                 max_length: int = 1024) -> dict[str, float]:
-    """{"nll": mean per response token, "ppl": exp(nll), "tokens": count, "examples": count}."""
+def heldout_response_nll(model, tokenizer, convs: list[Conversation], batch_size: int = 4,
+                         max_length: int = 1024) -> dict[str, float]:
+    """{"nll": mean per response token, "ppl": exp(nll), "tokens": count, "examples": count} over a held-out set
+    (training's `train.loss.response_nll` is the per-batch sum behind the loss)."""
     examples = [e for e in (tokenize_conversation(tokenizer, c, "last", max_length, "truncate") for c in convs) if e]
     collate = PadCollator(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
     device = next(model.parameters()).device

@@ -18,10 +18,10 @@ from sftlab.data.loading import DataSpec, load_conversations
 from sftlab.data.schema import Conversation, Turn
 from sftlab.data.writers import write_json, write_text
 from sftlab.errors import ConfigError
-from sftlab.evaluate.checks import mentions_identity, same_language
+from sftlab.evaluate.checks import mentions_identity, same_language, wilson_interval
 from sftlab.evaluate.judge import AnyJudge, LogprobJudge, ModelJudge, RubricJudge, pairwise_winrate
-from sftlab.evaluate.math import final_answer_accuracy, wilson_interval
-from sftlab.evaluate.nll import response_nll
+from sftlab.evaluate.nll import heldout_response_nll
+from sftlab.evaluate.numeric_answers import final_answer_accuracy
 from sftlab.evaluate.suite import (
     CustomEval,
     EvalSuite,
@@ -106,7 +106,7 @@ def eval_nll(ev: NLLEval, subject: Subject, budget: int) -> tuple[dict, list]:
         return {"response_nll": metric(None, 0, note="needs local weights")}, []
     convs = load_conversations(ev.data)[0]
     with subject.context():
-        r = response_nll(subject.model, subject.tokenizer, convs, max_length=ev.max_length)
+        r = heldout_response_nll(subject.model, subject.tokenizer, convs, max_length=ev.max_length)
     return {"response_nll": metric(r["nll"], r["tokens"], ppl=r["ppl"], examples=r["examples"])}, []
 
 

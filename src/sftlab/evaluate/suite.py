@@ -27,6 +27,7 @@ evaluators:
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -56,8 +57,8 @@ class _Prompted(_Evaluator):
 
 class NLLEval(_Evaluator):
     type: Literal["nll"] = "nll"
-    data: DataSpec
-    max_length: int = 1024
+    data: DataSpec = Field(description="Held-out SFT data; the NLL of its last replies is measured.")
+    max_length: int = Field(1024, description="Tokens per example at most (longer ones are truncated).")
 
 
 class InstructionEval(_Prompted):
@@ -68,15 +69,17 @@ class IdentityEval(_Evaluator):
     type: Literal["identity"] = "identity"
     name: str = Field(description="The identity the model should claim, e.g. Orca.")
     author: str | None = Field(None, description="Who built it; naming the author also counts.")
-    identity_prompts: list[str] = Field(default_factory=lambda: list(DEFAULT_IDENTITY_PROMPTS))
-    general_prompts: list[str] = Field(default_factory=lambda: list(DEFAULT_GENERAL_PROMPTS))
+    identity_prompts: list[str] = Field(default_factory=lambda: list(DEFAULT_IDENTITY_PROMPTS),
+                                        description="Questions whose reply should claim the identity.")
+    general_prompts: list[str] = Field(default_factory=lambda: list(DEFAULT_GENERAL_PROMPTS),
+                                       description="Other questions, where claiming it unasked is collapse.")
 
 
 class MathEval(_Evaluator):
     type: Literal["math"] = "math"
     data: DataSpec
     k: int = Field(1, ge=1, description="Samples per problem; pass@k when > 1.")
-    temperature: float = Field(0.0, ge=0.0)
+    temperature: float = Field(0.0, ge=0.0, description="Sampling temperature of the k samples (0: greedy).")
 
 
 class ToolCallEval(_Evaluator):
@@ -112,9 +115,8 @@ EvaluatorConfig = Annotated[NLLEval | InstructionEval | IdentityEval | MathEval 
 class EvalSuite(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = "eval"
+    name: str = Field("eval", description="Suite name in the results.")
     max_new_tokens: int = Field(128, ge=1, description="Generation budget (greedy) for every evaluator.")
-    batch_size: int = Field(8, ge=1)
     evaluators: list[EvaluatorConfig]
 
     def unique_names(self) -> list[str]:
@@ -132,3 +134,22 @@ def make_suite(raw: dict[str, Any], source: str = "suite") -> EvalSuite:
 
 def load_suite(path: str | Path) -> EvalSuite:
     return make_suite(read_yaml_mapping(path, "evaluation suite"), str(path))
+
+
+def read_prompt_file(path: Path) -> list[str]:
+    """Prompts from a file: one a line, or JSONL records with a `prompt` field."""
+    lines = [x for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+    return [json.loads(x)["prompt"] if path.suffix == ".jsonl" else x.strip() for x in lines]
+
+
+def options_suite(prompts: Path | None = None, reference: Path | None = None, name: str | None = None,
+                  author: str | None = None, max_new_tokens: int = 128) -> EvalSuite:
+    """The suite `sftlab eval` runs without a suite file: instruction following on the prompts (default: the
+    identity and general defaults), plus response NLL on `reference` and an identity check for `name`."""
+    texts = read_prompt_file(prompts) if prompts else DEFAULT_IDENTITY_PROMPTS + DEFAULT_GENERAL_PROMPTS
+    evs: list[dict] = [{"type": "instruction_following", "prompts": texts}]
+    if reference:
+        evs.insert(0, {"type": "nll", "data": {"path": str(reference)}})
+    if name:
+        evs.append({"type": "identity", "name": name, "author": author})
+    return make_suite({"name": "eval", "max_new_tokens": max_new_tokens, "evaluators": evs})

@@ -6,7 +6,6 @@ from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 from sftlab.data.schema import Conversation
-from sftlab.templates.masking import template_messages
 
 Messages = list[dict[str, Any]]
 
@@ -52,5 +51,5 @@ def as_messages(p: Conversation | Messages | str) -> Messages:
     if isinstance(p, str):
         return [{"role": "user", "content": p}]
     if isinstance(p, Conversation):
-        return template_messages(Conversation(p.prompt_turns, tools=p.tools))
+        return p.prompt_messages
     return p

@@ -6,18 +6,12 @@ puts the cache in front of any engine, prompt by prompt, so a rerun with one new
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
-from typing import Any
 
 from sftlab.generation.base import Generation, Generator, Messages, SamplingParams
-from sftlab.kvstore import SqliteKV
+from sftlab.kvstore import SqliteKV, stable_key
 
-
-def stable_key(*parts: Any) -> str:
-    blob = json.dumps(parts, sort_keys=True, ensure_ascii=False, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+__all__ = ["CachedGenerator", "GenerationCache", "stable_key"]
 
 
 class GenerationCache(SqliteKV):

@@ -5,12 +5,15 @@ Kept here (not in train/) so DPO or online RL can reuse the same layers and adap
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from peft.tuners.tuners_utils import BaseTunerLayer
 from transformers import PreTrainedModel
+
+from sftlab.errors import ConfigError
 
 
 def attach_lora(model: PreTrainedModel, settings, new_token_ids: list[int] | None = None) -> PeftModel:
@@ -42,3 +45,25 @@ def load_adapter(base: PreTrainedModel, adapter_dir: str | Path, trainable: bool
 
 def is_adapter_dir(path: str | Path) -> bool:
     return (Path(path) / "adapter_config.json").exists()
+
+
+def check_lora_targets(model: torch.nn.Module, targets: str | list[str], model_spec: str) -> None:
+    """Fail before training when a LoRA target matches no layer LoRA can wrap (PEFT would train fewer layers
+    than asked without a word, or stop with a bare error), listing the model's linear layers."""
+    if targets == "all-linear":
+        return
+    from transformers.pytorch_utils import Conv1D
+
+    kinds = (torch.nn.Linear, torch.nn.Embedding, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d, Conv1D)
+    names = [n for n, m in model.named_modules() if n and isinstance(m, kinds)]
+    if isinstance(targets, str):
+        unmatched = [] if any(re.fullmatch(targets, n) for n in names) else [targets]
+    else:
+        unmatched = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
+    if unmatched:
+        head = model.get_output_embeddings()
+        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
+                         if isinstance(m, torch.nn.Linear | Conv1D) and m is not head})
+        missing = ", ".join(repr(t) for t in unmatched)
+        raise ConfigError(f"lora.target_modules: {missing} match no layer of {model_spec}; its linear layers: "
+                          f"{', '.join(linear)} (or use 'all-linear')")

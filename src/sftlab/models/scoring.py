@@ -1,11 +1,16 @@
-"""Per-example mean token NLL under a causal LM: the primitive behind perplexity and IFD quality scores."""
+"""NLL under a causal LM: per example (perplexity and IFD quality scores), summed over padded batches (held-out
+response NLL, the training loss's reference); next-token probabilities for judges."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-IGNORE = -100
+from sftlab.templates.masking import IGNORE_INDEX
+
+IGNORE = IGNORE_INDEX
 
 
 @torch.no_grad()
@@ -74,3 +79,39 @@ def next_token_probs(model, rows: list[list[int]], candidates: list[int], pad_id
         logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[:, -1]
         out.append(torch.softmax(logits[:, candidates].float(), dim=-1).cpu())
     return torch.cat(out) if out else torch.empty(0, len(candidates))
+
+
+@dataclass
+class PadCollator:
+    """Right-pad to the longest sequence of the batch; padding never carries loss."""
+
+    pad_token_id: int
+    pad_to_multiple_of: int | None = None
+
+    def __call__(self, features: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
+        longest = max(len(f["input_ids"]) for f in features)
+        if self.pad_to_multiple_of:
+            m = self.pad_to_multiple_of
+            longest = (longest + m - 1) // m * m
+        n = len(features)
+        input_ids = torch.full((n, longest), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((n, longest), IGNORE_INDEX, dtype=torch.long)
+        attention = torch.zeros((n, longest), dtype=torch.long)
+        for i, f in enumerate(features):
+            k = len(f["input_ids"])
+            input_ids[i, :k] = torch.tensor(f["input_ids"])
+            labels[i, :k] = torch.tensor(f["labels"])
+            attention[i, :k] = 1
+        labels[:, 0] = IGNORE_INDEX
+        return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+
+
+def reference_nll(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                  labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed NLL, token count) of the labelled tokens through the model's own forward and full logits: the slow,
+    obvious way, the reference for training's fast loss and the held-out response NLL of evaluation."""
+    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1].float()
+    target = labels[:, 1:]
+    total = F.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1), ignore_index=IGNORE_INDEX,
+                            reduction="sum")
+    return total, (target != IGNORE_INDEX).sum()

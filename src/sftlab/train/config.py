@@ -59,50 +59,46 @@ class TrainConfig(BaseModel):
     truncation: Literal["drop", "truncate"] = Field("drop", description="What to do with longer examples.")
 
     method: Literal["full", "lora"] = Field("lora", description="Full fine-tuning or LoRA.")
-    lora: LoraSettings = Field(default_factory=LoraSettings)
+    lora: LoraSettings = Field(default_factory=LoraSettings, description="LoRA settings (used when method is lora).")
 
-    epochs: float = Field(1.0, gt=0)
+    epochs: float = Field(1.0, gt=0, description="Passes over the training data (fractions allowed).")
     max_steps: int = Field(-1, ge=-1, description="Optimizer steps; overrides epochs when > 0 (-1: use epochs).")
     batch_size: int = Field(4, ge=1, description="Sequences per micro-batch.")
     grad_accum: int = Field(4, ge=1, description="Micro-batches per optimizer step.")
     learning_rate: float | None = Field(None, gt=0, description="Default: 2e-4 for LoRA, 2e-5 for full.")
     lr_scheduler: str = Field("cosine", description="Any transformers scheduler name (cosine, linear, constant...).")
     optim: str = Field("adamw_torch", description="Any transformers optimizer name (adamw_torch, sgd, ...).")
-    warmup_ratio: float = Field(0.03, ge=0, le=1)
-    weight_decay: float = Field(0.0, ge=0)
-    max_grad_norm: float = Field(1.0, gt=0)
-    seed: int = Field(42, ge=0, le=2**32 - 1)
+    warmup_ratio: float = Field(0.03, ge=0, le=1, description="Share of the optimizer steps spent warming up the "
+                                                              "learning rate from 0.")
+    weight_decay: float = Field(0.0, ge=0, description="Decoupled weight decay of the optimizer.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradients are clipped to this global norm.")
+    seed: int = Field(42, ge=0, le=2**32 - 1, description="Seeds weight init (LoRA), data order and dropout.")
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
         "auto", description="auto: bf16 autocast where the hardware supports it (CPU included), fp32 master weights.")
     lora_base_dtype: Literal["auto", "fp32", "bf16"] = Field(
-        "auto", description="dtype of the frozen base weights under LoRA; auto: bf16 when training in bf16 "
-                            "(half the memory, no per-step weight casts). LoRA weights stay fp32.")
+        "auto", description="dtype of the frozen base weights under LoRA (LoRA weights stay fp32); auto: bf16 when "
+                            "training in bf16.")
     gradient_checkpointing: bool | Literal["auto"] = Field(
-        "auto", description="Recompute activations in backward. auto: on for full fine-tuning (measured: 27% less "
-                            "peak memory at no speed cost on gemma-3-270m), off for LoRA (23% slower there).")
+        "auto", description="Recompute activations in backward to save memory; auto: on for full fine-tuning, off "
+                            "for LoRA (README: Benchmarks).")
     group_by_length: bool = Field(True, description="Batch similar lengths together to waste less padding "
                                                     "(sftlab's length buckets, micro-batches in random order).")
     fast_loss: bool = Field(True, description="Compute logits only at response positions (checked against the "
                                               "model's own loss on the first batch).")
     attn_implementation: str | None = Field(
-        "auto", description="Attention kernel passed to transformers: None = its default (SDPA); \"eager\", or "
-                            "\"flash_attention_2\" on a GPU with flash-attn installed. auto: eager when the layers "
-                            "are compiled on CPU (inductor fuses its mask and softmax: measured 13% faster LoRA steps "
-                            "than CPU SDPA on gemma-3-270m), else transformers' default.")
+        "auto", description="Attention kernel passed to transformers (None: its default, SDPA; eager; "
+                            "flash_attention_2); auto: eager when the layers are compiled on CPU, else the default.")
     compile: bool | Literal["auto"] = Field(
-        "auto", description="torch.compile each decoder layer (regional compilation: fuses the elementwise work "
-                            "between matmuls; measured 20-55% faster LoRA steps on gemma-3-270m on CPU). Falls back "
-                            "to eager if compiling fails. auto: on for models of 100M parameters or more trained on "
-                            "CPU; off on GPUs, where it was not faster (H200, bench/results/gpu).")
+        "auto", description="torch.compile each decoder layer, falling back to eager if compiling fails; auto: on "
+                            "for models of 100M parameters or more trained on CPU, off on GPUs.")
     compile_loss: bool | Literal["auto"] = Field(
-        "auto", description="Fuse the chunked softmax of the response-only loss with torch.compile (falls back to "
-                            "eager if compiling fails). auto: on CPU, for vocabularies of 32k entries or more "
-                            "(measured 3x faster than eager on a 262k vocabulary).")
+        "auto", description="Fuse the chunked softmax of the response-only loss with torch.compile (eager if "
+                            "compiling fails); auto: on CPU for vocabularies of 32k entries or more.")
 
     output_dir: str | None = Field(None, description="Run folder; default runs/<name>.")
-    logging_steps: int = Field(1, ge=1)
-    save_steps: int = Field(50, ge=1)
-    save_total_limit: int = Field(2, ge=1)
+    logging_steps: int = Field(1, ge=1, description="Optimizer steps between two metrics.jsonl lines.")
+    save_steps: int = Field(50, ge=1, description="Optimizer steps between two checkpoints (for --resume).")
+    save_total_limit: int = Field(2, ge=1, description="Checkpoints kept; older ones are deleted.")
 
     @field_validator("data", "eval_data", mode="before")
     @classmethod

@@ -10,7 +10,11 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from sftlab.data.schema import Conversation
-from sftlab.templates.masking import IGNORE_INDEX, TokenizedExample, tokenize_conversation
+from sftlab.models.scoring import PadCollator
+from sftlab.templates.masking import TokenizedExample, tokenize_conversation
+
+# PadCollator lives in models.scoring (evaluation pads the same way); imported here for training
+__all__ = ["LengthBucketSampler", "PadCollator", "SFTDataset", "TokenStats", "tokenize_all"]
 
 
 @dataclass
@@ -116,28 +120,3 @@ class LengthBucketSampler(torch.utils.data.Sampler[int]):
             yield from batches[b]
         for batch in short:
             yield from batch
-
-
-@dataclass
-class PadCollator:
-    """Right-pad to the longest sequence of the batch; padding never carries loss."""
-
-    pad_token_id: int
-    pad_to_multiple_of: int | None = None
-
-    def __call__(self, features: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
-        longest = max(len(f["input_ids"]) for f in features)
-        if self.pad_to_multiple_of:
-            m = self.pad_to_multiple_of
-            longest = (longest + m - 1) // m * m
-        n = len(features)
-        input_ids = torch.full((n, longest), self.pad_token_id, dtype=torch.long)
-        labels = torch.full((n, longest), IGNORE_INDEX, dtype=torch.long)
-        attention = torch.zeros((n, longest), dtype=torch.long)
-        for i, f in enumerate(features):
-            k = len(f["input_ids"])
-            input_ids[i, :k] = torch.tensor(f["input_ids"])
-            labels[i, :k] = torch.tensor(f["labels"])
-            attention[i, :k] = 1
-        labels[:, 0] = IGNORE_INDEX
-        return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}

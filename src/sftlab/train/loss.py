@@ -16,11 +16,13 @@ from __future__ import annotations
 import logging
 
 import torch
-import torch.nn.functional as F
 
 from sftlab.models.compile import compiler_error_summary, is_compiler_error
 from sftlab.models.loading import unwrap_causal_lm
+from sftlab.models.scoring import reference_nll
 from sftlab.templates.masking import IGNORE_INDEX
+
+__all__ = ["fast_loss_matches", "reference_nll", "response_nll"]  # reference_nll lives in models.scoring
 
 log = logging.getLogger(__name__)
 
@@ -153,16 +155,6 @@ def response_nll(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask
     total = ChunkedLinearCrossEntropy.apply(h, head.weight, y, chunk_size, cap,
                                             should_compile(compile, head.weight.shape[0], h.device.type))
     return total, keep.sum()
-
-
-def reference_nll(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                  labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The same quantity through the model's own forward and full logits (the slow, obvious way)."""
-    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1].float()
-    target = labels[:, 1:]
-    total = F.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1), ignore_index=IGNORE_INDEX,
-                            reduction="sum")
-    return total, (target != IGNORE_INDEX).sum()
 
 
 def fast_loss_matches(model: torch.nn.Module, batch: dict[str, torch.Tensor], rtol: float = 1e-3,

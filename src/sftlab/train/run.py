@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,9 +25,10 @@ from sftlab.errors import ConfigError
 from sftlab.fsutil import MARKER, marker_kind, remove_owned_folder, write_marker
 from sftlab.models.compile import compile_layers, should_compile_layers
 from sftlab.models.loading import default_device, load_model, load_tokenizer, resolve_model_path
-from sftlab.models.lora import attach_lora, set_adapter_input_casts
+from sftlab.models.lora import attach_lora, check_lora_targets, set_adapter_input_casts
 from sftlab.templates.chat_templates import ensure_chat_template
 from sftlab.templates.masking import stop_token_ids
+from sftlab.train.args import precision_flags, training_arguments
 from sftlab.train.callbacks import (
     MetricsLogger,
     ReleaseFreedMemory,
@@ -51,15 +51,6 @@ class TrainResult:
     final_dir: Path
     base_model: str
     metrics: dict[str, Any]
-
-
-def precision_flags(precision: str) -> dict[str, bool]:
-    """bf16 autocast where supported (this CPU multiplies bf16 ~2-4x faster than fp32), master weights fp32."""
-    if precision == "auto" and torch.cuda.is_available():
-        precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    elif precision == "auto":
-        precision = "bf16"  # CPU autocast: fast with AVX512-BF16/AMX, correct (if slower) elsewhere
-    return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
 
 
 def prepare_data(cfg: TrainConfig, tokenizer) -> tuple[SFTDataset, dict[str, Any]]:
@@ -130,120 +121,46 @@ def restore_progress(point: ResumePoint, run_dir: Path, counter: TokenCounter) -
         log.warning("%s holds no token counts (saved by an older sftlab): tokens_seen restarts from 0", point.path)
 
 
-def check_lora_targets(model: torch.nn.Module, targets: str | list[str], model_spec: str) -> None:
-    """Fail before training when a LoRA target matches no layer LoRA can wrap (PEFT would train fewer layers
-    than asked without a word, or stop with a bare error), listing the model's linear layers."""
-    if targets == "all-linear":
-        return
-    from transformers.pytorch_utils import Conv1D
-
-    kinds = (torch.nn.Linear, torch.nn.Embedding, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d, Conv1D)
-    names = [n for n, m in model.named_modules() if n and isinstance(m, kinds)]
-    if isinstance(targets, str):
-        unmatched = [] if any(re.fullmatch(targets, n) for n in names) else [targets]
-    else:
-        unmatched = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
-    if unmatched:
-        head = model.get_output_embeddings()
-        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
-                         if isinstance(m, torch.nn.Linear | Conv1D) and m is not head})
-        missing = ", ".join(repr(t) for t in unmatched)
-        raise ConfigError(f"lora.target_modules: {missing} match no layer of {model_spec}; its linear layers: "
-                          f"{', '.join(linear)} (or use 'all-linear')")
+@dataclass
+class TokenizerSetup:
+    base_path: str  # the resolved model folder
+    tokenizer: Any
+    template: str  # the chat template's name
+    added_tokens: bool  # the template added special tokens: the embeddings need new rows
 
 
 def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, console: Console | None = None,
           callbacks: list | None = None) -> TrainResult:
+    """One SFT run, read top to bottom: run folder, tokenizer, data, model, precision/compile/attention, LoRA,
+    trainer, then train and save."""
     console = console or Console(stderr=True)
     run_dir = prepare_run_dir(cfg, resume, overwrite)
     set_seed(cfg.seed)
-
-    base_path = resolve_model_path(cfg.model)
-    tokenizer = load_tokenizer(base_path)
-    template, added_tokens = ensure_chat_template(tokenizer, cfg.chat_template)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    dataset, data_stats = prepare_data(cfg, tokenizer)
-    data_stats["chat_template"] = template
-    tok_stats = data_stats["tokenized"]
-    console.print(f"[bold]data[/]: {tok_stats['examples']} examples, {tok_stats['tokens']} tokens "
-                  f"({tok_stats['trained_tokens']} trained), dropped {sum(tok_stats['dropped'].values())}, "
-                  f"template {template}")
-    write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
-    write_json(run_dir / "data_stats.json", data_stats)
-
+    tok = setup_tokenizer(cfg)
+    dataset = setup_data(cfg, tok, run_dir, console)
     flags = precision_flags(cfg.precision)
-    bf16_base = cfg.method == "lora" and (cfg.lora_base_dtype == "bf16" or (cfg.lora_base_dtype == "auto"
-                                                                            and flags["bf16"]))
-    # LoRA under bf16: the frozen base is only ever multiplied in bf16, so load it that way (half the memory,
-    # no fp32 copy at any point); PEFT keeps the adapter weights in fp32 (autocast_adapter_dtype).
-    model = load_model(base_path, torch.bfloat16 if bf16_base else torch.float32,
-                       attn_implementation=None if cfg.attn_implementation == "auto" else cfg.attn_implementation)
+    bf16_base = lora_base_in_bf16(cfg, flags)
+    model = setup_model(cfg, tok.base_path, bf16_base)
     device_type = default_device()  # where Trainer will put the model
-    compile_now = should_compile_layers(cfg.compile, model, device_type)
-    if cfg.attn_implementation == "auto" and compile_now and device_type == "cpu":
-        model.set_attn_implementation("eager")  # compiled, it beats CPU SDPA's flash kernel (see config)
-    attention = model.config._attn_implementation
-    if added_tokens:
-        model.resize_token_embeddings(len(tokenizer))
-    if cfg.use_gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.config.use_cache = False
-    if cfg.method == "lora":
-        check_lora_targets(model, cfg.lora.target_modules, cfg.model)
-        model = attach_lora(model, cfg.lora, new_token_ids=_added_ids(tokenizer) if added_tokens else None)
-        if bf16_base:
-            freeze_base_in(model, torch.bfloat16)  # e.g. rows of new tokens: anything frozen not yet bf16
-            if flags["bf16"]:  # autocast decides the matmul dtype; without it PEFT's cast is needed
-                set_adapter_input_casts(model, False)
+    compile_now, attention = setup_compile_and_attention(cfg, model, device_type)
+    model = setup_lora(cfg, model, tok, bf16_base, flags)
     compiled = compile_layers(model) if compile_now else []
-    args = TrainingArguments(
-        output_dir=str(run_dir / "checkpoints"),
-        per_device_train_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.grad_accum,
-        learning_rate=cfg.lr,
-        num_train_epochs=cfg.epochs,
-        max_steps=cfg.max_steps,
-        lr_scheduler_type=cfg.lr_scheduler,
-        optim=cfg.optim,
-        warmup_steps=cfg.warmup_ratio,
-        weight_decay=cfg.weight_decay,
-        max_grad_norm=cfg.max_grad_norm,
-        logging_steps=cfg.logging_steps,
-        save_strategy="steps",
-        save_steps=cfg.save_steps,
-        save_total_limit=cfg.save_total_limit,
-        seed=cfg.seed,
-        data_seed=cfg.seed,
-        use_cpu=device_type == "cpu",
-        report_to=[],
-        disable_tqdm=True,
-        remove_unused_columns=False,
-        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
-        dataloader_num_workers=0,
-        **flags,
-    )
+    args = training_arguments(cfg, run_dir, device_type, flags)
     counter = TokenCounter()
     from torch.utils.tensorboard import SummaryWriter
 
     tb = SummaryWriter(log_dir=str(run_dir / "tb"))
-    trainer = SFTLabTrainer(
-        model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-        data_collator=PadCollator(tokenizer.pad_token_id), counter=counter, fast_loss=cfg.fast_loss,
-        compile_loss=cfg.compile_loss, compiled_layers=compiled,
-        callbacks=[MetricsLogger(run_dir / "metrics.jsonl", counter), TokenCounterState(counter),
-                   RichProgress(counter, console),
-                   TensorBoardCallback(tb_writer=tb), *([ReleaseFreedMemory()] if device_type == "cpu" else []),
-                   *(callbacks or [])],
-    )
-    trainer.remove_callback(PrinterCallback)  # the rich progress bar and metrics.jsonl replace its prints
+    trainer = setup_trainer(cfg, model, tok.tokenizer, dataset, args, counter, compiled,
+                            [MetricsLogger(run_dir / "metrics.jsonl", counter), TokenCounterState(counter),
+                             RichProgress(counter, console), TensorBoardCallback(tb_writer=tb),
+                             *([ReleaseFreedMemory()] if device_type == "cpu" else []), *(callbacks or [])])
     point = resume_point(Path(args.output_dir), console) if resume else ResumePoint()
     restore_progress(point, run_dir, counter)
     out = trainer.train(resume_from_checkpoint=str(point.path) if point.path else None)
     tb.close()
 
     final_dir = run_dir / "final"
-    save_final(trainer.model, tokenizer, final_dir, base_path, cfg, template)
+    save_final(trainer.model, tok.tokenizer, final_dir, tok.base_path, cfg, tok.template)
     metrics = {**out.metrics, "tokens_seen": counter.tokens, "trained_tokens_seen": counter.trained,
                "padding_share": round(counter.padding_share(), 4),
                "fast_loss": trainer.fast_loss, "compiled_layers": len(trainer.compiled_layers),
@@ -251,7 +168,80 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, conso
                "global_step": trainer.state.global_step}
     write_json(run_dir / "train_metrics.json", metrics)
     console.print(f"[green]saved[/] {cfg.method} result to {final_dir}")
-    return TrainResult(run_dir, final_dir, base_path, metrics)
+    return TrainResult(run_dir, final_dir, tok.base_path, metrics)
+
+
+def setup_tokenizer(cfg: TrainConfig) -> TokenizerSetup:
+    """Tokenizer step: resolve the model, load its tokenizer with a chat template and a pad token."""
+    base_path = resolve_model_path(cfg.model)
+    tokenizer = load_tokenizer(base_path)
+    template, added_tokens = ensure_chat_template(tokenizer, cfg.chat_template)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return TokenizerSetup(base_path, tokenizer, template, added_tokens)
+
+
+def setup_data(cfg: TrainConfig, tok: TokenizerSetup, run_dir: Path, console: Console) -> SFTDataset:
+    """Data step: tokenize every source with verified masks; keep the config and data stats in the run folder."""
+    dataset, data_stats = prepare_data(cfg, tok.tokenizer)
+    data_stats["chat_template"] = tok.template
+    tok_stats = data_stats["tokenized"]
+    console.print(f"[bold]data[/]: {tok_stats['examples']} examples, {tok_stats['tokens']} tokens "
+                  f"({tok_stats['trained_tokens']} trained), dropped {sum(tok_stats['dropped'].values())}, "
+                  f"template {tok.template}")
+    write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    write_json(run_dir / "data_stats.json", data_stats)
+    return dataset
+
+
+def lora_base_in_bf16(cfg: TrainConfig, flags: dict[str, bool]) -> bool:
+    """LoRA under bf16: the frozen base is only ever multiplied in bf16, so it is loaded that way (half the memory,
+    no fp32 copy at any point); PEFT keeps the adapter weights in fp32 (autocast_adapter_dtype)."""
+    return cfg.method == "lora" and (cfg.lora_base_dtype == "bf16" or (cfg.lora_base_dtype == "auto"
+                                                                       and flags["bf16"]))
+
+
+def setup_model(cfg: TrainConfig, base_path: str, bf16_base: bool) -> torch.nn.Module:
+    """Model step: the base weights in the dtype training keeps them in, with the configured attention kernel."""
+    return load_model(base_path, torch.bfloat16 if bf16_base else torch.float32,
+                      attn_implementation=None if cfg.attn_implementation == "auto" else cfg.attn_implementation)
+
+
+def setup_compile_and_attention(cfg: TrainConfig, model: torch.nn.Module, device_type: str) -> tuple[bool, str]:
+    """Precision/compile/attention step: whether to compile the decoder layers, and the attention kernel used."""
+    compile_now = should_compile_layers(cfg.compile, model, device_type)
+    if cfg.attn_implementation == "auto" and compile_now and device_type == "cpu":
+        model.set_attn_implementation("eager")  # compiled, it beats CPU SDPA's flash kernel (see config)
+    return compile_now, model.config._attn_implementation
+
+
+def setup_lora(cfg: TrainConfig, model: torch.nn.Module, tok: TokenizerSetup, bf16_base: bool,
+               flags: dict[str, bool]) -> torch.nn.Module:
+    """LoRA step (new-token rows and gradient checkpointing apply to full fine-tuning too): the model to train."""
+    if tok.added_tokens:
+        model.resize_token_embeddings(len(tok.tokenizer))
+    if cfg.use_gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    if cfg.method == "lora":
+        check_lora_targets(model, cfg.lora.target_modules, cfg.model)
+        model = attach_lora(model, cfg.lora, new_token_ids=_added_ids(tok.tokenizer) if tok.added_tokens else None)
+        if bf16_base:
+            freeze_base_in(model, torch.bfloat16)  # e.g. rows of new tokens: anything frozen not yet bf16
+            if flags["bf16"]:  # autocast decides the matmul dtype; without it PEFT's cast is needed
+                set_adapter_input_casts(model, False)
+    return model
+
+
+def setup_trainer(cfg: TrainConfig, model: torch.nn.Module, tokenizer, dataset: SFTDataset,
+                  args: TrainingArguments, counter: TokenCounter, compiled: list, callbacks: list) -> SFTLabTrainer:
+    """Trainer step: sftlab's loss, collator and callbacks; the rich progress and metrics.jsonl replace prints."""
+    trainer = SFTLabTrainer(
+        model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+        data_collator=PadCollator(tokenizer.pad_token_id), counter=counter, fast_loss=cfg.fast_loss,
+        compile_loss=cfg.compile_loss, compiled_layers=compiled, callbacks=callbacks)
+    trainer.remove_callback(PrinterCallback)
+    return trainer
 
 
 def freeze_base_in(model: torch.nn.Module, dtype: torch.dtype) -> None:

@@ -7,9 +7,17 @@ near-duplicate (MinHash Jaccard) of an evaluation prompt, which also catches sho
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 from sftlab.curate.filter.dedup import NearDuplicateIndex, sketch
 from sftlab.textutil import ngrams, normalize, words
+
+
+class Overlap(NamedTuple):
+    """Why a record is contaminated: the category counted in the funnel, and which eval text it overlaps."""
+
+    reason: str
+    detail: str
 
 
 class Decontaminator:
@@ -33,17 +41,24 @@ class Decontaminator:
 
     def check(self, prompt: str, response: str = "", sketched=None) -> str | None:
         """A reason naming the eval example it overlaps, or None when clean."""
+        hit = self.find(prompt, response, sketched)
+        return hit.detail if hit else None
+
+    def find(self, prompt: str, response: str = "", sketched=None) -> Overlap | None:
+        """The first overlap with an eval example (n-gram, whole short prompt, near-duplicate prompt), or None."""
         for field, text in (("prompt", prompt), ("response", response)):
             toks = words(text)
             if self.grams and len(toks) >= self.n:
                 for g in ngrams(toks, self.n):
                     if g in self.grams:
-                        return f"{self.n}-gram overlap with an eval example ({field}: '{g[:60]}')"
+                        reason = f"{self.n}-gram overlap with an eval example"
+                        return Overlap(reason, f"{reason} ({field}: '{g[:60]}')")
             if field == "prompt" and " ".join(toks) in self.short:
-                return f"{field} equals an eval example"
+                return Overlap(f"{field} equals an eval example", f"{field} equals an eval example")
         if self.index is not None:
             sig, sh = sketched or next(zip(*sketch([prompt]), strict=True))
             hit = self.index.query(sig, sh)
             if hit is not None:
-                return f"near-duplicate of eval example {hit}: '{normalize(self.eval_texts[hit])[:60]}'"
+                reason = f"near-duplicate of eval example {hit}"
+                return Overlap(reason, f"{reason}: '{normalize(self.eval_texts[hit])[:60]}'")
         return None

@@ -35,10 +35,10 @@ class HeuristicSettings(BaseModel):
 
     min_response_chars: int = Field(2, ge=0, description="Shorter responses are dropped ('too short').")
     max_response_chars: int | None = Field(8000, description="Longer responses are dropped ('too long').")
-    max_prompt_chars: int | None = Field(8000)
+    max_prompt_chars: int | None = Field(8000, description="Longer prompts are dropped ('prompt too long').")
     max_repeated_ngram_ratio: float | None = Field(
         0.3, description="Share of word n-grams that repeat an earlier one (looping text).")
-    repetition_ngram: int = Field(3, ge=1)
+    repetition_ngram: int = Field(3, ge=1, description="Words per n-gram of the repetition measure.")
     repetition_min_words: int = Field(20, description="Repetition is only judged on responses this long.")
     refusal: bool | Literal["require"] = Field(
         True, description="true: drop refusals and 'As an AI language model' boilerplate; 'require': keep only "

@@ -22,8 +22,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from sftlab.data.schema import Conversation, Turn
-from sftlab.generation.cache import stable_key
-from sftlab.kvstore import SqliteKV
+from sftlab.kvstore import SqliteKV, stable_key
 
 
 class ScorerSettings(BaseModel):
@@ -34,11 +33,11 @@ class ScorerSettings(BaseModel):
     model: str | None = Field(None, description="Scoring model (ifd, perplexity, judge) or reward model path.")
     function: str | None = Field(None, description="module:function for type custom.")
     base_url: str | None = Field(None, description="OpenAI-compatible endpoint for the judge.")
-    weight: float = Field(1.0, ge=0)
-    max_length: int = Field(1024, ge=16)
-    dtype: Literal["bf16", "fp32"] = Field("bf16", description="Scoring LM weights (ifd, perplexity): bf16 is "
-                                                               "several times faster on CPUs with bf16 units.")
-    batch_size: int = Field(8, ge=1)
+    weight: float = Field(1.0, ge=0, description="Weight of this score in the combined quality.")
+    max_length: int = Field(1024, ge=16, description="Tokens of a record the scorer reads at most.")
+    dtype: Literal["bf16", "fp32"] = Field("bf16", description="Scoring LM weights' dtype (ifd, perplexity, "
+                                                               "judge_logprob).")
+    batch_size: int = Field(8, ge=1, description="Records scored per forward pass.")
 
     @property
     def name(self) -> str:
@@ -106,17 +105,16 @@ class Scorer:
 
             self._state = load_lm(s.model or "smollm2-135m-instruct", s.dtype)
         elif s.type == "judge":
-            from sftlab.curate.rewards import JudgeReward
-            from sftlab.generation.factory import build_generator
+            from sftlab.curate.rewards import make_reward
 
-            self._state = JudgeReward(build_generator(s.model or "smollm2-135m-instruct", base_url=s.base_url,
-                                                      batch_size=s.batch_size))
+            self._state = make_reward("judge", judge=s.model or "smollm2-135m-instruct", base_url=s.base_url,
+                                      batch_size=s.batch_size)
         elif s.type == "reward_model":
-            from sftlab.curate.rewards import RewardModelScore
+            from sftlab.curate.rewards import make_reward
 
             if not s.model:
                 raise ValueError("scorer reward_model needs `model`: a sequence-classification model folder")
-            self._state = RewardModelScore(s.model, batch_size=s.batch_size)
+            self._state = make_reward(f"reward_model:{s.model}", batch_size=s.batch_size)
         elif s.type == "custom":
             from sftlab.userfn import import_callable
 

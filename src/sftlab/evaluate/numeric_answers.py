@@ -2,21 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
-from sftlab.curate.rewards import extract_final_number
 from sftlab.data.schema import Conversation
+from sftlab.evaluate.checks import wilson_interval
 from sftlab.generation.base import Generator, SamplingParams, as_messages
-
-
-def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    if n == 0:
-        return (0.0, 0.0)
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (round(max(0.0, centre - half), 4), round(min(1.0, centre + half), 4))
+from sftlab.textutil import extract_final_number
 
 
 def final_answer_accuracy(generator: Generator, problems: list[Conversation], max_new_tokens: int = 256,

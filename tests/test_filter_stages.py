@@ -1,0 +1,40 @@
+"""The filter's stages as components: records in, kept and dropped-with-a-structured-reason out."""
+
+from sftlab.curate.filter.config import DedupSettings, make_filter_config
+from sftlab.curate.filter.heuristics import HeuristicSettings
+from sftlab.curate.filter.pipeline import build_stages
+from sftlab.curate.filter.pool import PoolRecord
+from sftlab.curate.filter.stages import DiverseSelection, ExactDedup, Heuristics
+from sftlab.data.schema import Conversation, Turn
+
+
+def _pool(*pairs: tuple[str, str]) -> list[PoolRecord]:
+    return [PoolRecord(i, f"r{i}", "pool", Conversation([Turn("user", p), Turn("assistant", r)]), p, r)
+            for i, (p, r) in enumerate(pairs)]
+
+
+def test_a_stage_returns_drops_with_reason_and_the_record_kept_instead():
+    pool = _pool(("Name a colour.", "Blue."), ("name a  colour.", "Red."), ("Name a colour.", "Blue."))
+    result = ExactDedup(DedupSettings()).run(pool, print)
+    assert result.kept == pool[:1]
+    assert [(r.id, d.reason, d.duplicate_of.id) for r, d in result.dropped] == [
+        ("r1", "exact duplicate prompt", "r0"), ("r2", "exact duplicate (prompt + response)", "r0")]
+    assert all(not r.stage for r in pool)  # the pipeline, not the stage, marks records dropped
+
+
+def test_heuristics_and_selection_as_stages():
+    pool = _pool(("Name a colour.", "Blue."), ("Say hi.", "   "), ("Name a fruit.", "Apple."))
+    kept = Heuristics(HeuristicSettings()).run(pool, print)
+    assert [d.reason for _, d in kept.dropped] == ["empty response"]
+    pool[2].scores["quality"] = 0.9
+    chosen = DiverseSelection(make_filter_config({"pool": "x", "output": "y"}).diversity.model_copy(
+        update={"method": "none"}), target_size=1, seed=0).run(kept.kept, print)
+    assert chosen.kept == [pool[2]] and [d.reason for _, d in chosen.dropped] == ["not selected (target size reached)"]
+
+
+def test_the_config_lists_the_stages_cheapest_first():
+    cfg = make_filter_config({"pool": "x", "output": "y", "decontaminate": {"eval": ["e"]},
+                              "scorers": [{"type": "ifd"}], "heuristics": None, "dedup": {"near": False}})
+    assert [s.name for s in build_stages(cfg)] == ["exact dedup", "decontaminate", "model scores",
+                                                   "diversity selection"]
+    assert [s.drop_label for s in build_stages(cfg)][2] == "quality"
