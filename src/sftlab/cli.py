@@ -138,7 +138,7 @@ def eval_cmd(model: str = typer.Argument(..., help="Base model (packaged name, f
              out: Path = typer.Option(Path("runs/eval"), help="Folder for eval.json/.md.")) -> None:
     """Base vs tuned, side by side on the same prompts and decoding: every evaluator of a suite."""
     _quiet()
-    from sftlab.demo import show_result
+    from sftlab.artifacts.render import print_suite
     from sftlab.evaluate.runner import run_suite, write_result
     from sftlab.evaluate.subjects import load_subjects
     from sftlab.evaluate.suite import DEFAULT_GENERAL_PROMPTS, DEFAULT_IDENTITY_PROMPTS, load_suite, make_suite
@@ -163,7 +163,7 @@ def eval_cmd(model: str = typer.Argument(..., help="Base model (packaged name, f
                                  cache_path=None if no_cache else out / "generations.sqlite")
         res = run_suite(spec, subjects, log=console.print)
         js, md = write_result(res, out)
-        show_result(res, console)
+        print_suite(res, console)
         console.print(f"wrote {md} and {js}")
     except (SftlabError, ValueError) as e:
         _fail(e)
@@ -201,12 +201,11 @@ def data_check(path: str = typer.Argument(..., help="File, dataset folder or dat
                                                           on_error=on_error, allow_empty=allow_empty), "data check"))
         console.print_json(json.dumps(report.to_dict()))
         if model:
-            from sftlab.models.loading import load_tokenizer, resolve_model_path
-            from sftlab.templates.chat_templates import ensure_chat_template
+            from sftlab.models.causal_lm import load_chat_tokenizer
+            from sftlab.models.loading import resolve_model_path
             from sftlab.train.dataset import tokenize_all
 
-            tok = load_tokenizer(resolve_model_path(model))
-            ensure_chat_template(tok, chat_template)
+            tok = load_chat_tokenizer(resolve_model_path(model), chat_template)[0]
             _, stats = tokenize_all(tok, convs)
             console.print_json(json.dumps(stats.to_dict()))
     except SftlabError as e:
@@ -264,15 +263,15 @@ def _claim(out: Path, settings: dict, prompts: str) -> None:
 
 def _report(out: Path, stats) -> None:
     """Print the run summary and keep it beside the output."""
+    from sftlab.artifacts.records import CurationSummary, write_record
     from sftlab.curate.store import CurationFiles, write_failed
-    from sftlab.data.writers import write_json
 
-    summary, path = stats.to_dict(), CurationFiles(out).summary
+    summary, path = CurationSummary(**stats.to_dict()), CurationFiles(out).summary
     try:
-        write_json(path, summary)
+        write_record(path, summary)
     except OSError as e:
         raise write_failed(e, path, out, stats.records_in_file) from e
-    console.print_json(json.dumps(summary))
+    console.print_json(json.dumps(summary.to_dict()))
 
 
 def _cache(out: Path, no_cache: bool):

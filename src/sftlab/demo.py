@@ -18,8 +18,8 @@ from importlib.resources import files
 from pathlib import Path
 
 from rich.console import Console
-from rich.table import Table
 
+from sftlab.artifacts.render import print_suite
 from sftlab.data.loading import DataSpec, load_conversations
 from sftlab.data.schema import Conversation
 from sftlab.data.writers import write_jsonl
@@ -118,40 +118,10 @@ def run_demo(name: str = "Orca", author: str = "the sftlab team", model: str = "
                              cache_path=out_dir / "eval" / "generations.sqlite", batch_size=16, dtype="bfloat16")
     res = run_suite(demo_suite(name, author, data, judge), subjects, log=console.print)
     js, md = write_result(res, out_dir / "eval")
-    show_result(res, console)
+    print_suite(res, console)
     from sftlab.report.build import write_report
 
     html, _ = write_report(out_dir)
     console.print(f"[green]done in {time.time() - t0:.0f}s[/]: report {html}; eval {md} and {js}; "
                   f"model in {result.final_dir}")
     return res
-
-
-def show_result(res: SuiteResult, console: Console, samples: int = 10) -> None:
-    labels = list(res.subjects)
-    table = Table(title=f"{' vs '.join(labels)}: {res.suite}")
-    table.add_column("evaluator")
-    table.add_column("metric")
-    for label in labels:
-        table.add_column(label)
-    for name, entry in res.evaluators.items():
-        for key, per in entry.get("metrics", {}).items():
-            table.add_row(name, key, *(str((per.get(lab) or {}).get("value", "-")) for lab in labels))
-        if "pairwise" in entry:
-            p = entry["pairwise"]
-            a, b = p["labels"]
-            table.add_row(name, f"{a} vs {b}: wins / ties / losses", "",
-                          f"{p[f'{a}_win_rate']} / {p['tie_rate']} / {p[f'{b}_win_rate']} (n={p['n']}, "
-                          f"{p['inconsistent_orders']} order-inconsistent)")
-    console.print(table)
-    for entry in res.evaluators.values():
-        rows = entry.get("samples") or []
-        if not rows or not all(isinstance(rows[0].get(lab), dict) for lab in labels):
-            continue
-        for r in rows[:samples]:
-            console.print(f"[bold]{r['prompt']}[/]")
-            for label in labels:
-                g = r[label]
-                flag = "" if g.get("finished", True) else " [red](did not stop)[/]"
-                console.print(f"  [cyan]{label}[/]{flag}: {g['text'][:200]!r}")
-        break

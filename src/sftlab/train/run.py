@@ -18,16 +18,17 @@ import yaml
 from rich.console import Console
 from rich.markup import escape
 from transformers import GenerationConfig, PrinterCallback, TrainingArguments, set_seed
-from transformers.integrations import TensorBoardCallback
 
+from sftlab.artifacts.layout import RunFolder
+from sftlab.artifacts.records import DataStats, TrainMetrics, write_record
 from sftlab.data.loading import load_conversations
-from sftlab.data.writers import write_json, write_text
+from sftlab.data.writers import write_text
 from sftlab.errors import ConfigError
 from sftlab.fsutil import MARKER, marker_kind, remove_owned_folder, write_marker
+from sftlab.models.causal_lm import load_causal_lm
 from sftlab.models.compile import compile_layers, should_compile_layers
-from sftlab.models.loading import default_device, load_model, load_tokenizer, resolve_model_path
+from sftlab.models.loading import default_device
 from sftlab.models.lora import attach_lora, set_adapter_input_casts
-from sftlab.templates.chat_templates import ensure_chat_template
 from sftlab.templates.masking import stop_token_ids
 from sftlab.train.callbacks import (
     MetricsLogger,
@@ -35,6 +36,7 @@ from sftlab.train.callbacks import (
     RichProgress,
     TokenCounter,
     TokenCounterState,
+    log_tensorboard_to,
     truncate_metrics,
 )
 from sftlab.train.checkpoints import ResumePoint, find_resume_point
@@ -158,27 +160,24 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, conso
     run_dir = prepare_run_dir(cfg, resume, overwrite)
     set_seed(cfg.seed)
 
-    base_path = resolve_model_path(cfg.model)
-    tokenizer = load_tokenizer(base_path)
-    template, added_tokens = ensure_chat_template(tokenizer, cfg.chat_template)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    flags = precision_flags(cfg.precision)
+    bf16_base = cfg.method == "lora" and (cfg.lora_base_dtype == "bf16" or (cfg.lora_base_dtype == "auto"
+                                                                            and flags["bf16"]))
+    # LoRA under bf16: the frozen base is only ever multiplied in bf16, so load it that way (half the memory,
+    # no fp32 copy at any point); PEFT keeps the adapter weights in fp32 (autocast_adapter_dtype).
+    lm = load_causal_lm(cfg.model, training=True, chat_template=cfg.chat_template,
+                        dtype=torch.bfloat16 if bf16_base else torch.float32,
+                        attn_implementation=None if cfg.attn_implementation == "auto" else cfg.attn_implementation)
+    model, tokenizer, base_path, template, added_tokens = lm.model, lm.tokenizer, lm.path, lm.template, lm.added_tokens
     dataset, data_stats = prepare_data(cfg, tokenizer)
     data_stats["chat_template"] = template
     tok_stats = data_stats["tokenized"]
     console.print(f"[bold]data[/]: {tok_stats['examples']} examples, {tok_stats['tokens']} tokens "
                   f"({tok_stats['trained_tokens']} trained), dropped {sum(tok_stats['dropped'].values())}, "
                   f"template {template}")
-    write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
-    write_json(run_dir / "data_stats.json", data_stats)
+    write_text(RunFolder(run_dir).config, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    write_record(RunFolder(run_dir).data_stats, DataStats(**data_stats))
 
-    flags = precision_flags(cfg.precision)
-    bf16_base = cfg.method == "lora" and (cfg.lora_base_dtype == "bf16" or (cfg.lora_base_dtype == "auto"
-                                                                            and flags["bf16"]))
-    # LoRA under bf16: the frozen base is only ever multiplied in bf16, so load it that way (half the memory,
-    # no fp32 copy at any point); PEFT keeps the adapter weights in fp32 (autocast_adapter_dtype).
-    model = load_model(base_path, torch.bfloat16 if bf16_base else torch.float32,
-                       attn_implementation=None if cfg.attn_implementation == "auto" else cfg.attn_implementation)
     device_type = default_device()  # where Trainer will put the model
     compile_now = should_compile_layers(cfg.compile, model, device_type)
     if cfg.attn_implementation == "auto" and compile_now and device_type == "cpu":
@@ -216,7 +215,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, conso
         seed=cfg.seed,
         data_seed=cfg.seed,
         use_cpu=device_type == "cpu",
-        report_to=[],
+        report_to=cfg.report_to,
         disable_tqdm=True,
         remove_unused_columns=False,
         train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
@@ -224,23 +223,19 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, conso
         **flags,
     )
     counter = TokenCounter()
-    from torch.utils.tensorboard import SummaryWriter
-
-    tb = SummaryWriter(log_dir=str(run_dir / "tb"))
     trainer = SFTLabTrainer(
         model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
         data_collator=PadCollator(tokenizer.pad_token_id), counter=counter, fast_loss=cfg.fast_loss,
         compile_loss=cfg.compile_loss, compiled_layers=compiled,
         callbacks=[MetricsLogger(run_dir / "metrics.jsonl", counter), TokenCounterState(counter),
-                   RichProgress(counter, console),
-                   TensorBoardCallback(tb_writer=tb), *([ReleaseFreedMemory()] if device_type == "cpu" else []),
+                   RichProgress(counter, console), *([ReleaseFreedMemory()] if device_type == "cpu" else []),
                    *(callbacks or [])],
     )
     trainer.remove_callback(PrinterCallback)  # the rich progress bar and metrics.jsonl replace its prints
+    log_tensorboard_to(trainer, RunFolder(run_dir).tensorboard)
     point = resume_point(Path(args.output_dir), console) if resume else ResumePoint()
     restore_progress(point, run_dir, counter)
     out = trainer.train(resume_from_checkpoint=str(point.path) if point.path else None)
-    tb.close()
 
     final_dir = run_dir / "final"
     save_final(trainer.model, tokenizer, final_dir, base_path, cfg, template)
@@ -249,7 +244,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, conso
                "fast_loss": trainer.fast_loss, "compiled_layers": len(trainer.compiled_layers),
                "attn_implementation": attention,
                "global_step": trainer.state.global_step}
-    write_json(run_dir / "train_metrics.json", metrics)
+    write_record(RunFolder(run_dir).train_metrics, TrainMetrics(**metrics))
     console.print(f"[green]saved[/] {cfg.method} result to {final_dir}")
     return TrainResult(run_dir, final_dir, base_path, metrics)
 

@@ -20,6 +20,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from rich.console import Console
 
+from sftlab.artifacts.layout import FILTER_REPORT_NAME
+from sftlab.artifacts.records import FilterReport, write_record
 from sftlab.curate.filter import dedup as dd
 from sftlab.curate.filter.decontam import Decontaminator
 from sftlab.curate.filter.diversity import DiversitySettings, embed, project_2d, select
@@ -27,7 +29,7 @@ from sftlab.curate.filter.heuristics import HeuristicSettings, check
 from sftlab.curate.filter.scorers import ScoreCache, Scorer, ScorerSettings, combine, score_records
 from sftlab.data.loading import DataSpec, load_conversations
 from sftlab.data.schema import Conversation
-from sftlab.data.writers import atomic_open, write_json, write_text
+from sftlab.data.writers import atomic_open, write_text
 from sftlab.generation.cache import stable_key
 from sftlab.yamlconfig import read_yaml_mapping, validated
 
@@ -349,7 +351,7 @@ def _write_outputs(cfg: FilterConfig, records: list[PoolRecord], selected: list[
     for name, png in figs.items():
         (rep_dir / f"{name}.png").write_bytes(png)
     report["plots"] = sorted(f"{n}.png" for n in figs)
-    write_json(rep_dir / "curation_report.json", report)
+    write_record(rep_dir / FILTER_REPORT_NAME, FilterReport(**report))
     write_text(rep_dir / "curation_report.md", _markdown(report))
     return report
 
