@@ -76,9 +76,10 @@ def test_one_renderer_shows_the_same_numbers_in_markdown_html_and_the_terminal()
 def test_tokens_per_s_curve_is_per_logging_step_not_the_running_average():
     from sftlab.plotting import metric_bars, per_step_tokens_per_s
 
-    rows = [{"step": 1, "tokens_seen": 100, "elapsed_s": 1.0, "tokens_per_s": 100.0},
-            {"step": 2, "tokens_seen": 400, "elapsed_s": 2.0, "tokens_per_s": 200.0},  # 300 tokens in 1 s
-            {"step": 3, "tokens_seen": 500, "elapsed_s": 0.5, "tokens_per_s": 999.0}]  # resumed: a new process
+    rows = [{"step": 1, "loss": 2.0, "tokens_seen": 100, "elapsed_s": 1.0, "tokens_per_s": 100.0},
+            {"step": 2, "loss": 1.9, "tokens_seen": 400, "elapsed_s": 2.0, "tokens_per_s": 200.0},  # 300 in 1 s
+            {"step": 3, "loss": 1.8, "tokens_seen": 500, "elapsed_s": 0.5, "tokens_per_s": 999.0},  # resumed
+            {"step": 3, "train_runtime": 3.0, "tokens_seen": 500, "elapsed_s": 0.7, "tokens_per_s": 714.0}]  # summary
     assert per_step_tokens_per_s(rows) == [(1, 100.0), (2, 300.0), (3, 999.0)]
     res = SuiteResult.model_validate(EVAL)
     assert metric_bars(res.metric_rows(), list(res.subjects)).startswith(b"\x89PNG")

@@ -21,13 +21,13 @@ def _png(fig) -> bytes:
 
 
 def per_step_tokens_per_s(rows: list[dict[str, Any]]) -> list[tuple[int, float]]:
-    """Tokens/s over each logging interval, from the cumulative `tokens_seen` and `elapsed_s` of consecutive rows
-    (the logged `tokens_per_s` is the run's average so far). The first row after a start or a resume has no
-    earlier row of its process: its own average is that interval's rate."""
+    """Tokens/s over each logging interval, from the cumulative `tokens_seen` and `elapsed_s` of consecutive
+    training-step rows (the logged `tokens_per_s` is the run's average so far). The first row after a start or a
+    resume has no earlier row of its process: its own average is that interval's rate."""
     out, prev = [], None
     for r in rows:
-        if "step" not in r or "tokens_seen" not in r or "elapsed_s" not in r:
-            continue
+        if "loss" not in r or "step" not in r or "tokens_seen" not in r or "elapsed_s" not in r:
+            continue  # only the per-step logs: Trainer's end-of-training summary row repeats the last step
         dt = r["elapsed_s"] - prev["elapsed_s"] if prev else 0
         if prev and dt > 0 and r["tokens_seen"] >= prev["tokens_seen"]:
             out.append((r["step"], (r["tokens_seen"] - prev["tokens_seen"]) / dt))
