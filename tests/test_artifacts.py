@@ -54,6 +54,17 @@ def test_both_curation_shapes_are_typed_by_kind_or_file_name(tmp_path):
         read_curation(renamed)
 
 
+def test_a_run_finds_its_curation_record_where_curate_writes_it(tmp_path):
+    from sftlab.artifacts.layout import find_curation
+
+    assert find_curation(tmp_path) is None
+    (tmp_path / "curation/pool.report").mkdir(parents=True)
+    (tmp_path / "curation/pool.summary.json").write_text("{}")
+    assert find_curation(tmp_path) == tmp_path / "curation/pool.summary.json"
+    (tmp_path / "curation/pool.report/curation_report.json").write_text("{}")  # `curate filter`'s report folder
+    assert find_curation(tmp_path) == tmp_path / "curation/pool.report/curation_report.json"
+
+
 def test_one_renderer_shows_the_same_numbers_in_markdown_html_and_the_terminal():
     from rich.console import Console
 

@@ -4,7 +4,7 @@
       config.yaml  data_stats.json  metrics.jsonl  train_metrics.json  sftlab-run.json
       tb/  checkpoints/  final/
     <run>/eval/eval.json, eval.md, generations.sqlite
-    <run>/curation/*.summary.json (distill, best-of-k) or */curation_report.json (filter)
+    <run>/curation/*.summary.json (distill, best-of-k) or [*.report/]curation_report.json (filter)
     <run>/report/report.html, report.md, report.json, *.png
 """
 
@@ -62,9 +62,10 @@ FILTER_REPORT_NAME = "curation_report.json"  # filter: <report_dir>/curation_rep
 
 
 def find_curation(run_dir: Path) -> Path | None:
-    """A run's curation record: a filter report under curation/, else a distill/best-of-k summary there."""
+    """A run's curation record: a filter report under curation/ (or in its <out>.report/ folder there), else a
+    distill/best-of-k summary there."""
     found = sorted(run_dir.glob(f"curation/*{FILTER_REPORT_NAME}")) + sorted(
-        run_dir.glob(f"curation/*{CURATION_SUMMARY_SUFFIX}"))
+        run_dir.glob(f"curation/*/{FILTER_REPORT_NAME}")) + sorted(run_dir.glob(f"curation/*{CURATION_SUMMARY_SUFFIX}"))
     return found[0] if found else None
 
 
