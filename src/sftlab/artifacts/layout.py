@@ -69,15 +69,6 @@ def find_curation(run_dir: Path) -> Path | None:
     return found[0] if found else None
 
 
-@dataclass(frozen=True)
-class ReportFiles:
-    """A run report's folder (default <run>/report)."""
-
-    root: Path
-
-    html = property(lambda self: self.root / "report.html")
-    markdown = property(lambda self: self.root / "report.md")
-    json = property(lambda self: self.root / "report.json")
-
-    def plot(self, name: str) -> Path:
-        return self.root / f"{name}.png"
+def report_files(root: Path) -> tuple[Path, Path, Path]:
+    """A run report's page, Markdown and JSON in its folder (default <run>/report; plots beside them as NAME.png)."""
+    return root / "report.html", root / "report.md", root / "report.json"

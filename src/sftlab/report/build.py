@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from sftlab import plotting as plots
-from sftlab.artifacts.layout import EvalFiles, ReportFiles, RunFolder, find_curation
+from sftlab.artifacts.layout import EvalFiles, RunFolder, find_curation, report_files
 from sftlab.artifacts.records import (
     DataStats,
     Report,
@@ -122,14 +122,15 @@ def write_report(run_dir: Path, out_dir: Path | None = None, eval_path: Path | N
                  curation_path: Path | None = None, title: str | None = None) -> tuple[Path, Path]:
     """Write report.html (self-contained), report.md + PNGs, and report.json into `out_dir` (run_dir/report)."""
     run_dir = Path(run_dir)
-    files = ReportFiles(out_dir or run_dir / "report")
+    out_dir = out_dir or run_dir / "report"
+    page, md, js = report_files(out_dir)
     rep = collect(find_inputs(run_dir, eval_path, curation_path))
     figs = make_plots(rep)
     title = title or f"sftlab run report: {(rep.config or {}).get('name', run_dir.name)}"
     for name, png in figs.items():
-        files.root.mkdir(parents=True, exist_ok=True)
-        files.plot(name).write_bytes(png)
-    write_text(files.html, render_html(rep, figs, title))
-    write_text(files.markdown, render_markdown(rep, figs, title))
-    write_record(files.json, rep)
-    return files.html, files.markdown
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / f"{name}.png").write_bytes(png)
+    write_text(page, render_html(rep, figs, title))
+    write_text(md, render_markdown(rep, figs, title))
+    write_record(js, rep)
+    return page, md
