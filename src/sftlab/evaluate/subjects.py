@@ -46,7 +46,8 @@ def load_subjects(model: str, *, adapter: str | Path | None = None, tuned: str |
 
     def subject(label: str, lm, model_id: str, weights, **extra) -> Subject:
         gen = TransformersGenerator(lm.model, tok, batch_size=batch_size, model_id=model_id)
-        key = f"{label}:{weights_fingerprint(weights)}:{template}:{dtype}"
+        on = next(lm.model.parameters()).device.type  # a GPU's kernels may pick other tokens than the CPU's
+        key = f"{label}:{weights_fingerprint(weights)}:{template}:{dtype}" + ("" if on == "cpu" else f":{on}")
         return Subject(label, CachedGenerator(gen, cache, key) if cache else gen, lm.model, tok, **extra)
 
     if adapter:
