@@ -1,6 +1,6 @@
 """The layering stays one-directional: data -> templates -> models -> train/generation -> curate/serve ->
-evaluate -> report -> demo -> cli, shared services (errors, fsutil, textutil, yamlconfig, kvstore, plotting, userfn)
-below all. No stage imports a peer or a later stage."""
+evaluate -> report -> demo -> cli, shared services (errors, fsutil, textutil, yamlconfig, kvstore, plotting, userfn,
+artifacts) below all. No stage imports a peer or a later stage."""
 
 import ast
 from pathlib import Path
@@ -8,13 +8,13 @@ from pathlib import Path
 import sftlab
 
 PACKAGE = Path(sftlab.__file__).parent
-SHARED = {"errors", "fsutil", "textutil", "yamlconfig", "kvstore", "plotting", "userfn"}
+SHARED = {"errors", "fsutil", "textutil", "yamlconfig", "kvstore", "plotting", "userfn", "artifacts"}
 # the demo is the main job: it trains, evaluates and writes the run report, so it sits after report
 ORDER = [["data"], ["templates"], ["models", "testing"], ["train", "generation"], ["curate", "serve"], ["evaluate"],
          ["report"], ["demo"], ["cli"], ["__main__"]]
 RANK = {stage: rank for rank, stages in enumerate(ORDER, start=1) for stage in stages} | dict.fromkeys(SHARED, 0)
-# fsutil writes its run marker through the data layer's atomic JSON writer (lazily, inside write_marker)
-ALLOWED = {("fsutil", "sftlab.data.writers")}
+# fsutil and artifacts write through the data layer's atomic JSON writer (lazily, inside the writing function)
+ALLOWED = {("fsutil", "sftlab.data.writers"), ("artifacts", "sftlab.data.writers")}
 
 
 def _stage(module: str) -> str:

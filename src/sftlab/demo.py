@@ -19,11 +19,11 @@ from pathlib import Path
 
 from rich.console import Console
 
+from sftlab.artifacts.render import print_suite
 from sftlab.data.loading import DataSpec, load_conversations
 from sftlab.data.schema import Conversation
 from sftlab.data.writers import write_jsonl
 from sftlab.evaluate.runner import SuiteResult, run_suite, write_result
-from sftlab.evaluate.show import show_result
 from sftlab.evaluate.suite import EvalSuite, make_suite
 from sftlab.textutil import words
 from sftlab.train.config import make_config
@@ -120,7 +120,7 @@ def run_demo(name: str = "Orca", author: str = "the sftlab team", model: str = "
     res = run_suite(demo_suite(name, author, data, judge), subjects, log=console.print)
     js, md = write_result(res, out_dir / "eval")
     t_eval = time.time()
-    show_result(res, console)
+    print_suite(res, console)
     from sftlab.report.build import write_report
 
     html, _ = write_report(out_dir)

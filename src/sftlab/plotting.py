@@ -7,6 +7,8 @@ from typing import Any
 
 import matplotlib
 
+from sftlab.artifacts.records import LOWER_IS_BETTER
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
@@ -18,16 +20,36 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
+def per_step_tokens_per_s(rows: list[dict[str, Any]]) -> list[tuple[int, float]]:
+    """Tokens/s over each logging interval, from the cumulative `tokens_seen` and `elapsed_s` of consecutive
+    training-step rows (the logged `tokens_per_s` is the run's average so far). The first row after a start or a
+    resume has no earlier row of its process: its own average is that interval's rate."""
+    out, prev = [], None
+    for r in rows:
+        if "loss" not in r or "step" not in r or "tokens_seen" not in r or "elapsed_s" not in r:
+            continue  # only the per-step logs: Trainer's end-of-training summary row repeats the last step
+        dt = r["elapsed_s"] - prev["elapsed_s"] if prev else 0
+        if prev and dt > 0 and r["tokens_seen"] >= prev["tokens_seen"]:
+            out.append((r["step"], (r["tokens_seen"] - prev["tokens_seen"]) / dt))
+        elif "tokens_per_s" in r:
+            out.append((r["step"], r["tokens_per_s"]))
+        prev = r
+    return out
+
+
+TRAINING_PANELS = [("loss", "training loss (lower is better)"), ("learning_rate", "learning rate"),
+                   ("grad_norm", "grad norm"), ("tokens_per_s", "tokens/s per logging step (all tokens)")]
+
+
 def training_curves(rows: list[dict[str, Any]]) -> bytes | None:
-    """Loss, learning rate, grad norm and trained tokens/s against the optimizer step (2 x 2)."""
-    panels = [("loss", "training loss"), ("learning_rate", "learning rate"), ("grad_norm", "grad norm"),
-              ("tokens_per_s", "tokens/s (all tokens)")]
-    panels = [(k, t) for k, t in panels if any(k in r for r in rows)]
+    """Loss, learning rate, grad norm and per-step tokens/s against the optimizer step (2 x 2)."""
+    panels = [(k, t) for k, t in TRAINING_PANELS if any(k in r for r in rows)]
     if not panels:
         return None
     fig, axes = plt.subplots(2, 2, figsize=(9, 5.5))
     for ax, (key, title) in zip(axes.flat, panels, strict=False):
-        pts = [(r["step"], r[key]) for r in rows if key in r and "step" in r]
+        pts = per_step_tokens_per_s(rows) if key == "tokens_per_s" else \
+            [(r["step"], r[key]) for r in rows if key in r and "step" in r]
         ax.plot([p[0] for p in pts], [p[1] for p in pts], lw=1.4, color="#2b6cb0")
         if key == "loss" and any("eval_loss" in r for r in rows):
             ev = [(r["step"], r["eval_loss"]) for r in rows if "eval_loss" in r]
@@ -58,9 +80,11 @@ def bar_chart(counts: dict[str, float], title: str, xlabel: str = "", horizontal
     return _png(fig)
 
 
-def metric_bars(rows: list[tuple[str, dict[str, float | None]]], labels: list[str]) -> bytes | None:
-    """Grouped bars of every rate-like metric (0..1) for each model."""
-    rows = [(k, v) for k, v in rows if all(v.get(lab) is not None and 0 <= v[lab] <= 1 for lab in labels)]
+def metric_bars(rows: list[tuple[str, str, dict[str, dict[str, Any]]]], labels: list[str]) -> bytes | None:
+    """Grouped bars of every rate-like metric (0..1) for each model, with its Wilson 95% interval as an error bar
+    where the metric has one; rows where a lower rate is better say so."""
+    rows = [(name, key, per) for name, key, per in rows
+            if all((per.get(lab) or {}).get("value") is not None and 0 <= per[lab]["value"] <= 1 for lab in labels)]
     if not rows:
         return None
     fig, ax = plt.subplots(figsize=(8, 0.3 * len(rows) * len(labels) + 1.0))
@@ -68,10 +92,16 @@ def metric_bars(rows: list[tuple[str, dict[str, float | None]]], labels: list[st
     colors = ["#a0aec0", "#2b6cb0", "#c05621", "#2f855a"]
     for j, lab in enumerate(labels):
         ys = [i + j * height for i in range(len(rows))]
-        ax.barh(ys, [v[lab] for _, v in rows], height=height, label=lab, color=colors[j % len(colors)])
-    ax.set_yticks([i + 0.4 - height / 2 for i in range(len(rows))], [k for k, _ in rows], fontsize=8)
+        ms = [per[lab] for _, _, per in rows]
+        err = [[m["value"] - m["ci95"][0] if m.get("ci95") else 0 for m in ms],
+               [m["ci95"][1] - m["value"] if m.get("ci95") else 0 for m in ms]]
+        ax.barh(ys, [m["value"] for m in ms], height=height, label=lab, color=colors[j % len(colors)], xerr=err,
+                error_kw={"elinewidth": 1, "capsize": 2, "ecolor": "#1a202c"})
+    names = [f"{name}: {key}" + (" (lower is better)" if key in LOWER_IS_BETTER else "") for name, key, _ in rows]
+    ax.set_yticks([i + 0.4 - height / 2 for i in range(len(rows))], names, fontsize=8)
     ax.invert_yaxis()
     ax.set_xlim(0, 1)
+    ax.set_xlabel("rate (error bars: Wilson 95% interval)", fontsize=8)
     ax.legend(fontsize=8)
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()

@@ -38,15 +38,15 @@ def _claim(out: Path, settings: dict, prompts: str) -> None:
 
 def _report(out: Path, stats) -> None:
     """Print the run summary and keep it beside the output."""
+    from sftlab.artifacts.records import CurationSummary, write_record
     from sftlab.curate.store import CurationFiles, write_failed
-    from sftlab.data.writers import write_json
 
-    summary, path = stats.to_dict(), CurationFiles(out).summary
+    summary, path = CurationSummary(**stats.to_dict()), CurationFiles(out).summary
     try:
-        write_json(path, summary)
+        write_record(path, summary)
     except OSError as e:
         raise write_failed(e, path, out, stats.records_in_file) from e
-    console.print_json(json.dumps(summary))
+    console.print_json(json.dumps(summary.to_dict()))
 
 
 def _sampling(what: str, batch_size: int, **settings):
@@ -174,8 +174,8 @@ def curate_filter(
 
     try:
         cfg = filter_config_with_options(config, parse_set_items(set_), pool=pool, output=out,
-                                         output_format=out_format, target_size=target_size, eval_sets=eval_set, scorers=scorer,
-                                         diversity=diversity)
+                                         output_format=out_format, target_size=target_size, eval_sets=eval_set,
+                                         scorers=scorer, diversity=diversity)
         check_selection_output(cfg.output, cfg.report_path, [s.path for s in [*cfg.pool, *cfg.decontaminate.eval]],
                                overwrite, cfg.output_format)
         result = run_filter(cfg, console=console)

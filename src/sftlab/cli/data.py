@@ -28,12 +28,11 @@ def data_check(path: str = typer.Argument(..., help="File, dataset folder or dat
                                                           on_error=on_error, allow_empty=allow_empty), "data check"))
         console.print_json(json.dumps(report.to_dict()))
         if model:
-            from sftlab.models.loading import load_tokenizer, resolve_model_path
-            from sftlab.templates.chat_templates import ensure_chat_template
+            from sftlab.models.causal_lm import load_chat_tokenizer
+            from sftlab.models.loading import resolve_model_path
             from sftlab.train.dataset import tokenize_all
 
-            tok = load_tokenizer(resolve_model_path(model))
-            ensure_chat_template(tok, chat_template)
+            tok = load_chat_tokenizer(resolve_model_path(model), chat_template)[0]
             _, stats = tokenize_all(tok, convs)
             console.print_json(json.dumps(stats.to_dict()))
     except SftlabError as e:

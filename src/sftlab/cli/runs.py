@@ -71,8 +71,8 @@ def eval_cmd(model: str = typer.Argument(..., help="Base model (packaged name, f
              out: Path = typer.Option(Path("runs/eval"), help="Folder for eval.json/.md.")) -> None:
     """Base vs tuned, side by side on the same prompts and decoding: every evaluator of a suite."""
     quiet()
+    from sftlab.artifacts.render import print_suite
     from sftlab.evaluate.runner import run_suite, write_result
-    from sftlab.evaluate.show import show_result
     from sftlab.evaluate.subjects import load_subjects
     from sftlab.evaluate.suite import load_suite, options_suite
 
@@ -84,7 +84,7 @@ def eval_cmd(model: str = typer.Argument(..., help="Base model (packaged name, f
                                  cache_path=None if no_cache else out / "generations.sqlite")
         res = run_suite(spec, subjects, log=console.print)
         js, md = write_result(res, out)
-        show_result(res, console)
+        print_suite(res, console)
         console.print(f"wrote {md} and {js}")
     except (SftlabError, ValueError) as e:
         fail(e)

@@ -2,7 +2,8 @@
 
 Each per-model evaluator returns metrics as {"value", "n", "ci95"?} plus per-prompt samples; a pairwise
 evaluator (judge) compares the first two subjects. Generations go through a cache keyed by the model version,
-so re-running a suite on the same model only generates what is new.
+so re-running a suite on the same model only generates what is new. The result is the typed record
+`sftlab.artifacts.SuiteResult`, rendered by `sftlab.artifacts.render`.
 """
 
 from __future__ import annotations
@@ -10,13 +11,16 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sftlab.artifacts.layout import EvalFiles
+from sftlab.artifacts.records import SuiteResult, write_record
+from sftlab.artifacts.render import suite_markdown
 from sftlab.data.loading import DataSpec, load_conversations
 from sftlab.data.schema import Conversation, Turn
-from sftlab.data.writers import write_json, write_text
+from sftlab.data.writers import write_text
 from sftlab.errors import ConfigError
 from sftlab.evaluate.checks import mentions_identity, same_language, wilson_interval
 from sftlab.evaluate.judge import AnyJudge, LogprobJudge, ModelJudge, RubricJudge, pairwise_winrate
@@ -47,16 +51,6 @@ class Subject:
     model: Any = None
     tokenizer: Any = None
     context: Callable[[], AbstractContextManager] = nullcontext
-
-
-@dataclass
-class SuiteResult:
-    suite: str
-    subjects: dict[str, str]  # label -> model id
-    evaluators: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"suite": self.suite, "subjects": self.subjects, "evaluators": self.evaluators}
 
 
 def metric(value: float | None, n: int, successes: int | None = None, **extra: Any) -> dict[str, Any]:
@@ -244,7 +238,7 @@ def eval_judge(ev: JudgeEval, subjects: list[Subject], budget: int, judge=None) 
 def run_suite(suite: EvalSuite, subjects: list[Subject], log: Callable[[str], None] = lambda s: None,
               judge=None) -> SuiteResult:
     """Every evaluator on every subject, in suite order. `judge` overrides the judge evaluators' judge."""
-    result = SuiteResult(suite.name, {s.label: s.generator.model_id for s in subjects})
+    result = SuiteResult(suite=suite.name, subjects={s.label: s.generator.model_id for s in subjects})
     for name, ev in zip(suite.unique_names(), suite.evaluators, strict=True):
         budget = ev.max_new_tokens or suite.max_new_tokens
         if isinstance(ev, JudgeEval):
@@ -277,57 +271,9 @@ def _side_by_side(per_subject: dict[str, list[dict[str, Any]]]) -> list[dict[str
     return rows
 
 
-def _cell(m: dict[str, Any] | None) -> str:
-    if not m or m.get("value") is None:
-        return "-"
-    ci = f" [{m['ci95'][0]:.2f}, {m['ci95'][1]:.2f}]" if m.get("ci95") else ""
-    return f"{m['value']}{ci} (n={m['n']})"
-
-
-def result_markdown(res: SuiteResult) -> str:
-    labels = list(res.subjects)
-    lines = [f"# Evaluation: {res.suite}", "", "Models: " + ", ".join(f"**{k}** = `{v}`"
-                                                                       for k, v in res.subjects.items()), "",
-             "| evaluator | metric | " + " | ".join(labels) + " |", "|---|---|" + "---|" * len(labels)]
-    for name, entry in res.evaluators.items():
-        for key, per in entry.get("metrics", {}).items():
-            lines.append(f"| {name} | {key} | " + " | ".join(_cell(per.get(lab)) for lab in labels) + " |")
-    for name, entry in res.evaluators.items():
-        if "pairwise" in entry:
-            p = entry["pairwise"]
-            a, b = p["labels"]
-            lines += ["", f"**{name}** (judge `{p['judge']}`, both orders, n={p['n']}): {a} wins "
-                      f"{p[f'{a}_win_rate']}, {b} wins {p[f'{b}_win_rate']}, ties {p['tie_rate']}; "
-                      f"{a} score {p[f'{a}_score']} (ties count half), CI95 {p['ci95']}; "
-                      f"{p['inconsistent_orders']} order-inconsistent, {p['unparseable']} unparseable."]
-    for name, entry in res.evaluators.items():
-        rows = entry.get("samples") or []
-        if not rows:
-            continue
-        lines += ["", f"## {name}: samples", ""]
-        for r in rows[:12]:
-            kind = f"[{r['kind']}] " if "kind" in r else ""
-            lines.append(f"**{kind}{_one_line(r['prompt'], 200)}**\n")
-            for lab in labels:
-                g = r.get(lab)
-                if isinstance(g, dict):
-                    end = "" if g.get("finished", True) else " (did not stop)"
-                    lines.append(f"- *{lab}*{end}: {_one_line(g['text'], 400)}")
-                elif isinstance(g, str):
-                    lines.append(f"- *{lab}*: {_one_line(g, 400)}")
-            if "outcome" in r:
-                lines.append(f"- verdict: {r['outcome']}")
-            lines.append("")
-    return "\n".join(lines)
-
-
-def _one_line(text: str, limit: int) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[:limit] + "..."
-
-
 def write_result(res: SuiteResult, out_dir: Path, stem: str = "eval") -> tuple[Path, Path]:
-    js, md = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
-    write_json(js, res.to_dict())
-    write_text(md, result_markdown(res))
-    return js, md
+    """eval.json (the typed record) and eval.md (its Markdown rendering)."""
+    files = EvalFiles(out_dir, stem)
+    write_record(files.json, res)
+    write_text(files.markdown, suite_markdown(res))
+    return files.json, files.markdown

@@ -24,21 +24,10 @@ def build_generator(model: str, *, adapter: str | None = None, base_url: str | N
 
 def load_transformers_generator(path: str, adapter: str | None = None, batch_size: int = 8,
                                 chat_template: str = "auto", model_id: str | None = None):
-    import torch
-
+    """A transformers generator: the model on the GPU when there is one, the adapter merged (see load_causal_lm)."""
     from sftlab.generation.transformers_backend import TransformersGenerator
-    from sftlab.models.loading import checkpoint_dtype, default_device, load_model, load_tokenizer
-    from sftlab.models.lora import load_adapter
-    from sftlab.templates.chat_templates import ensure_chat_template
+    from sftlab.models.causal_lm import load_causal_lm
 
-    tok = load_tokenizer(adapter or path)
-    ensure_chat_template(tok, chat_template)
-    device = default_device()
-    # bf16 on a GPU, and on a CPU for a checkpoint stored in bf16 (nothing to gain from fp32 there; ~2x faster)
-    bf16 = device == "cuda" or checkpoint_dtype(path) == "bfloat16"
-    model = load_model(path, torch.bfloat16 if bf16 else torch.float32, device=device)
-    if adapter:
-        model = load_adapter(model, adapter).merge_and_unload()
-    model.eval()
-    return TransformersGenerator(model, tok, batch_size=batch_size,
+    lm = load_causal_lm(path, adapter=adapter, chat_template=chat_template)
+    return TransformersGenerator(lm.model, lm.tokenizer, batch_size=batch_size, stop_ids=lm.stop_ids,
                                  model_id=f"{model_id or path}+{adapter}" if adapter else (model_id or path))

@@ -6,8 +6,9 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from sftlab.generation.base import Generation, Messages, SamplingParams, as_messages
+from sftlab.models.causal_lm import stop_ids_of
 from sftlab.models.scoring import left_pad
-from sftlab.templates.masking import prompt_ids, stop_token_ids
+from sftlab.templates.masking import prompt_ids
 
 
 class TransformersGenerator:
@@ -17,7 +18,7 @@ class TransformersGenerator:
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, batch_size: int = 8,
                  stop_ids: list[int] | None = None, model_id: str | None = None) -> None:
         self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
-        self.stop_ids = stop_ids or list(dict.fromkeys(stop_token_ids(tokenizer) + _config_eos_ids(model)))
+        self.stop_ids = stop_ids or stop_ids_of(model, tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
         self.model_id = model_id or str(getattr(model, "name_or_path", "") or model.config.name_or_path)
         self.context_window = getattr(model.config, "max_position_embeddings", None)
@@ -59,9 +60,3 @@ class TransformersGenerator:
         text = self.tokenizer.decode(new_ids, skip_special_tokens=True)
         return Generation(text=text.strip(), n_tokens=len(new_ids), finished=finished)
 
-
-def _config_eos_ids(model: PreTrainedModel) -> list[int]:
-    """The checkpoint's own end tokens (generation_config.eos_token_id, an id or a list), so generation stops
-    wherever plain `generate` and vLLM would (e.g. Qwen's <|endoftext|> besides <|im_end|>)."""
-    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    return [eos] if isinstance(eos, int) else list(eos or [])

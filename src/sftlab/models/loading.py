@@ -157,13 +157,12 @@ def unwrap_causal_lm(model: torch.nn.Module) -> PreTrainedModel:
 
 
 def load_lm(spec: str, dtype: torch.dtype | str = torch.bfloat16):
-    """(model in eval mode, tokenizer with a chat template) for scoring and judging: any model spec."""
-    from sftlab.templates.chat_templates import ensure_chat_template
+    """(model in eval mode, tokenizer with a chat template) for scoring and judging: any model spec, on the GPU
+    when there is one (see sftlab.models.causal_lm.load_causal_lm)."""
+    from sftlab.models.causal_lm import load_causal_lm
 
-    path = resolve_model_path(spec)
-    tok = load_tokenizer(path)
-    ensure_chat_template(tok, "auto")
-    return load_model(path, dtype).eval(), tok
+    lm = load_causal_lm(spec, dtype=dtype)
+    return lm.model, lm.tokenizer
 
 
 def default_device() -> str:

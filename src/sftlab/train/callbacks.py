@@ -162,3 +162,14 @@ class ReleaseFreedMemory(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         if self._trim is not None:
             self._trim(0)
+
+
+def log_tensorboard_to(trainer, folder: Path) -> None:
+    """TensorBoard events (transformers' own TensorBoardCallback, on when `report_to` names tensorboard) go to
+    `folder` (the run's tb/) instead of transformers' default checkpoints/runs/<date>; TENSORBOARD_LOGGING_DIR,
+    when set, still wins."""
+    from transformers.integrations import TensorBoardCallback
+
+    for callback in trainer.callback_handler.callbacks:
+        if isinstance(callback, TensorBoardCallback) and callback.logging_dir is None:
+            callback.logging_dir = str(folder)

@@ -99,6 +99,10 @@ class TrainConfig(BaseModel):
     logging_steps: int = Field(1, ge=1, description="Optimizer steps between two metrics.jsonl lines.")
     save_steps: int = Field(50, ge=1, description="Optimizer steps between two checkpoints (for --resume).")
     save_total_limit: int = Field(2, ge=1, description="Checkpoints kept; older ones are deleted.")
+    report_to: list[str] = Field(
+        default_factory=lambda: ["tensorboard"],
+        description="Experiment trackers transformers logs to: tensorboard (into <run>/tb), wandb, mlflow, trackio, "
+                    "... (installed ones only), 'all' (every installed one) or 'none'.")
 
     @field_validator("data", "eval_data", mode="before")
     @classmethod
@@ -138,6 +142,25 @@ class TrainConfig(BaseModel):
         from transformers.training_args import OptimizerNames
 
         return _one_of(v, [o.value for o in OptimizerNames], "optimizer")
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _known_trackers(cls, v: Any) -> Any:
+        from transformers.integrations import get_available_reporting_integrations
+        from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
+
+        names = [v] if isinstance(v, str) else v
+        if not isinstance(names, list) or names == ["none"]:
+            return [] if names == ["none"] else v  # pydantic reports a wrong type
+        installed = get_available_reporting_integrations()
+        if names == ["all"]:
+            return installed
+        for name in names:
+            _one_of(name, list(INTEGRATION_TO_CALLBACK), "report_to tracker")
+            if name not in installed:
+                raise ValueError(f"report_to '{name}': not installed here (pip install {name}); installed: "
+                                 f"{', '.join(installed) or 'none'}")
+        return names
 
     @property
     def use_gradient_checkpointing(self) -> bool:

@@ -17,16 +17,17 @@ import yaml
 from rich.console import Console
 from rich.markup import escape
 from transformers import GenerationConfig, PrinterCallback, TrainingArguments, set_seed
-from transformers.integrations import TensorBoardCallback
 
+from sftlab.artifacts.layout import RunFolder
+from sftlab.artifacts.records import DataStats, TrainMetrics, write_record
 from sftlab.data.loading import load_conversations
-from sftlab.data.writers import write_json, write_text
+from sftlab.data.writers import write_text
 from sftlab.errors import ConfigError
 from sftlab.fsutil import MARKER, marker_kind, remove_owned_folder, write_marker
+from sftlab.models.causal_lm import load_causal_lm
 from sftlab.models.compile import compile_layers, should_compile_layers
-from sftlab.models.loading import default_device, load_model, load_tokenizer, resolve_model_path
+from sftlab.models.loading import default_device
 from sftlab.models.lora import attach_lora, check_lora_targets, set_adapter_input_casts
-from sftlab.templates.chat_templates import ensure_chat_template
 from sftlab.templates.masking import stop_token_ids
 from sftlab.train.args import precision_flags, training_arguments
 from sftlab.train.callbacks import (
@@ -35,6 +36,7 @@ from sftlab.train.callbacks import (
     RichProgress,
     TokenCounter,
     TokenCounterState,
+    log_tensorboard_to,
     truncate_metrics,
 )
 from sftlab.train.checkpoints import ResumePoint, find_resume_point
@@ -131,33 +133,29 @@ class TokenizerSetup:
 
 def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, console: Console | None = None,
           callbacks: list | None = None) -> TrainResult:
-    """One SFT run, read top to bottom: run folder, tokenizer, data, model, precision/compile/attention, LoRA,
+    """One SFT run, read top to bottom: run folder, model and tokenizer, data, precision/compile/attention, LoRA,
     trainer, then train and save."""
     console = console or Console(stderr=True)
     run_dir = prepare_run_dir(cfg, resume, overwrite)
     set_seed(cfg.seed)
-    tok = setup_tokenizer(cfg)
-    dataset = setup_data(cfg, tok, run_dir, console)
     flags = precision_flags(cfg.precision)
     bf16_base = lora_base_in_bf16(cfg, flags)
-    model = setup_model(cfg, tok.base_path, bf16_base)
+    model, tok = setup_model(cfg, bf16_base)
+    dataset = setup_data(cfg, tok, run_dir, console)
     device_type = default_device()  # where Trainer will put the model
     compile_now, attention = setup_compile_and_attention(cfg, model, device_type)
     model = setup_lora(cfg, model, tok, bf16_base, flags)
     compiled = compile_layers(model) if compile_now else []
     args = training_arguments(cfg, run_dir, device_type, flags)
     counter = TokenCounter()
-    from torch.utils.tensorboard import SummaryWriter
-
-    tb = SummaryWriter(log_dir=str(run_dir / "tb"))
     trainer = setup_trainer(cfg, model, tok.tokenizer, dataset, args, counter, compiled,
                             [MetricsLogger(run_dir / "metrics.jsonl", counter), TokenCounterState(counter),
-                             RichProgress(counter, console), TensorBoardCallback(tb_writer=tb),
-                             *([ReleaseFreedMemory()] if device_type == "cpu" else []), *(callbacks or [])])
+                             RichProgress(counter, console), *([ReleaseFreedMemory()] if device_type == "cpu" else []),
+                             *(callbacks or [])])
+    log_tensorboard_to(trainer, RunFolder(run_dir).tensorboard)
     point = resume_point(Path(args.output_dir), console) if resume else ResumePoint()
     restore_progress(point, run_dir, counter)
     out = trainer.train(resume_from_checkpoint=str(point.path) if point.path else None)
-    tb.close()
 
     final_dir = run_dir / "final"
     save_final(trainer.model, tok.tokenizer, final_dir, tok.base_path, cfg, tok.template)
@@ -166,19 +164,9 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, conso
                "fast_loss": trainer.fast_loss, "compiled_layers": len(trainer.compiled_layers),
                "attn_implementation": attention,
                "global_step": trainer.state.global_step}
-    write_json(run_dir / "train_metrics.json", metrics)
+    write_record(RunFolder(run_dir).train_metrics, TrainMetrics(**metrics))
     console.print(f"[green]saved[/] {cfg.method} result to {final_dir}")
     return TrainResult(run_dir, final_dir, tok.base_path, metrics)
-
-
-def setup_tokenizer(cfg: TrainConfig) -> TokenizerSetup:
-    """Tokenizer step: resolve the model, load its tokenizer with a chat template and a pad token."""
-    base_path = resolve_model_path(cfg.model)
-    tokenizer = load_tokenizer(base_path)
-    template, added_tokens = ensure_chat_template(tokenizer, cfg.chat_template)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return TokenizerSetup(base_path, tokenizer, template, added_tokens)
 
 
 def setup_data(cfg: TrainConfig, tok: TokenizerSetup, run_dir: Path, console: Console) -> SFTDataset:
@@ -189,8 +177,8 @@ def setup_data(cfg: TrainConfig, tok: TokenizerSetup, run_dir: Path, console: Co
     console.print(f"[bold]data[/]: {tok_stats['examples']} examples, {tok_stats['tokens']} tokens "
                   f"({tok_stats['trained_tokens']} trained), dropped {sum(tok_stats['dropped'].values())}, "
                   f"template {tok.template}")
-    write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
-    write_json(run_dir / "data_stats.json", data_stats)
+    write_text(RunFolder(run_dir).config, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    write_record(RunFolder(run_dir).data_stats, DataStats(**data_stats))
     return dataset
 
 
@@ -201,10 +189,13 @@ def lora_base_in_bf16(cfg: TrainConfig, flags: dict[str, bool]) -> bool:
                                                                        and flags["bf16"]))
 
 
-def setup_model(cfg: TrainConfig, base_path: str, bf16_base: bool) -> torch.nn.Module:
-    """Model step: the base weights in the dtype training keeps them in, with the configured attention kernel."""
-    return load_model(base_path, torch.bfloat16 if bf16_base else torch.float32,
-                      attn_implementation=None if cfg.attn_implementation == "auto" else cfg.attn_implementation)
+def setup_model(cfg: TrainConfig, bf16_base: bool) -> tuple[torch.nn.Module, TokenizerSetup]:
+    """Model step: the base weights in the dtype training keeps them in, with the configured attention kernel, and
+    its tokenizer with a chat template and a pad token."""
+    lm = load_causal_lm(cfg.model, training=True, chat_template=cfg.chat_template,
+                        dtype=torch.bfloat16 if bf16_base else torch.float32,
+                        attn_implementation=None if cfg.attn_implementation == "auto" else cfg.attn_implementation)
+    return lm.model, TokenizerSetup(lm.path, lm.tokenizer, lm.template, lm.added_tokens)
 
 
 def setup_compile_and_attention(cfg: TrainConfig, model: torch.nn.Module, device_type: str) -> tuple[bool, str]:

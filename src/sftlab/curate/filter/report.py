@@ -8,11 +8,13 @@ from typing import Any
 
 import numpy as np
 
+from sftlab.artifacts.layout import FILTER_REPORT_NAME
+from sftlab.artifacts.records import FilterReport, write_record
 from sftlab.curate.filter.config import FilterConfig
 from sftlab.curate.filter.plots import filter_plots
 from sftlab.curate.filter.pool import PoolRecord
 from sftlab.data.set_writers import write_conversations
-from sftlab.data.writers import atomic_open, write_json, write_text
+from sftlab.data.writers import atomic_open, write_text
 
 
 def _selected_record(rank: int, r: PoolRecord) -> dict[str, Any]:
@@ -61,7 +63,7 @@ def write_outputs(cfg: FilterConfig, records: list[PoolRecord], selected: list[P
     for name, png in figs.items():
         (rep_dir / f"{name}.png").write_bytes(png)
     report["plots"] = sorted(f"{n}.png" for n in figs)
-    write_json(rep_dir / "curation_report.json", report)
+    write_record(rep_dir / FILTER_REPORT_NAME, FilterReport(**report))
     write_text(rep_dir / "curation_report.md", report_markdown(report))
     return report
 
