@@ -40,6 +40,14 @@ from sftlab.train.callbacks import (
 from sftlab.train.checkpoints import ResumePoint, find_resume_point
 from sftlab.train.config import TrainConfig
 from sftlab.train.dataset import PadCollator, SFTDataset, tokenize_all
+from sftlab.train.distributed import (
+    consolidated_state_dict,
+    is_main_process,
+    main_process_console,
+    on_main_process,
+    shared_checkpoint,
+    unwrapped,
+)
 from sftlab.train.trainer import SFTLabTrainer
 
 log = logging.getLogger(__name__)
@@ -154,8 +162,8 @@ def check_lora_targets(model: torch.nn.Module, targets: str | list[str], model_s
 
 def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, console: Console | None = None,
           callbacks: list | None = None) -> TrainResult:
-    console = console or Console(stderr=True)
-    run_dir = prepare_run_dir(cfg, resume, overwrite)
+    console = main_process_console(console or Console(stderr=True))
+    run_dir = on_main_process(prepare_run_dir, cfg, resume, overwrite)  # process 0 writes the run folder
     set_seed(cfg.seed)
 
     base_path = resolve_model_path(cfg.model)
@@ -169,8 +177,9 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, conso
     console.print(f"[bold]data[/]: {tok_stats['examples']} examples, {tok_stats['tokens']} tokens "
                   f"({tok_stats['trained_tokens']} trained), dropped {sum(tok_stats['dropped'].values())}, "
                   f"template {template}")
-    write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
-    write_json(run_dir / "data_stats.json", data_stats)
+    if is_main_process():
+        write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+        write_json(run_dir / "data_stats.json", data_stats)
 
     flags = precision_flags(cfg.precision)
     bf16_base = cfg.method == "lora" and (cfg.lora_base_dtype == "bf16" or (cfg.lora_base_dtype == "auto"
@@ -226,7 +235,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, conso
     counter = TokenCounter()
     from torch.utils.tensorboard import SummaryWriter
 
-    tb = SummaryWriter(log_dir=str(run_dir / "tb"))
+    tb = SummaryWriter(log_dir=str(run_dir / "tb")) if is_main_process() else None
     trainer = SFTLabTrainer(
         model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
         data_collator=PadCollator(tokenizer.pad_token_id), counter=counter, fast_loss=cfg.fast_loss,
@@ -237,19 +246,23 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, conso
                    *(callbacks or [])],
     )
     trainer.remove_callback(PrinterCallback)  # the rich progress bar and metrics.jsonl replace its prints
-    point = resume_point(Path(args.output_dir), console) if resume else ResumePoint()
+    point = on_main_process(resume_point, Path(args.output_dir), console) if resume else ResumePoint()
+    shared_checkpoint(point.path)  # every process resumes from process 0's choice
     restore_progress(point, run_dir, counter)
     out = trainer.train(resume_from_checkpoint=str(point.path) if point.path else None)
-    tb.close()
+    if tb:
+        tb.close()
 
     final_dir = run_dir / "final"
-    save_final(trainer.model, tokenizer, final_dir, base_path, cfg, template)
+    on_main_process(save_final, unwrapped(trainer), tokenizer, final_dir, base_path, cfg, template,
+                    state_dict=consolidated_state_dict(trainer))
     metrics = {**out.metrics, "tokens_seen": counter.tokens, "trained_tokens_seen": counter.trained,
                "padding_share": round(counter.padding_share(), 4),
                "fast_loss": trainer.fast_loss, "compiled_layers": len(trainer.compiled_layers),
                "attn_implementation": attention,
                "global_step": trainer.state.global_step}
-    write_json(run_dir / "train_metrics.json", metrics)
+    if is_main_process():
+        write_json(run_dir / "train_metrics.json", metrics)
     console.print(f"[green]saved[/] {cfg.method} result to {final_dir}")
     return TrainResult(run_dir, final_dir, base_path, metrics)
 
@@ -266,12 +279,13 @@ def _added_ids(tokenizer) -> list[int]:
     return sorted(i for i, t in tokenizer.added_tokens_decoder.items() if t.special and i >= 0)
 
 
-def save_final(model, tokenizer, final_dir: Path, base_path: str, cfg: TrainConfig, template: str) -> None:
+def save_final(model, tokenizer, final_dir: Path, base_path: str, cfg: TrainConfig, template: str,
+               state_dict: dict | None = None) -> None:
     """Standard HF artefacts: a PEFT adapter or a full model, the tokenizer with its chat template, and a
     generation config whose EOS list includes the end-of-turn token, so plain `generate` stops."""
     tmp = final_dir.with_name(final_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
+    model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
     tokenizer.save_pretrained(tmp)
     stops = stop_token_ids(tokenizer)
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
