@@ -8,6 +8,7 @@ here is a plain call.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,14 @@ def on_main_process(fn: Callable[..., Any], *args, **kwargs) -> Any:
     if kind == "error":
         raise error or value
     return value
+
+
+def warn_if_sharding_ignored(trainer, console: Console) -> None:
+    """accelerate turns an FSDP config into FSDP only on GPU-like devices: on CPU processes it runs DDP (every
+    process holds the whole model) without a word."""
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and not trainer.is_fsdp_enabled:
+        console.print("[yellow]warning: the accelerate config asks for FSDP, but accelerate runs these (CPU) processes "
+                      "as DDP: every process holds the whole model[/]", soft_wrap=True)
 
 
 def shared_checkpoint(path: Path | None) -> Path | None:

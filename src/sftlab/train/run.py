@@ -47,6 +47,7 @@ from sftlab.train.distributed import (
     on_main_process,
     shared_checkpoint,
     unwrapped,
+    warn_if_sharding_ignored,
 )
 from sftlab.train.trainer import SFTLabTrainer
 
@@ -246,6 +247,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, conso
                    *(callbacks or [])],
     )
     trainer.remove_callback(PrinterCallback)  # the rich progress bar and metrics.jsonl replace its prints
+    warn_if_sharding_ignored(trainer, console)
     point = on_main_process(resume_point, Path(args.output_dir), console) if resume else ResumePoint()
     shared_checkpoint(point.path)  # every process resumes from process 0's choice
     restore_progress(point, run_dir, counter)
