@@ -24,7 +24,7 @@ RECIPES = ROOT / "recipes" / "accelerate"
 ACCELERATE = str(Path(sys.executable).with_name("accelerate"))
 STEPS = 4  # 16 examples = 8 micro-batches of 2 = 4 optimizer steps of 2 micro-batches
 
-pytestmark = pytest.mark.slow  # about 3 min: every launch starts two Python processes that import torch
+pytestmark = pytest.mark.slow  # 1.5-2.5 min: every launch starts two Python processes that import torch
 
 
 # ---------------------------------------------------------------- what the launched processes run
