@@ -12,10 +12,12 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
 from sftlab.data.writers import atomic_open
+from sftlab.train.distributed import is_main_process, sum_over_processes
 
 
 class TokenCounter:
-    """Counts tokens the trainer has processed; shared by the callbacks."""
+    """Counts tokens the trainer has processed, over all processes once `sync` has run; shared by the callbacks.
+    Each process counts its own micro-batches; `sync` (every optimizer step) adds the others' counts."""
 
     def __init__(self) -> None:
         self.tokens = 0  # non-padding tokens
@@ -23,13 +25,22 @@ class TokenCounter:
         self.computed = 0  # positions run through the model, padding included
         self.start = time.time()
         self.tokens_at_start = 0  # a resumed run starts from the checkpoint's counts
+        self._synced = (0, 0, 0)  # the counts, all processes summed, at the last sync
 
     def snapshot(self) -> tuple[int, int, int]:
         return self.tokens, self.trained, self.computed
 
     def restore(self, counts: tuple[int, int, int]) -> None:
-        """Undo the counting of a step that is redone (e.g. eagerly, after a compiler failure)."""
+        """Set the counts: the checkpoint's on resume, or the step's start to undo the counting of a step that is
+        redone (e.g. eagerly, after a compiler failure)."""
         self.tokens, self.trained, self.computed = counts
+        self._synced = tuple(counts)
+
+    def sync(self, device="cpu") -> None:
+        """Add what the other processes counted since the last sync (nothing to add on one process)."""
+        new = [now - then for now, then in zip(self.snapshot(), self._synced, strict=True)]
+        added = sum_over_processes(new, device)
+        self.restore(tuple(then + more for then, more in zip(self._synced, added, strict=True)))
 
     def padding_share(self) -> float:
         return 1 - self.tokens / self.computed if self.computed else 0.0
@@ -63,11 +74,14 @@ class TokenCounterState(TrainerCallback, ExportableState):
             return None
         return int(attrs.get("tokens", 0)), int(attrs.get("trained", 0)), int(attrs.get("computed", 0))
 
+    def on_step_end(self, args, state, control, **kwargs):
+        self.counter.sync(args.device)
+
 
 def truncate_metrics(path: Path, last_step: int) -> int:
     """Keep the log rows of steps up to `last_step` (a resume redoes the later ones), atomically; a torn last
-    line (a kill mid-write) goes too. Returns how many rows were dropped."""
-    if not path.exists():
+    line (a kill mid-write) goes too. Returns how many rows were dropped. Process 0 alone writes the log."""
+    if not path.exists() or not is_main_process():
         return 0
     kept, dropped = [], 0
     for line in path.read_text(encoding="utf-8").splitlines():

@@ -42,6 +42,15 @@ from sftlab.train.callbacks import (
 from sftlab.train.checkpoints import ResumePoint, find_resume_point
 from sftlab.train.config import TrainConfig
 from sftlab.train.dataset import PadCollator, SFTDataset, tokenize_all
+from sftlab.train.distributed import (
+    consolidated_state_dict,
+    is_main_process,
+    main_process_console,
+    on_main_process,
+    shared_checkpoint,
+    unwrapped,
+    warn_if_sharding_ignored,
+)
 from sftlab.train.trainer import SFTLabTrainer
 
 log = logging.getLogger(__name__)
@@ -135,8 +144,8 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, conso
           callbacks: list | None = None) -> TrainResult:
     """One SFT run, read top to bottom: run folder, model and tokenizer, data, precision/compile/attention, LoRA,
     trainer, then train and save."""
-    console = console or Console(stderr=True)
-    run_dir = prepare_run_dir(cfg, resume, overwrite)
+    console = main_process_console(console or Console(stderr=True))
+    run_dir = on_main_process(prepare_run_dir, cfg, resume, overwrite)  # process 0 writes the run folder
     set_seed(cfg.seed)
     flags = precision_flags(cfg.precision)
     bf16_base = lora_base_in_bf16(cfg, flags)
@@ -153,18 +162,22 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, conso
                              RichProgress(counter, console), *([ReleaseFreedMemory()] if device_type == "cpu" else []),
                              *(callbacks or [])])
     log_tensorboard_to(trainer, RunFolder(run_dir).tensorboard)
-    point = resume_point(Path(args.output_dir), console) if resume else ResumePoint()
+    warn_if_sharding_ignored(trainer, console)
+    point = on_main_process(resume_point, Path(args.output_dir), console) if resume else ResumePoint()
+    shared_checkpoint(point.path)  # every process resumes from process 0's choice
     restore_progress(point, run_dir, counter)
     out = trainer.train(resume_from_checkpoint=str(point.path) if point.path else None)
 
     final_dir = run_dir / "final"
-    save_final(trainer.model, tok.tokenizer, final_dir, tok.base_path, cfg, tok.template)
+    on_main_process(save_final, unwrapped(trainer), tok.tokenizer, final_dir, tok.base_path, cfg, tok.template,
+                    state_dict=consolidated_state_dict(trainer))
     metrics = {**out.metrics, "tokens_seen": counter.tokens, "trained_tokens_seen": counter.trained,
                "padding_share": round(counter.padding_share(), 4),
                "fast_loss": trainer.fast_loss, "compiled_layers": len(trainer.compiled_layers),
                "attn_implementation": attention,
                "global_step": trainer.state.global_step}
-    write_record(RunFolder(run_dir).train_metrics, TrainMetrics(**metrics))
+    if is_main_process():
+        write_record(RunFolder(run_dir).train_metrics, TrainMetrics(**metrics))
     console.print(f"[green]saved[/] {cfg.method} result to {final_dir}")
     return TrainResult(run_dir, final_dir, tok.base_path, metrics)
 
@@ -177,8 +190,9 @@ def setup_data(cfg: TrainConfig, tok: TokenizerSetup, run_dir: Path, console: Co
     console.print(f"[bold]data[/]: {tok_stats['examples']} examples, {tok_stats['tokens']} tokens "
                   f"({tok_stats['trained_tokens']} trained), dropped {sum(tok_stats['dropped'].values())}, "
                   f"template {tok.template}")
-    write_text(RunFolder(run_dir).config, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
-    write_record(RunFolder(run_dir).data_stats, DataStats(**data_stats))
+    if is_main_process():
+        write_text(RunFolder(run_dir).config, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+        write_record(RunFolder(run_dir).data_stats, DataStats(**data_stats))
     return dataset
 
 
@@ -247,12 +261,13 @@ def _added_ids(tokenizer) -> list[int]:
     return sorted(i for i, t in tokenizer.added_tokens_decoder.items() if t.special and i >= 0)
 
 
-def save_final(model, tokenizer, final_dir: Path, base_path: str, cfg: TrainConfig, template: str) -> None:
+def save_final(model, tokenizer, final_dir: Path, base_path: str, cfg: TrainConfig, template: str,
+               state_dict: dict | None = None) -> None:
     """Standard HF artefacts: a PEFT adapter or a full model, the tokenizer with its chat template, and a
     generation config whose EOS list includes the end-of-turn token, so plain `generate` stops."""
     tmp = final_dir.with_name(final_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
+    model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
     tokenizer.save_pretrained(tmp)
     stops = stop_token_ids(tokenizer)
     base = model.get_base_model() if hasattr(model, "get_base_model") else model

@@ -10,7 +10,8 @@ from transformers import Trainer
 from sftlab.models.compile import compiler_error_summary, eager, is_compiler_error, uncompile_layers
 from sftlab.train.callbacks import TokenCounter
 from sftlab.train.dataset import LengthBucketSampler, SFTDataset
-from sftlab.train.loss import fast_loss_matches, reference_nll, response_nll
+from sftlab.train.distributed import all_processes_agree
+from sftlab.train.loss import RESPONSE_LOSS, fast_loss_matches, install_response_loss
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +29,10 @@ class SFTLabTrainer(Trainer):
         self.compiled_layers = list(compiled_layers or [])
         self._first_step_done = False
         self._fast_loss_checked = not fast_loss
-        # We normalise by Trainer's num_items_in_batch ourselves: have it counted, and not divide again.
+        if fast_loss:  # before accelerate wraps the model: the fast loss then runs inside the wrappers' forward
+            install_response_loss(self.model, compile=compile_loss)
+        # Both losses divide by Trainer's num_items_in_batch: have it counted (over micro-batches and processes:
+        # average_tokens_across_devices), and not divide again.
         self.model_accepts_loss_kwargs = True
         self.loss_is_scaled_for_ga = True
 
@@ -43,14 +47,12 @@ class SFTLabTrainer(Trainer):
 
     def _check_fast_loss(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> None:
         self._fast_loss_checked = True
-        if self.args.world_size > 1:  # calling submodules would bypass DDP/FSDP's forward
-            self.fast_loss = False
-            return
         # Same precision as training: both paths see the same rows; bf16 needs a looser tolerance.
         low_precision = self.args.bf16 or self.args.fp16 or any(
             p.dtype in (torch.bfloat16, torch.float16) for p in model.parameters())
         with self.accelerator.autocast(), eager():  # a one-off check: no inference graph to compile
-            ok = fast_loss_matches(model, inputs, rtol=1e-2 if low_precision else 1e-4, compile=self.compile_loss)
+            ok = fast_loss_matches(model, inputs, rtol=1e-2 if low_precision else 1e-4)
+        ok = all_processes_agree(ok, self.args.device)  # every process must take the same path
         if not ok:
             log.warning("fast response-only loss does not match the model's own loss for this architecture; "
                         "using the model's full logits instead")
@@ -77,7 +79,9 @@ class SFTLabTrainer(Trainer):
         return loss
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        ids, mask, labels = inputs["input_ids"], inputs["attention_mask"], inputs["labels"]
+        """Trainer's own compute_loss, with the fast path selected in the model's forward: the loss is
+        sum(response NLL) / num_items_in_batch, and Trainer scales it for DDP's gradient averaging."""
+        mask, labels = inputs["attention_mask"], inputs["labels"]
         if model.training:
             self.counter.tokens += int(mask.sum())
             self.counter.trained += int((labels[:, 1:] != -100).sum())
@@ -85,12 +89,5 @@ class SFTLabTrainer(Trainer):
         if not self._fast_loss_checked:
             self._check_fast_loss(model, inputs)
         if self.fast_loss:
-            # accelerate applies mixed precision by wrapping the model's forward; the fast path calls the
-            # decoder and head directly, so it enters the same autocast itself.
-            with self.accelerator.autocast():
-                total, n = response_nll(model, ids, mask, labels, compile=self.compile_loss)
-        else:
-            total, n = reference_nll(model, ids, mask, labels)
-        denom = num_items_in_batch if num_items_in_batch is not None else n
-        loss = total / torch.as_tensor(denom, device=total.device).clamp(min=1)
-        return (loss, None) if return_outputs else loss
+            inputs = {**inputs, RESPONSE_LOSS: True}
+        return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)

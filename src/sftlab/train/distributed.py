@@ -1,0 +1,112 @@
+"""Several processes, one run: which process writes, and what all processes must agree on.
+
+accelerate (DDP, FSDP, DeepSpeed) starts one copy of `sftlab train` per process. Process 0 alone prepares and
+writes the run folder, the logs, the progress bar and `final/`; the others wait for it and take its decisions (the
+checkpoint to resume from, whether the fast loss is used) instead of making their own. On one process every helper
+here is a plain call.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import PartialState
+from rich.console import Console
+
+from sftlab.errors import ConfigError, SftlabError
+from sftlab.models.loading import default_device
+
+
+def process_state() -> PartialState:
+    """The processes accelerate's launcher started (one when sftlab was not launched by it), on the device
+    Trainer will use: on a CPU-only machine accelerate needs `cpu=True` to join the launched processes (gloo)."""
+    return PartialState(cpu=default_device() == "cpu")
+
+
+def is_main_process() -> bool:
+    return process_state().is_main_process
+
+
+def _several() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized() and \
+        torch.distributed.get_world_size() > 1
+
+
+def main_process_console(console: Console) -> Console:
+    """`console` on process 0, a silent one elsewhere: one progress bar and one set of messages per run."""
+    return console if is_main_process() else Console(quiet=True)
+
+
+def all_processes_agree(flag: bool, device: torch.device | str = "cpu") -> bool:
+    """True only if `flag` is true on every process (a decision all of them must take the same way)."""
+    if not _several():
+        return flag
+    t = torch.tensor([int(flag)], device=device)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MIN)
+    return bool(t.item())
+
+
+def sum_over_processes(values: list[int], device: torch.device | str = "cpu") -> list[int]:
+    """Element-wise sum of `values` over all processes (counts each process keeps of its own share)."""
+    if not _several():
+        return list(values)
+    t = torch.tensor(values, dtype=torch.long, device=device)
+    torch.distributed.all_reduce(t)
+    return [int(x) for x in t.tolist()]
+
+
+def on_main_process(fn: Callable[..., Any], *args, **kwargs) -> Any:
+    """fn(*args, **kwargs) run by process 0 alone; every process gets its result, or raises its error (so no
+    process is left waiting for one that failed)."""
+    if not _several():
+        return fn(*args, **kwargs)
+    from accelerate.utils import broadcast_object_list
+
+    box: list = [None]
+    error: Exception | None = None
+    if is_main_process():
+        try:
+            box = [("ok", fn(*args, **kwargs))]
+        except Exception as e:  # handed to the other processes, raised again below
+            error = e
+            box = [("error", e if isinstance(e, SftlabError) else RuntimeError(f"process 0 failed: {e}"))]
+    broadcast_object_list(box, from_process=0)
+    kind, value = box[0]
+    if kind == "error":
+        raise error or value
+    return value
+
+
+def warn_if_sharding_ignored(trainer, console: Console) -> None:
+    """accelerate turns an FSDP config into FSDP only on GPU-like devices: on CPU processes it runs DDP (every
+    process holds the whole model) without a word."""
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and not trainer.is_fsdp_enabled:
+        console.print("[yellow]warning: the accelerate config asks for FSDP, but accelerate runs these (CPU) processes "
+                      "as DDP: every process holds the whole model[/]", soft_wrap=True)
+
+
+def shared_checkpoint(path: Path | None) -> Path | None:
+    """The checkpoint process 0 chose must be readable here too: on several machines the run folder has to be on
+    a filesystem they share."""
+    if path is not None and not Path(path).is_dir():
+        raise ConfigError(f"--resume: process 0 resumes from {path}, which this machine cannot read; put output_dir "
+                          "on a filesystem every machine shares")
+    return path
+
+
+def consolidated_state_dict(trainer) -> dict | None:
+    """The full weights of a sharded model (FSDP, DeepSpeed ZeRO-3), gathered from every process onto process 0,
+    so that `final/` is one plain checkpoint; None where each process already holds them all. Every process must
+    call it (a collective)."""
+    if not (trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled):
+        return None
+    return trainer.accelerator.get_state_dict(trainer.model_wrapped)
+
+
+def unwrapped(trainer) -> torch.nn.Module:
+    """The model without DDP/FSDP/DeepSpeed wrappers (PEFT stays): what `save_pretrained` is called on."""
+    return trainer.accelerator.unwrap_model(trainer.model_wrapped, keep_torch_compile=False)
