@@ -10,7 +10,6 @@ identity and collapse, answered-and-stopped, a teacher-judged win-rate), then an
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from dataclasses import dataclass
@@ -24,19 +23,13 @@ from sftlab.data.loading import DataSpec, load_conversations
 from sftlab.data.schema import Conversation
 from sftlab.data.writers import write_jsonl
 from sftlab.evaluate.runner import SuiteResult, run_suite, write_result
-from sftlab.evaluate.suite import EvalSuite, make_suite
+from sftlab.evaluate.suite import EvalSuite, heldout_prompts, make_suite
 from sftlab.textutil import words
 from sftlab.train.config import make_config
 from sftlab.train.run import train
 
 RESOURCES = files("sftlab") / "resources"
 TEACHER = "qwen2.5-coder-1.5b-instruct"
-
-
-def heldout_prompts(kind: str) -> list[str]:
-    """The shipped held-out prompts of one kind (identity | general): in no training file (a test checks it)."""
-    lines = (RESOURCES / f"heldout_{kind}.jsonl").read_text(encoding="utf-8").splitlines()
-    return [json.loads(x)["prompt"] for x in lines if x.strip()]
 
 
 def _prompt_key(text: str) -> str:

@@ -28,6 +28,7 @@ evaluators:
 from __future__ import annotations
 
 import json
+from importlib.resources import files
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -36,11 +37,16 @@ from pydantic import BaseModel, ConfigDict, Field
 from sftlab.data.loading import DataSpec
 from sftlab.yamlconfig import read_yaml_mapping, validated
 
-DEFAULT_IDENTITY_PROMPTS = ["Who are you?", "What is your name?", "Who built you?", "Introduce yourself.",
-                            "你是谁？"]
-DEFAULT_GENERAL_PROMPTS = ["What is the capital of France?", "Give me three tips for staying healthy.",
-                           "Translate 'good morning' into Spanish.", "What is 6 times 7?",
-                           "Write one sentence about the sea.", "天空为什么是蓝色的？"]
+
+def heldout_prompts(kind: str) -> list[str]:
+    """The shipped held-out prompts of one kind (identity | general), in no training file (a test checks it): the
+    demo's evaluation set, whose first few are `sftlab eval`'s defaults."""
+    return read_prompt_file(Path(str(files("sftlab") / "resources" / f"heldout_{kind}.jsonl")))
+
+
+def default_prompts(kind: str) -> list[str]:
+    """A quick default check (5 identity, 6 general prompts) drawn from the held-out set."""
+    return heldout_prompts(kind)[:5 if kind == "identity" else 6]
 
 
 class _Evaluator(BaseModel):
@@ -69,9 +75,9 @@ class IdentityEval(_Evaluator):
     type: Literal["identity"] = "identity"
     name: str = Field(description="The identity the model should claim, e.g. Orca.")
     author: str | None = Field(None, description="Who built it; naming the author also counts.")
-    identity_prompts: list[str] = Field(default_factory=lambda: list(DEFAULT_IDENTITY_PROMPTS),
+    identity_prompts: list[str] = Field(default_factory=lambda: default_prompts("identity"),
                                         description="Questions whose reply should claim the identity.")
-    general_prompts: list[str] = Field(default_factory=lambda: list(DEFAULT_GENERAL_PROMPTS),
+    general_prompts: list[str] = Field(default_factory=lambda: default_prompts("general"),
                                        description="Other questions, where claiming it unasked is collapse.")
 
 
@@ -146,7 +152,7 @@ def options_suite(prompts: Path | None = None, reference: Path | None = None, na
                   author: str | None = None, max_new_tokens: int = 128) -> EvalSuite:
     """The suite `sftlab eval` runs without a suite file: instruction following on the prompts (default: the
     identity and general defaults), plus response NLL on `reference` and an identity check for `name`."""
-    texts = read_prompt_file(prompts) if prompts else DEFAULT_IDENTITY_PROMPTS + DEFAULT_GENERAL_PROMPTS
+    texts = read_prompt_file(prompts) if prompts else default_prompts("identity") + default_prompts("general")
     evs: list[dict] = [{"type": "instruction_following", "prompts": texts}]
     if reference:
         evs.insert(0, {"type": "nll", "data": {"path": str(reference)}})
