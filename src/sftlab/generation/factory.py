@@ -5,7 +5,7 @@ from __future__ import annotations
 from sftlab.generation.base import Generator
 
 
-def build_generator(model: str, *, adapter: str | None = None, base_url: str | None = None,
+def build_generator(model: str, *, adapter: str | None = None, base_url: str | list[str] | None = None,
                     engine: str = "auto", batch_size: int = 8, api_key_env: str | None = "OPENAI_API_KEY",
                     concurrency: int = 4, chat_template: str = "auto") -> Generator:
     if base_url:
