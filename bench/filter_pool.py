@@ -113,13 +113,14 @@ def load_average() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def measure(n: int, tmp: Path) -> list[dict]:
+def measure(n: int, tmp: Path, runs: list[str]) -> list[dict]:
     pool = tmp / f"pool_{n}.jsonl"
     write_pool(pool, n)
     rows = []
-    for name, cmd in (("curate filter (pipeline today)", pipeline_cmd(pool, tmp / f"sel_{n}.jsonl", n)),
-                      ("streamed stages (indexes only)", [sys.executable, __file__, "--worker", str(pool),
-                                                          str(tmp / f"stream_{n}.jsonl")])):
+    commands = {"pipeline": ("curate filter (pipeline today)", pipeline_cmd(pool, tmp / f"sel_{n}.jsonl", n)),
+                "stream": ("streamed stages (indexes only)", [sys.executable, __file__, "--worker", str(pool),
+                                                              str(tmp / f"stream_{n}.jsonl")])}
+    for name, cmd in (commands[r] for r in runs):
         load = load_average()
         row = {"records": n, "run": name, "load_before": load, **run_measured(cmd), "load_after": load_average()}
         row["records_per_s"] = round(n / row["wall_s"])
@@ -140,6 +141,7 @@ def print_row(r: dict) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="100000,300000,1000000")
+    ap.add_argument("--runs", default="pipeline,stream", help="pipeline (curate filter) and/or stream")
     ap.add_argument("--no-save", action="store_true", help="print only; do not write bench/results/")
     ap.add_argument("--worker", nargs=2, metavar=("POOL", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -152,7 +154,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="sftlab-filter-pool-") as tmp:
         for n in (int(x) for x in args.sizes.split(",")):
-            rows += measure(n, Path(tmp))
+            rows += measure(n, Path(tmp), args.runs.split(","))
             if not args.no_save:  # after every size: a long run stopped early keeps what it measured
                 RESULTS.mkdir(exist_ok=True)
                 (RESULTS / "filter_pool.json").write_text(json.dumps({"cpus": os.cpu_count(), "rows": rows},
