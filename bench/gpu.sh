@@ -20,9 +20,11 @@ cd "$(dirname "$0")/.."
 mode=${1:-run}
 
 if [ "$mode" = prepare ]; then
-  py=.venv/bin/python
-  mkdir -p .git/info .gpu/whl .gpu/gemma-3-270m .gpu/gemma-3-1b-shape
-  grep -qx "/.gpu/" .git/info/exclude 2>/dev/null || echo "/.gpu/" >>.git/info/exclude
+  py=${PYTHON:-.venv/bin/python}
+  mkdir -p .gpu/whl .gpu/gemma-3-270m .gpu/gemma-3-1b-shape
+  exclude=$(git rev-parse --git-path info/exclude)  # also right in a worktree, where .git is a file
+  mkdir -p "$(dirname "$exclude")"
+  grep -qx "/.gpu/" "$exclude" 2>/dev/null || echo "/.gpu/" >>"$exclude"
   # the versions of requirements.lock; pydantic_core is compiled, so for the GPU image's Python (3.12)
   $py -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .gpu/whl \

@@ -66,7 +66,7 @@ def make_data(tokenizer_dir: Path, out: Path, records: int, lo: int, hi: int, se
 
 def summary(results: Path) -> None:
     """One table over every shape and method: tokens/s, MFU, peak memory, and the ratios to TRL's defaults."""
-    print("| shape | method | tool | tokens/s steady | tokens/s whole run | MFU steady | peak GPU MB | vs TRL tokens/s "
+    print("| shape | method | tool | tokens/s steady | tokens/s whole run | MFU steady | peak MB | vs TRL tokens/s "
           "| vs TRL memory |")
     print("|---|---|---|---|---|---|---|---|---|")
     for path in sorted(results.glob("train_throughput_gpu_*.json")):
@@ -76,8 +76,9 @@ def summary(results: Path) -> None:
             trl = res.get("trl")
             for tool in TOOLS:
                 print(_row(shape, method, tool, res.get(tool), trl, "runs" in res))
-    print("MFU: useful model FLOP/s (steady state) over the datasheet bf16 peak (--peak-tflops); without it, the "
-          "share of the 8192^2 bf16 matmul rate measured in each run")
+    print("MFU: useful model FLOP/s (steady state) over the datasheet bf16 peak (--peak-tflops); in brackets "
+          "without it: the share of the bf16 matmul rate measured in each run. Peak MB: allocated GPU memory on a "
+          "GPU, resident memory on a CPU")
 
 
 TOOLS = ("sftlab", "trl", "trl+liger")
