@@ -198,3 +198,12 @@ def test_least_loaded_dispatch_and_resting_endpoints():
     assert pool.acquire({"http://a", "http://b", "http://c"}) is None
     assert engine_id("m", base_url=["http://a"]) == engine_id("m", base_url=["http://b", "http://c"]) != \
         engine_id("other", base_url=["http://a"])
+
+
+def test_judge_endpoints_in_yaml_configs_may_be_a_list():
+    from sftlab.curate.filter.scorers import ScorerSettings
+
+    urls = ["http://127.0.0.1:8001/v1", "http://127.0.0.1:8002/v1"]
+    assert ScorerSettings(type="judge", base_url=urls).base_url == urls
+    gen = OpenAIHTTPGenerator(urls, "judge", api_key_env=None)
+    assert [e.url for e in gen.pool.endpoints] == urls and gen.model_id == "judge"
