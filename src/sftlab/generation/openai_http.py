@@ -73,7 +73,7 @@ class OpenAIHTTPGenerator:
         url = f"{endpoint.url}/chat/completions"
         try:
             r = self.client.post(url, json=body)
-        except (httpx.TimeoutException, httpx.TransportError) as e:
+        except httpx.RequestError as e:  # refused, reset, timed out, unreadable: the endpoint's fault
             return self._failed(endpoint, f"{type(e).__name__}: {e}", errors)
         if r.status_code in RETRY_STATUS:
             return self._failed(endpoint, f"HTTP {r.status_code}", errors, rest=_retry_after(r))
