@@ -1,23 +1,30 @@
 #!/usr/bin/env bash
-# The training benchmark on a GPU machine that cannot reach the internet or ../shared (e.g. this workplace's
-# H200 through the `device` tool). Prepare here, once, what the machine lacks:
+# sftlab's GPU defaults vs TRL's defaults vs TRL + Liger on one GPU, in one run of at most 8 minutes that ends
+# with a summary table: LoRA and full fine-tuning of a gemma-3-270m-shaped and a gemma-3-1b-shaped model (random
+# weights), sequences of 1024-1900 tokens, batches sized for a large GPU; tokens/s, MFU and peak GPU memory.
+# The GPU machine cannot reach the internet or ../shared, so what it lacks is prepared here, once:
 #
-#   bash bench/gpu.sh prepare        # .gpu/: wheels (pinned versions), gemma config + tokenizer, the data mix
+#   bash bench/gpu.sh prepare        # .gpu/: wheels (pinned versions), gemma configs + tokenizer, long sequences
 #
 # then run there, with .gpu carried, in the repository root:
 #
-#   bash bench/gpu.sh run            # writes $OUT (default bench/results/gpu) logs + JSON
+#   bash bench/gpu.sh run            # $OUT (default bench/results/gpu): one log + JSON per stage, summary.md
+#   bash bench/gpu.sh --smoke        # the same stages on tiny models on this CPU (minutes): checks the script
 #
-# The gemma-3-270m weights (1 GB) do not travel: the benchmark draws fresh weights for the same architecture
-# (--random-weights); tokens/s, memory and FLOP/s do not depend on the weights' values, the loss values do.
+# Weights (1-4 GB) do not travel: the benchmark draws fresh weights for each shape (--random-weights); tokens/s,
+# memory and FLOP/s do not depend on the weights' values (the losses are an untrained model's).
+# Knobs (environment): BATCH_270M (16), BATCH_1B (16), STEPS (8), PEAK_TFLOPS (datasheet bf16 dense peak for
+# MFU; detected for H100/H200 = 989, A100 = 312).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:-run}
 
 if [ "$mode" = prepare ]; then
-  py=.venv/bin/python
-  mkdir -p .git/info .gpu/whl .gpu/gemma-3-270m
-  grep -qx "/.gpu/" .git/info/exclude 2>/dev/null || echo "/.gpu/" >>.git/info/exclude
+  py=${PYTHON:-.venv/bin/python}
+  mkdir -p .gpu/whl .gpu/gemma-3-270m .gpu/gemma-3-1b-shape
+  exclude=$(git rev-parse --git-path info/exclude)  # also right in a worktree, where .git is a file
+  mkdir -p "$(dirname "$exclude")"
+  grep -qx "/.gpu/" "$exclude" 2>/dev/null || echo "/.gpu/" >>"$exclude"
   # the versions of requirements.lock; pydantic_core is compiled, so for the GPU image's Python (3.12)
   $py -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .gpu/whl \
@@ -25,31 +32,67 @@ if [ "$mode" = prepare ]; then
     pydantic==2.14.4 pydantic_core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 liger-kernel==0.8.5
   model=$($py -c "from sftlab.models.loading import resolve_model_path; print(resolve_model_path('gemma-3-270m'))")
   cp "$model"/{config.json,generation_config.json,tokenizer_config.json} .gpu/gemma-3-270m/
+  $py bench/gpu_prep.py shape "$model" .gpu/gemma-3-1b-shape --shape 1b
+  rm -f .gpu/gemma-3-1b-shape/tokenizer.json  # travels once, compressed
   gzip -9 -c "$model/tokenizer.json" >.gpu/tokenizer.json.gz  # 33 MB -> 5 MB: the tree that travels is capped
-  $py -c "import runpy; from pathlib import Path; runpy.run_path('bench/train_throughput.py')['build_data'](Path('.gpu/data.jsonl'), 999)"
+  $py bench/gpu_prep.py data "$model" .gpu/long.jsonl --records 512 --min-tokens 1024 --max-tokens 1900
   du -sh .gpu
   exit 0
 fi
 
+if [ "$mode" = --smoke ] || [ "$mode" = smoke ]; then
+  # tiny models, short sequences, 3 steps: every stage, the Liger row (skipped where liger-kernel is missing)
+  # and the summary, end to end on a CPU
+  py=${PYTHON:-python3}
+  OUT=${OUT:-$(mktemp -d)/gpu-smoke}
+  work=$(mktemp -d)
+  mkdir -p "$OUT"
+  $py -c "from sftlab.testing import save_tiny_model; save_tiny_model('$work/tiny')"
+  $py bench/gpu_prep.py shape "$work/tiny" "$work/tiny-wide" --shape tiny-wide
+  $py bench/gpu_prep.py data "$work/tiny" "$work/long.jsonl" --records 16 --min-tokens 64 --max-tokens 120
+  for shape in tiny tiny-wide; do
+    $py bench/train_throughput.py --model "$work/$shape" --random-weights --data "$work/long.jsonl" \
+      --max-length 128 --batch-size 2 --grad-accum 1 --repeats 1 --steps 3 --skip-check --trl-liger \
+      --sftlab-defaults --keep-going --json "$OUT/train_throughput_gpu_${shape}_all.json" \
+      >"$OUT/train_throughput_gpu_${shape}.log" 2>&1
+  done
+  $py bench/gpu_prep.py summary "$OUT" | tee "$OUT/summary.md"
+  echo "smoke results in $OUT"
+  exit 0
+fi
+
+start=$SECONDS
 OUT=${OUT:-bench/results/gpu}
 mkdir -p "$OUT"
 # the GPU image has torch but not the pinned transformers/TRL/PEFT/datasets/pydantic: install the carried wheels
 python3 -c "import trl" 2>/dev/null ||
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .gpu/whl/*.whl
 export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
-[ -f .gpu/gemma-3-270m/tokenizer.json ] || gunzip -c .gpu/tokenizer.json.gz >.gpu/gemma-3-270m/tokenizer.json
+for d in .gpu/gemma-3-270m .gpu/gemma-3-1b-shape; do
+  [ -f $d/tokenizer.json ] || gunzip -c .gpu/tokenizer.json.gz >$d/tokenizer.json
+done
+gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 || true)
+case "$gpu" in *H100*|*H200*) peak=989 ;; *A100*) peak=312 ;; *) peak= ;; esac
+peak=${PEAK_TFLOPS:-$peak}
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
   python3 -c "import torch, transformers, trl, peft; print(torch.__version__, transformers.__version__, trl.__version__, peft.__version__)"
+  python3 -c "import liger_kernel; print('liger-kernel', liger_kernel.__version__ if hasattr(liger_kernel, '__version__') else 'present')" || true
+  echo "peak bf16 TFLOP/s for MFU: ${peak:-unknown}"
 } 2>&1 | tee "$OUT/gpu_env.txt"
 
-# QUICK=1: the same stages on the tiny model (seconds, any machine), to check this script
-model=(--model .gpu/gemma-3-270m --random-weights)
-[ -n "${QUICK:-}" ] && model=(--quick)
-common=("${model[@]}" --data .gpu/data.jsonl --batch-size 32 --grad-accum 1 --repeats 1)
-set +e  # a stage that fails or runs out of time still leaves the others' results
-timeout 260 python3 bench/train_throughput.py "${common[@]}" --methods lora --steps 30 --skip-check --trl-liger \
-  --json "$OUT/train_throughput_gpu_lora.json" 2>&1 | tee "$OUT/train_throughput_gpu_lora.log"
-timeout 180 python3 bench/train_throughput.py "${common[@]}" --methods full --steps 30 --skip-check --trl-liger \
-  --json "$OUT/train_throughput_gpu_full.json" 2>&1 | tee "$OUT/train_throughput_gpu_full.log"
-timeout 120 python3 bench/train_throughput.py "${common[@]}" --steps 4 --check-loss \
-  --json "$OUT/train_loss_check_gpu.json" 2>&1 | tee "$OUT/train_loss_check_gpu.log"
+# shape, method, batch, time limit (s): the 1B shape first (its MFU is the target); each stage leaves its JSON
+# even when cut, and the limits add up to the 8-minute budget with the setup above
+set +e
+stage() {
+  local shape=$1 method=$2 batch=$3 limit=$4
+  timeout "$limit" python3 bench/train_throughput.py --model ".gpu/$shape" --random-weights --data .gpu/long.jsonl \
+    --max-length 2048 --batch-size "$batch" --grad-accum 1 --repeats 1 --steps "${STEPS:-8}" --skip-check \
+    --trl-liger --sftlab-defaults --keep-going ${peak:+--peak-tflops "$peak"} --methods "$method" \
+    --json "$OUT/train_throughput_gpu_${shape}_${method}.json" 2>&1 | tee "$OUT/train_throughput_gpu_${shape}_${method}.log"
+}
+stage gemma-3-1b-shape full "${BATCH_1B:-16}" 125
+stage gemma-3-1b-shape lora "${BATCH_1B:-16}" 115
+stage gemma-3-270m lora "${BATCH_270M:-16}" 85
+stage gemma-3-270m full "${BATCH_270M:-16}" 85
+python3 bench/gpu_prep.py summary "$OUT" | tee "$OUT/summary.md"
+echo "total $((SECONDS - start)) s"

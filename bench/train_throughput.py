@@ -143,7 +143,7 @@ def run_sftlab(spec: dict) -> dict:
         "max_length": spec["max_length"], "output_dir": spec["out"], "save_steps": 10_000,
         "group_by_length": spec["group_by_length"], "logging_steps": 1,
         "lora": {"r": LORA_RANK, "alpha": 2 * LORA_RANK, "dropout": 0.0},
-        "gradient_checkpointing": spec.get("gradient_checkpointing", False),
+        "gradient_checkpointing": spec.get("gradient_checkpointing", False),  # "auto": sftlab's default
         "compile_loss": spec.get("compile_loss", "auto"), "compile": spec.get("compile", "auto"),
         "attn_implementation": spec.get("attn_implementation", "auto"),
     })
@@ -278,12 +278,16 @@ def useful_flops(r: dict, shape: dict, method: str) -> float:
     return body + head + attention
 
 
-def summarize(rs: list[dict], shape: dict, method: str) -> dict:
-    """Medians over the repeats of one configuration; %peak on the steady state and on the whole run."""
+def summarize(rs: list[dict], shape: dict, method: str, peak_tflops: float | None = None) -> dict:
+    """Medians over the repeats of one configuration; %peak on the steady state and on the whole run; MFU (steady
+    useful FLOP/s over the device's datasheet bf16 peak) when `peak_tflops` is given."""
     def med(f):
         return statistics.median(f(r) for r in rs)
 
-    return {
+    mfu = med(lambda r: useful_flops(r["steady"], shape, method) / r["steady"]["wall_s"] / (peak_tflops * 1e12)) \
+        if peak_tflops else None
+    return {"mfu": mfu, "steady_trained_tokens_per_s": med(lambda r: r["steady"]["trained_tokens"]
+                                                                      / r["steady"]["wall_s"]),
         "tokens_per_s": med(lambda r: r["tokens"] / r["wall_s"]),
         "steady_tokens_per_s": med(lambda r: r["steady"]["tokens"] / r["steady"]["wall_s"]),
         "wall_s": med(lambda r: r["wall_s"]), "peak_mb": max(r["peak_mb"] for r in rs),
@@ -375,6 +379,13 @@ def main() -> None:
                          "cannot travel, e.g. to a GPU machine); speed does not depend on the weights' values")
     ap.add_argument("--trl-liger", action="store_true", help="also run TRL with use_liger_kernel (GPU)")
     ap.add_argument("--compile", default="auto", help="sftlab's `compile` setting (auto: on for >= 100M params)")
+    ap.add_argument("--max-length", type=int, default=512, help="longest sequence (longer ones are dropped)")
+    ap.add_argument("--sftlab-defaults", action="store_true",
+                    help="sftlab with its defaults (gradient_checkpointing auto, length grouping) instead of "
+                         "TRL's batches without checkpointing")
+    ap.add_argument("--peak-tflops", type=float, help="the device's datasheet bf16 peak, for MFU (H100/H200: 989)")
+    ap.add_argument("--keep-going", action="store_true", help="a failing run (e.g. out of memory) is reported "
+                                                              "and skipped, not the end of the benchmark")
     ap.add_argument("--worker", choices=["sftlab", "trl"], help=argparse.SUPPRESS)
     ap.add_argument("--spec", help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)
@@ -402,7 +413,7 @@ def main() -> None:
     if not a.data:
         build_data(data, a.general)
     base = {"model": model, "data": str(data), "steps": a.steps, "batch_size": a.batch_size,
-            "grad_accum": a.grad_accum, "lr": 1e-4, "seed": 0, "max_length": 512}
+            "grad_accum": a.grad_accum, "lr": 1e-4, "seed": 0, "max_length": a.max_length}
     report: dict = {"model": a.model, "random_weights": a.random_weights, "config": base, "device": device_name()}
 
     def save() -> None:  # after every section: a run cut short still leaves its results
@@ -451,11 +462,12 @@ def main() -> None:
             for kind in (kinds if rep % 2 == 0 else kinds[::-1]):
                 # no length grouping unless --sftlab-grouped: every tool sees the same batches in the same order
                 spec = {**base, "method": method, "precision": "bf16",
-                        "group_by_length": a.sftlab_grouped and kind.startswith("sftlab"),
+                        "group_by_length": (a.sftlab_grouped or a.sftlab_defaults) and kind.startswith("sftlab"),
                         "lr": 1e-4 if method == "lora" else 1e-5, "out": str(tmp / f"{kind}-{method}-{rep}"),
-                        "gradient_checkpointing": kind == "sftlab+gc", "compile": a.compile,
+                        "gradient_checkpointing": "auto" if a.sftlab_defaults and kind == "sftlab"
+                        else kind == "sftlab+gc", "compile": a.compile,
                         "liger": kind == "trl+liger"}
-                result = worker_call(kind.split("+")[0], spec, optional=kind == "trl+liger")
+                result = worker_call(kind.split("+")[0], spec, optional=kind == "trl+liger" or a.keep_going)
                 if result is not None:
                     runs[kind].append(result)
                     samples += result["matmul_gflops_samples"]
@@ -465,7 +477,7 @@ def main() -> None:
         for kind, rs in runs.items():
             if not rs:
                 continue
-            summary[kind] = s = summarize(rs, shape, method)
+            summary[kind] = s = summarize(rs, shape, method, a.peak_tflops)
             print(fmt_row([method, kind, f"{s['tokens_per_s']:.1f}", f"{s['steady_tokens_per_s']:.1f}",
                            f"{s['wall_s']:.1f}", f"{s['peak_mb']:.0f}", f"{s['final_loss']:.4f}",
                            f"{s['peak_gflops']:.0f}", f"{100 * s['fraction_of_bf16_peak']:.1f}%",

@@ -194,7 +194,7 @@ def resolve_reward(name: str) -> RewardFn:
     raise ValueError(f"unknown reward '{name}' (built-in: {', '.join(BUILTIN)}, or module:function)")
 
 
-def make_reward(spec: str, judge: str = "smollm2-135m-instruct", base_url: str | None = None,
+def make_reward(spec: str, judge: str = "smollm2-135m-instruct", base_url: str | list[str] | None = None,
                 api_key_env: str | None = "OPENAI_API_KEY", batch_size: int = 8) -> RewardFn:
     """The one place a reward is chosen by name: `judge` (the `judge` model rates the reply), `reward_model:PATH`,
     a built-in checker or `module:function`. Best-of-k and the filter's scorers both call it."""
@@ -207,7 +207,7 @@ def make_reward(spec: str, judge: str = "smollm2-135m-instruct", base_url: str |
     return resolve_reward(spec)
 
 
-def reward_identity(spec: str, judge: str, base_url: str | None = None) -> str:
+def reward_identity(spec: str, judge: str, base_url: str | list[str] | None = None) -> str:
     """What the reward is, for a resumable run's settings: the judge's or reward model's weights count too."""
     from sftlab.curate.runner import engine_id
 

@@ -81,15 +81,17 @@ def check_batch_size(batch_size: int) -> None:
         raise ConfigError(f"batch_size {batch_size}: must be at least 1")
 
 
-def engine_id(model: str, adapter: str | None = None, base_url: str | None = None) -> str:
-    """Which weights answer: model, adapter and endpoint, local weights with a size/mtime fingerprint, so a
-    retrained adapter at the same path is a different generator (for the cache and the run's settings)."""
+def engine_id(model: str, adapter: str | None = None, base_url: str | list[str] | None = None) -> str:
+    """Which weights answer: model and adapter, local weights with a size/mtime fingerprint, so a retrained adapter
+    at the same path is a different generator (for the cache and the run's settings). For endpoints the served
+    model name, not the URLs: any endpoint serving that model gives the same output, so a run may resume on
+    another set of endpoints (e.g. without the one that went down)."""
     from sftlab.models.fingerprint import weights_fingerprint
 
     def named(spec: str) -> str:
         return f"{spec} (weights {weights_fingerprint(spec)})" if Path(spec).exists() else spec
 
-    return " + ".join([f"{base_url.rstrip('/')} {model}" if base_url else named(model),
+    return " + ".join([f"endpoint model {model}" if base_url else named(model),
                        *([named(adapter)] if adapter else [])])
 
 

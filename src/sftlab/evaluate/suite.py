@@ -99,7 +99,8 @@ class JudgeEval(_Prompted):
     type: Literal["judge"] = "judge"
     judge: str = Field("smollm2-135m-instruct", description="Judge model (name, folder, .gguf) or module:function "
                                                             "taking (prompt, answer_a, answer_b) -> 'A'|'B'|'tie'.")
-    base_url: str | None = Field(None, description="OpenAI-compatible endpoint serving the judge.")
+    base_url: str | list[str] | None = Field(None, description="OpenAI-compatible endpoint serving the judge; a "
+                                                               "list: several serving it, least-loaded first.")
     mode: Literal["auto", "generate", "logprob", "rubric"] = Field(
         "auto", description="logprob: p('A') vs p('B') from a local judge (never unparseable); generate: parse the "
                             "judge's reply (any engine); rubric: grade each answer alone, 1-5, from a local judge's "

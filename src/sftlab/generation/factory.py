@@ -5,9 +5,10 @@ from __future__ import annotations
 from sftlab.generation.base import Generator
 
 
-def build_generator(model: str, *, adapter: str | None = None, base_url: str | None = None,
+def build_generator(model: str, *, adapter: str | None = None, base_url: str | list[str] | None = None,
                     engine: str = "auto", batch_size: int = 8, api_key_env: str | None = "OPENAI_API_KEY",
-                    concurrency: int = 4, chat_template: str = "auto") -> Generator:
+                    concurrency: int = 4, chat_template: str = "auto", vllm: dict | None = None) -> Generator:
+    """`vllm`: the vLLM engine's options (tensor_parallel_size, data_parallel_size, ...; see `VLLMOptions`)."""
     if base_url:
         from sftlab.generation.openai_http import OpenAIHTTPGenerator
 
@@ -17,7 +18,7 @@ def build_generator(model: str, *, adapter: str | None = None, base_url: str | N
 
     path = resolve_model_path(model)
     if engine == "vllm" or (engine == "auto" and vllm_available() and adapter is None):
-        return VLLMGenerator(path)
+        return VLLMGenerator(path, vllm)
     return load_transformers_generator(path, adapter=adapter, batch_size=batch_size, chat_template=chat_template,
                                        model_id=model)
 

@@ -1,7 +1,8 @@
 """OpenAI-compatible HTTP engine: vLLM, llama.cpp server, Ollama, `sftlab serve`, or any hosted API.
 
-Bounded concurrency, a per-request timeout, and retries with exponential backoff on 429, 5xx, timeouts
-and connection errors. The API key comes from an environment variable and is never logged.
+One endpoint or several serving the same model (least-loaded dispatch, a failed request moves to another
+endpoint). Bounded concurrency, a per-request timeout, and retries with exponential backoff on 429, 5xx, timeouts
+and connection errors once every endpoint failed. The API key comes from an environment variable and is never logged.
 """
 
 from __future__ import annotations
@@ -16,15 +17,21 @@ from typing import Any
 import httpx
 
 from sftlab.generation.base import Generation, GenerationError, Messages, SamplingParams
+from sftlab.generation.endpoints import Endpoint, EndpointPool, endpoint_urls
 
 log = logging.getLogger(__name__)
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
 
 
 class OpenAIHTTPGenerator:
-    def __init__(self, base_url: str, model: str, api_key_env: str | None = "OPENAI_API_KEY", concurrency: int = 4,
-                 timeout: float = 120.0, max_retries: int = 4, backoff: float = 0.5) -> None:
-        self.base_url = base_url.rstrip("/")
+    """One endpoint or several serving the same model (`base_url` a list): each request goes to the least-loaded
+    endpoint, and a failed request moves to another one before any backoff (see `sftlab.generation.endpoints`).
+    `concurrency` is per endpoint."""
+
+    def __init__(self, base_url: str | list[str], model: str, api_key_env: str | None = "OPENAI_API_KEY",
+                 concurrency: int = 4, timeout: float = 120.0, max_retries: int = 4, backoff: float = 0.5) -> None:
+        self.pool = EndpointPool(endpoint_urls(base_url), rest=max(backoff, 0.01))
+        self.base_url = self.pool.endpoints[0].url
         self.model_id = model
         self.concurrency, self.max_retries, self.backoff = concurrency, max_retries, backoff
         key = os.environ.get(api_key_env) if api_key_env else None
@@ -37,30 +44,60 @@ class OpenAIHTTPGenerator:
 
     def generate(self, prompts: list[Messages], params: SamplingParams | None = None) -> list[list[Generation]]:
         params = params or SamplingParams()
-        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+        with ThreadPoolExecutor(max_workers=self.concurrency * len(self.pool.endpoints)) as pool:
             return list(pool.map(lambda p: self._one(p, params), prompts))
 
     def _one(self, messages: Messages, params: SamplingParams) -> list[Generation]:
         body: dict[str, Any] = {"model": self.model_id, "messages": messages, "n": params.n,
                                 "max_tokens": params.max_new_tokens, "temperature": params.temperature,
                                 "top_p": params.top_p, "seed": params.seed}
-        url = f"{self.base_url}/chat/completions"
+        errors: dict[str, str] = {}
         for attempt in range(self.max_retries + 1):
-            try:
-                r = self.client.post(url, json=body)
-            except (httpx.TimeoutException, httpx.TransportError) as e:
-                err = f"{type(e).__name__}: {e}"
-            else:
-                if r.status_code == 200:
-                    return self._parse(r, params.n)
-                if r.status_code not in RETRY_STATUS:
-                    raise GenerationError(f"{url} answered {r.status_code}: {r.text[:300]}")
-                err = f"HTTP {r.status_code}"
+            tried: set[str] = set()
+            while (endpoint := self.pool.acquire(tried)) is not None:  # every endpoint once, least loaded first
+                tried.add(endpoint.url)
+                gens = self._post(endpoint, body, params.n, errors)
+                if gens is not None:
+                    return gens
             if attempt < self.max_retries:
                 delay = self.backoff * 2**attempt * (1 + random.random() / 2)
-                log.warning("%s failed (%s); retry %d/%d in %.1fs", url, err, attempt + 1, self.max_retries, delay)
+                log.warning("%s failed (%s); retry %d/%d in %.1fs", " and ".join(errors), "; ".join(errors.values()),
+                            attempt + 1, self.max_retries, delay)
                 time.sleep(delay)
-        raise GenerationError(f"{url} failed after {self.max_retries + 1} attempts: {err}")
+        raise self._all_failed(errors)
+
+    def _post(self, endpoint: Endpoint, body: dict[str, Any], n: int,
+              errors: dict[str, str]) -> list[Generation] | None:
+        """One try on one endpoint: the replies, or None after recording a failure another endpoint may not have
+        (connection, timeout, 429/5xx); a reply that is the request's fault (4xx, garbage) raises."""
+        url = f"{endpoint.url}/chat/completions"
+        try:
+            r = self.client.post(url, json=body)
+        except httpx.RequestError as e:  # refused, reset, timed out, unreadable: the endpoint's fault
+            return self._failed(endpoint, f"{type(e).__name__}: {e}", errors)
+        if r.status_code in RETRY_STATUS:
+            return self._failed(endpoint, f"HTTP {r.status_code}", errors, rest=_retry_after(r))
+        self.pool.release(endpoint)  # it answered: whatever is wrong now is this request's, not the endpoint's
+        if r.status_code != 200:
+            raise GenerationError(f"{url} answered {r.status_code}: {r.text[:300]}")
+        return self._parse(r, n)
+
+    def _failed(self, endpoint: Endpoint, error: str, errors: dict[str, str], rest: float | None = None) -> None:
+        """Record an endpoint's failure; with others to go to, say that its requests move there."""
+        errors[endpoint.url] = error
+        rest = self.pool.release(endpoint, error, rest)
+        if len(self.pool.endpoints) > 1:
+            log.warning("endpoint %s failed (%s): resting %.1fs, its requests go to the other endpoints",
+                        endpoint.url, error, rest)
+
+    def _all_failed(self, errors: dict[str, str]) -> GenerationError:
+        """Every endpoint failed on every try: one sentence naming each and its last error."""
+        tries = self.max_retries + 1
+        if len(self.pool.endpoints) == 1:
+            url, err = next(iter(errors.items()))
+            return GenerationError(f"{url}/chat/completions failed after {tries} attempts: {err}")
+        return GenerationError(f"all {len(self.pool.endpoints)} endpoints failed, {tries} attempts each: "
+                               + "; ".join(f"{u}: {e}" for u, e in errors.items()))
 
     @staticmethod
     def _parse(r: httpx.Response, n: int) -> list[Generation]:
@@ -76,3 +113,11 @@ class OpenAIHTTPGenerator:
         if len(gens) != n:
             raise GenerationError(f"asked for {n} choices, got {len(gens)}")
         return gens
+
+
+def _retry_after(r: httpx.Response) -> float | None:
+    """The server's Retry-After in seconds (e.g. `sftlab serve`'s 503 when its queue is full), if it gave one."""
+    try:
+        return max(0.0, float(r.headers["retry-after"]))
+    except (KeyError, ValueError):
+        return None

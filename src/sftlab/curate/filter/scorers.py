@@ -32,7 +32,8 @@ class ScorerSettings(BaseModel):
     label: str | None = Field(None, description="Score name in outputs; default the type (custom: the function).")
     model: str | None = Field(None, description="Scoring model (ifd, perplexity, judge) or reward model path.")
     function: str | None = Field(None, description="module:function for type custom.")
-    base_url: str | None = Field(None, description="OpenAI-compatible endpoint for the judge.")
+    base_url: str | list[str] | None = Field(None, description="OpenAI-compatible endpoint for the judge; a "
+                                                               "list: several serving it, least-loaded first.")
     weight: float = Field(1.0, ge=0, description="Weight of this score in the combined quality.")
     max_length: int = Field(1024, ge=16, description="Tokens of a record the scorer reads at most.")
     dtype: Literal["bf16", "fp32"] = Field("bf16", description="Scoring LM weights' dtype (ifd, perplexity, "
