@@ -11,15 +11,22 @@ from __future__ import annotations
 import hashlib
 import zlib
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 from datasketch import LeanMinHash, MinHash, MinHashLSH
+from datasketch.lsh import _optimal_param
 
 from sftlab.textutil import ngrams, normalize, words
 
 
+def exact_digest(text: str) -> bytes:
+    """16 bytes naming a normalised text: what exact dedup keeps per record (a 49-byte object, not a hex str)."""
+    return hashlib.blake2b(normalize(text).encode(), digest_size=16).digest()
+
+
 def exact_key(text: str) -> str:
-    return hashlib.blake2b(normalize(text).encode(), digest_size=16).hexdigest()
+    return exact_digest(text).hex()
 
 
 def exact_duplicates(texts: Sequence[str]) -> dict[int, int]:
@@ -75,6 +82,41 @@ def unpacked(blob: bytes) -> frozenset[int]:
     return frozenset(np.frombuffer(blob, dtype=np.uint32).tolist())
 
 
+class BandTables:
+    """MinHash LSH banding (datasketch's band sizes for the threshold and `LSH_WEIGHTS`) in compact tables: per
+    band, the hash of the band's values maps to a record key (a list only on a collision). datasketch's in-memory
+    `MinHashLSH` keeps a 100-byte band key and a one-element set per band per record: 4.7 KB a record measured,
+    the largest part of the filter's memory; these tables keep an int and a dict slot (~1.3 KB). A hash collision
+    only adds a candidate, and every candidate is verified, so the answers are datasketch's."""
+
+    def __init__(self, threshold: float, num_perm: int) -> None:
+        self.bands, self.rows = _optimal_param(threshold, num_perm, *LSH_WEIGHTS)
+        self.tables: list[dict[int, Any]] = [{} for _ in range(self.bands)]
+
+    def _hashes(self, sig: LeanMinHash) -> list[int]:
+        data, width = sig.hashvalues.tobytes(), self.rows * sig.hashvalues.itemsize
+        return [hash(data[b * width:(b + 1) * width]) for b in range(self.bands)]
+
+    def insert(self, key: int, sig: LeanMinHash) -> None:
+        for table, h in zip(self.tables, self._hashes(sig), strict=True):
+            held = table.setdefault(h, key)
+            if held is not key:
+                if isinstance(held, list):
+                    held.append(key)
+                else:
+                    table[h] = [held, key]
+
+    def query(self, sig: LeanMinHash) -> set[int]:
+        found: set[int] = set()
+        for table, h in zip(self.tables, self._hashes(sig), strict=True):
+            held = table.get(h)
+            if isinstance(held, list):
+                found.update(held)
+            elif held is not None:
+                found.add(held)
+        return found
+
+
 class NearDuplicateIndex:
     """Stream records in; `add` returns the key of an earlier near-duplicate or None, in which case the record
     joins the index. LSH proposes candidates; each is confirmed with the exact Jaccard of the hashed shingle
@@ -82,7 +124,7 @@ class NearDuplicateIndex:
 
     def __init__(self, threshold: float = 0.8, num_perm: int = 128) -> None:
         self.threshold = threshold
-        self.lsh = MinHashLSH(threshold=threshold, num_perm=num_perm, weights=LSH_WEIGHTS)
+        self.lsh = BandTables(threshold, num_perm)
         self.sets: dict[int, bytes] = {}
 
     def insert(self, key: int, sig: LeanMinHash, shingle_set: frozenset[int]) -> None:

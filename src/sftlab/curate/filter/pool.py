@@ -1,30 +1,92 @@
-"""The pool the filter works on: every source record once, with the prompt and reply text the stages compare."""
+"""The pool the filter works on: every source record once, with the prompt and reply text the stages compare.
+
+A million-record pool must fit in bounded memory, so a record read by `read_pool` keeps only what the funnel and
+the report need (id, source, location, decision, scores: ~0.3 KB) and its text lives in a `TextStore`, an
+anonymous temporary file read back through mmap when a stage asks for `prompt`, `response` or `conv`.
+"""
 
 from __future__ import annotations
 
+import json
+import mmap
+import tempfile
+from array import array
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sftlab.data.loading import DataSpec, load_conversations
-from sftlab.data.schema import Conversation
+from sftlab.data.loading import DataSpec, LoadReport, iter_conversations, make_spec
+from sftlab.data.schema import Conversation, Turn
+from sftlab.data.sql import source_name
+
+_ENCODING = ("utf-8", "surrogatepass")  # JSON text may hold lone surrogates; they round-trip unchanged
 
 
-@dataclass
+class TextStore:
+    """Prompt, response and conversation (JSON) of each record in a temporary file the OS removes on close:
+    24 bytes of offsets a record in memory instead of its text and the Python objects around it."""
+
+    PARTS = 3
+
+    def __init__(self) -> None:
+        self._file = tempfile.TemporaryFile()  # noqa: SIM115 (open for the store's life)
+        self._bounds = array("q", [0])
+        self._map: mmap.mmap | None = None
+
+    def add(self, prompt: str, response: str, conv: Conversation) -> None:
+        for text in (prompt, response, json.dumps(conv.to_dict(), ensure_ascii=False)):
+            data = text.encode(*_ENCODING)
+            self._file.write(data)
+            self._bounds.append(self._bounds[-1] + len(data))
+
+    def seal(self) -> None:
+        """Done adding: map the file for reading."""
+        self._file.flush()
+        if self._bounds[-1]:
+            self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
+
+    def text(self, index: int, part: int) -> str:
+        k = index * self.PARTS + part
+        start, end = self._bounds[k], self._bounds[k + 1]
+        return self._map[start:end].decode(*_ENCODING) if end > start else ""
+
+    def conversation(self, index: int) -> Conversation:
+        d = json.loads(self.text(index, 2))
+        turns = [Turn(t["role"], t["content"], t.get("weight", 1.0),
+                      [c["function"] for c in t["tool_calls"]] if t.get("tool_calls") else None, t.get("name"))
+                 for t in d["messages"]]
+        return Conversation(turns, d["id"], d.get("tools"), d.get("meta", {}))
+
+
 class PoolRecord:
-    index: int
-    id: str
-    source: str
-    conv: Conversation
-    prompt: str
-    response: str
-    scores: dict[str, float | None] = field(default_factory=dict)
-    stage: str = ""  # the stage that dropped it ("" = alive / selected)
-    reason: str = ""  # the category counted in the funnel
-    detail: str = ""  # the specifics, where there are any (which eval text it overlaps)
-    duplicate_of: str | None = None
-    location: str = ""  # where in its source (e.g. "line 12")
+    """One pool record and the filter's decision on it; its text is held here (tests, small pools) or read
+    from the pool's `TextStore` by index."""
+
+    __slots__ = ("index", "id", "source", "scores", "stage", "reason", "detail", "duplicate_of", "location",
+                 "_conv", "_prompt", "_response", "_store")
+
+    def __init__(self, index: int, id: str, source: str, conv: Conversation | None = None, prompt: str = "",
+                 response: str = "", scores: dict[str, float | None] | None = None, location: str = "",
+                 store: TextStore | None = None) -> None:
+        self.index, self.id, self.source, self.location = index, id, source, location
+        self.scores: dict[str, float | None] = scores if scores is not None else {}
+        self.stage = ""  # the stage that dropped it ("" = alive / selected)
+        self.reason = ""  # the category counted in the funnel
+        self.detail = ""  # the specifics, where there are any (which eval text it overlaps)
+        self.duplicate_of: str | None = None
+        self._conv, self._prompt, self._response, self._store = conv, prompt, response, store
+
+    @property
+    def prompt(self) -> str:
+        return self._store.text(self.index, 0) if self._store else self._prompt
+
+    @property
+    def response(self) -> str:
+        return self._store.text(self.index, 1) if self._store else self._response
+
+    @property
+    def conv(self) -> Conversation:
+        return self._store.conversation(self.index) if self._store else self._conv
 
 
 def prompt_text(conv: Conversation) -> str:
@@ -33,23 +95,28 @@ def prompt_text(conv: Conversation) -> str:
 
 
 def read_pool(pool: list[DataSpec]) -> tuple[list[PoolRecord], Counter, list[dict[str, Any]]]:
-    """Every valid record of every source with a unique id; the skip counts and per-source reports beside."""
+    """Every valid record of every source with a unique id, streamed into one `TextStore`; the skip counts and
+    per-source reports beside."""
     records: list[PoolRecord] = []
+    store = TextStore()
     seen: dict[str, int] = {}
     skipped: Counter = Counter()
     sources = []
     for spec in pool:
-        convs, rep = load_conversations(spec)
-        skipped.update(rep.skipped)
-        sources.append(rep.to_dict())
+        spec = make_spec(spec)
+        rep = LoadReport(source=source_name(spec.path, spec.type, spec.query))
         stem = Path(spec.path).name
-        for j, c in enumerate(convs):
+        for j, c in enumerate(iter_conversations(spec, rep)):
             rid = c.id or f"{stem}:{j}"
             if rid in seen:  # readers derive ids from content: identical records would share one
                 seen[rid] += 1
                 rid = f"{rid}#{seen[rid]}"
             else:
                 seen[rid] = 0
-            records.append(PoolRecord(len(records), rid, stem, c, prompt_text(c), c.last_response or "",
-                                      location=str(c.meta.get("location", f"record {j}"))))
+            store.add(prompt_text(c), c.last_response or "", c)
+            records.append(PoolRecord(len(records), rid, stem, location=str(c.meta.get("location", f"record {j}")),
+                                      store=store))
+        skipped.update(rep.skipped)
+        sources.append(rep.to_dict())
+    store.seal()
     return records, skipped, sources

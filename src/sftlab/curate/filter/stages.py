@@ -3,6 +3,7 @@ scores, diverse selection. Each is one `Stage` (see `stage.py`): records in, kep
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,21 @@ from sftlab.data.loading import load_conversations
 from sftlab.kvstore import stable_key
 
 Result = StageResult[PoolRecord]
+SKETCH_CHUNK = 20000  # records whose MinHash sketches are held at once
+
+
+class _Texts(Sequence[str]):
+    """The text near dedup compares (`prompt` or `prompt_response`), read on demand: never all of it at once."""
+
+    def __init__(self, records: list[PoolRecord], what: str) -> None:
+        self.records, self.what = records, what
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        r = self.records[i]
+        return r.prompt if self.what == "prompt" else r.prompt + "\n" + r.response
 
 
 class PoolStage:
@@ -41,11 +57,12 @@ class ExactDedup(PoolStage):
         self.s = settings
 
     def run(self, records: list[PoolRecord], log: Log) -> Result:
-        seen_pair: dict[str, PoolRecord] = {}
-        seen_prompt: dict[str, PoolRecord] = {}
+        seen_pair: dict[bytes, PoolRecord] = {}
+        seen_prompt: dict[bytes, PoolRecord] = {}
 
         def why(r: PoolRecord) -> Drop | None:
-            pair, prompt = dd.exact_key(r.prompt + "\x00" + r.response), dd.exact_key(r.prompt)
+            prompt_text = r.prompt
+            pair, prompt = dd.exact_digest(prompt_text + "\x00" + r.response), dd.exact_digest(prompt_text)
             if self.s.exact and pair in seen_pair:
                 return Drop("exact duplicate (prompt + response)", duplicate_of=seen_pair[pair])
             if self.s.exact_prompt and prompt in seen_prompt:
@@ -69,8 +86,8 @@ class NearDedup(PoolStage):
         result = Result([], funnel_extra={"threshold": self.s.threshold})
         dropped: set[int] = set()
         for what in self.s.near_on:
-            texts = [r.prompt if what == "prompt" else r.prompt + "\n" + r.response for r in records]
-            hits = dd.near_duplicates(texts, self.s.threshold, self.s.num_perm, self.s.ngram, skip=dropped)
+            hits = dd.near_duplicates(_Texts(records, what), self.s.threshold, self.s.num_perm, self.s.ngram,
+                                      skip=dropped)
             for i, j in hits.items():
                 result.dropped.append((records[i], Drop(f"near-duplicate {what.replace('_', ' + ')}",
                                                         duplicate_of=records[j])))
@@ -95,15 +112,17 @@ class Decontaminate(PoolStage):
                 if conv.last_response:
                     eval_texts.append(conv.last_response)
         deco = Decontaminator(eval_texts, self.s.ngram, self.s.near_threshold)
-        sigs = list(zip(*dd.sketch([r.prompt for r in records]), strict=True)) \
-            if deco.index is not None and records else [None] * len(records)
-        sketched = {id(r): sig for r, sig in zip(records, sigs, strict=True)}
-
-        def why(r: PoolRecord) -> Drop | None:
-            hit = deco.find(r.prompt, r.response, sketched[id(r)])
-            return Drop(hit.reason, hit.detail) if hit else None
-
-        result = partition(records, why)
+        result = Result([])
+        for start in range(0, len(records), SKETCH_CHUNK):  # sketches of one chunk at a time: bounded memory
+            part = records[start:start + SKETCH_CHUNK]
+            prompts = [r.prompt for r in part]
+            sigs = zip(*dd.sketch(prompts), strict=True) if deco.index is not None else [None] * len(part)
+            for r, prompt, sig in zip(part, prompts, sigs, strict=True):
+                hit = deco.find(prompt, r.response, sig)
+                if hit:
+                    result.dropped.append((r, Drop(hit.reason, hit.detail)))
+                else:
+                    result.kept.append(r)
         result.funnel_extra["eval_texts"] = len(eval_texts)
         return result
 
