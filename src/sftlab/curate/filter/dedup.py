@@ -70,6 +70,7 @@ def jaccard(a: frozenset[int], b: frozenset[int]) -> float:
 # signature comparison (every candidate is verified). With (0.5, 0.5) a pair at threshold + 0.05 is found only
 # ~67% of the time; with (0.1, 0.9) ~98%.
 LSH_WEIGHTS = (0.1, 0.9)
+SKETCH_CHUNK = 10000  # records sketched at once: their shingles and signatures are ~8 KB a record while held
 
 
 def packed(shingle_set: frozenset[int]) -> bytes:
@@ -147,7 +148,7 @@ class NearDuplicateIndex:
 
 
 def near_duplicates(texts: Sequence[str], threshold: float = 0.8, num_perm: int = 128, ngram: int = 3,
-                    skip: set[int] | None = None, chunk: int = 20000) -> dict[int, int]:
+                    skip: set[int] | None = None, chunk: int = SKETCH_CHUNK) -> dict[int, int]:
     """{index of a near-duplicate: index of the earlier record it copies}; records in `skip` are ignored."""
     index = NearDuplicateIndex(threshold, num_perm)
     dup: dict[int, int] = {}

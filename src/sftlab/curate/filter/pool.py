@@ -2,13 +2,13 @@
 
 A million-record pool must fit in bounded memory, so a record read by `read_pool` keeps only what the funnel and
 the report need (id, source, location, decision, scores: ~0.3 KB) and its text lives in a `TextStore`, an
-anonymous temporary file read back through mmap when a stage asks for `prompt`, `response` or `conv`.
+anonymous temporary file read back (pread) when a stage asks for `prompt`, `response` or `conv`.
 """
 
 from __future__ import annotations
 
 import json
-import mmap
+import os
 import tempfile
 from array import array
 from collections import Counter
@@ -31,7 +31,6 @@ class TextStore:
     def __init__(self) -> None:
         self._file = tempfile.TemporaryFile()  # noqa: SIM115 (open for the store's life)
         self._bounds = array("q", [0])
-        self._map: mmap.mmap | None = None
 
     def add(self, prompt: str, response: str, conv: Conversation) -> None:
         for text in (prompt, response, json.dumps(conv.to_dict(), ensure_ascii=False)):
@@ -40,15 +39,14 @@ class TextStore:
             self._bounds.append(self._bounds[-1] + len(data))
 
     def seal(self) -> None:
-        """Done adding: map the file for reading."""
+        """Done adding: what was written can be read (with pread, not mmap, whose pages would count as the
+        process's memory)."""
         self._file.flush()
-        if self._bounds[-1]:
-            self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
 
     def text(self, index: int, part: int) -> str:
         k = index * self.PARTS + part
         start, end = self._bounds[k], self._bounds[k + 1]
-        return self._map[start:end].decode(*_ENCODING) if end > start else ""
+        return os.pread(self._file.fileno(), end - start, start).decode(*_ENCODING) if end > start else ""
 
     def conversation(self, index: int) -> Conversation:
         d = json.loads(self.text(index, 2))

@@ -20,7 +20,6 @@ from sftlab.data.loading import load_conversations
 from sftlab.kvstore import stable_key
 
 Result = StageResult[PoolRecord]
-SKETCH_CHUNK = 20000  # records whose MinHash sketches are held at once
 
 
 class _Texts(Sequence[str]):
@@ -113,8 +112,8 @@ class Decontaminate(PoolStage):
                     eval_texts.append(conv.last_response)
         deco = Decontaminator(eval_texts, self.s.ngram, self.s.near_threshold)
         result = Result([])
-        for start in range(0, len(records), SKETCH_CHUNK):  # sketches of one chunk at a time: bounded memory
-            part = records[start:start + SKETCH_CHUNK]
+        for start in range(0, len(records), dd.SKETCH_CHUNK):  # sketches of one chunk at a time: bounded memory
+            part = records[start:start + dd.SKETCH_CHUNK]
             prompts = [r.prompt for r in part]
             sigs = zip(*dd.sketch(prompts), strict=True) if deco.index is not None else [None] * len(part)
             for r, prompt, sig in zip(part, prompts, sigs, strict=True):
