@@ -44,3 +44,43 @@ def test_memory_per_pool_record_is_small(tmp_path):
         tracemalloc.stop()
     assert len(records) == 50_000 and isinstance(records[0], PoolRecord)
     assert held / 50_000 < 500 and peak / 50_000 < 700, (held, peak)  # bytes a record; the ~0.9 KB text on disk
+
+
+def _datasketch_near_duplicates(texts, threshold):
+    """The same verified search over datasketch's own MinHashLSH: what the compact band tables must match."""
+    from datasketch import MinHashLSH
+
+    from sftlab.curate.filter import dedup as dd
+
+    lsh = MinHashLSH(threshold=threshold, num_perm=128, weights=dd.LSH_WEIGHTS)
+    sets, dup = {}, {}
+    for i, (sig, sh) in enumerate(zip(*dd.sketch(texts), strict=True)):
+        hits = [(-dd.jaccard(sh, sets[k]), k) for k in lsh.query(sig) if dd.jaccard(sh, sets[k]) >= threshold]
+        if hits:
+            dup[i] = min(hits)[1]
+        else:
+            lsh.insert(i, sig)
+            sets[i] = sh
+    return dup
+
+
+def test_compact_lsh_tables_find_what_datasketch_finds_across_merges(monkeypatch):
+    import random
+
+    from sftlab.curate.filter import dedup as dd
+
+    rng = random.Random(1)
+    vocab = [f"w{i}" for i in range(300)]
+    texts = []
+    for _ in range(3000):
+        if texts and rng.random() < 0.2:  # a near copy: one word changed
+            words = rng.choice(texts).split()
+            words[rng.randrange(len(words))] = "edited"
+            texts.append(" ".join(words))
+        else:
+            texts.append(" ".join(rng.choice(vocab) for _ in range(rng.randint(8, 30))))
+    monkeypatch.setattr(dd, "MERGE_EVERY", 400)  # many merges of recent entries into the sorted arrays
+    for threshold in (0.5, 0.8):
+        expected = _datasketch_near_duplicates(texts, threshold)
+        assert len(expected) > 100
+        assert dd.near_duplicates(texts, threshold, chunk=250) == expected

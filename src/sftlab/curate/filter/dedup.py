@@ -11,12 +11,11 @@ from __future__ import annotations
 import hashlib
 import zlib
 from collections.abc import Iterable, Sequence
-from typing import Any
 
 import numpy as np
 from datasketch import LeanMinHash, MinHash, MinHashLSH
-from datasketch.lsh import _optimal_param
 
+from sftlab.curate.filter.lsh import MERGE_EVERY, BandTables
 from sftlab.textutil import ngrams, normalize, words
 
 
@@ -83,68 +82,63 @@ def unpacked(blob: bytes) -> frozenset[int]:
     return frozenset(np.frombuffer(blob, dtype=np.uint32).tolist())
 
 
-class BandTables:
-    """MinHash LSH banding (datasketch's band sizes for the threshold and `LSH_WEIGHTS`) in compact tables: per
-    band, the hash of the band's values maps to a record key (a list only on a collision). datasketch's in-memory
-    `MinHashLSH` keeps a 100-byte band key and a one-element set per band per record: 4.7 KB a record measured,
-    the largest part of the filter's memory; these tables keep an int and a dict slot (~1.3 KB). A hash collision
-    only adds a candidate, and every candidate is verified, so the answers are datasketch's."""
-
-    def __init__(self, threshold: float, num_perm: int) -> None:
-        self.bands, self.rows = _optimal_param(threshold, num_perm, *LSH_WEIGHTS)
-        self.tables: list[dict[int, Any]] = [{} for _ in range(self.bands)]
-
-    def _hashes(self, sig: LeanMinHash) -> list[int]:
-        data, width = sig.hashvalues.tobytes(), self.rows * sig.hashvalues.itemsize
-        return [hash(data[b * width:(b + 1) * width]) for b in range(self.bands)]
-
-    def insert(self, key: int, sig: LeanMinHash) -> None:
-        for table, h in zip(self.tables, self._hashes(sig), strict=True):
-            held = table.setdefault(h, key)
-            if held is not key:
-                if isinstance(held, list):
-                    held.append(key)
-                else:
-                    table[h] = [held, key]
-
-    def query(self, sig: LeanMinHash) -> set[int]:
-        found: set[int] = set()
-        for table, h in zip(self.tables, self._hashes(sig), strict=True):
-            held = table.get(h)
-            if isinstance(held, list):
-                found.update(held)
-            elif held is not None:
-                found.add(held)
-        return found
-
-
 class NearDuplicateIndex:
     """Stream records in; `add` returns the key of an earlier near-duplicate or None, in which case the record
-    joins the index. LSH proposes candidates; each is confirmed with the exact Jaccard of the hashed shingle
-    sets (a 128-permutation estimate is off by 0.035 on average, enough to miss a planted copy), kept packed."""
+    joins the index. LSH (`lsh.BandTables`) proposes candidates; each is confirmed with the exact Jaccard of the
+    hashed shingle sets (a 128-permutation estimate is off by 0.035 on average, enough to miss a planted copy),
+    kept packed."""
 
     def __init__(self, threshold: float = 0.8, num_perm: int = 128) -> None:
         self.threshold = threshold
-        self.lsh = BandTables(threshold, num_perm)
+        self.lsh = BandTables(threshold, num_perm, LSH_WEIGHTS)
         self.sets: dict[int, bytes] = {}
 
-    def insert(self, key: int, sig: LeanMinHash, shingle_set: frozenset[int]) -> None:
-        self.lsh.insert(key, sig)
-        self.sets[key] = packed(shingle_set)
+    def _rows(self, sigs: Sequence[LeanMinHash]) -> np.ndarray:
+        return self.lsh.band_hashes(np.stack([s.hashvalues for s in sigs]))
 
-    def query(self, sig: LeanMinHash, shingle_set: frozenset[int]) -> int | None:
+    def _best(self, candidates: set[int], shingle_set: frozenset[int]) -> int | None:
+        """The candidate with the highest Jaccard at or above the threshold (ties: the smallest key)."""
         best, best_j = None, -1.0
-        for key in self.lsh.query(sig):
+        for key in candidates:
             j = jaccard(shingle_set, unpacked(self.sets[key]))
             if j >= self.threshold and (j > best_j or (j == best_j and key < best)):
                 best, best_j = key, j
         return best
+
+    def insert(self, key: int, sig: LeanMinHash, shingle_set: frozenset[int]) -> None:
+        self.lsh.insert(key, self._rows([sig])[0].tolist())
+        self.sets[key] = packed(shingle_set)
+        if self.lsh.recent_count >= MERGE_EVERY:
+            self.lsh.merge()
+
+    def query(self, sig: LeanMinHash, shingle_set: frozenset[int]) -> int | None:
+        rows = self._rows([sig])
+        return self._best(self.lsh.recent_candidates(rows[0].tolist(), self.lsh.merged_candidates(rows)[0]),
+                          shingle_set)
 
     def add(self, key: int, sig: LeanMinHash, shingle_set: frozenset[int]) -> int | None:
         hit = self.query(sig, shingle_set)
         if hit is None:
             self.insert(key, sig, shingle_set)
         return hit
+
+    def add_many(self, keys: Sequence[int], sigs: Sequence[LeanMinHash],
+                 shingle_sets: Sequence[frozenset[int]]) -> list[int | None]:
+        """`add` each record in turn, the older (merged) entries searched once for the whole batch."""
+        if not keys:
+            return []
+        rows = self._rows(sigs)
+        older = self.lsh.merged_candidates(rows)
+        hits: list[int | None] = []
+        for key, row, found, sh in zip(keys, rows.tolist(), older, shingle_sets, strict=True):
+            hit = self._best(self.lsh.recent_candidates(row, found), sh)
+            if hit is None:
+                self.lsh.insert(key, row)
+                self.sets[key] = packed(sh)
+            hits.append(hit)
+        if self.lsh.recent_count >= MERGE_EVERY:  # only between batches: `older` was searched before this one
+            self.lsh.merge()
+        return hits
 
 
 def near_duplicates(texts: Sequence[str], threshold: float = 0.8, num_perm: int = 128, ngram: int = 3,
@@ -157,8 +151,7 @@ def near_duplicates(texts: Sequence[str], threshold: float = 0.8, num_perm: int 
     for start in range(0, len(todo), chunk):  # bounded memory for the shingle sets
         part = todo[start:start + chunk]
         sigs, sets = sketch([texts[i] for i in part], num_perm, ngram)
-        for i, sig, sh in zip(part, sigs, sets, strict=True):
-            hit = index.add(i, sig, sh)
+        for i, hit in zip(part, index.add_many(part, sigs, sets), strict=True):
             if hit is not None:
                 dup[i] = hit
     return dup
