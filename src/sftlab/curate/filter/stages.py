@@ -3,8 +3,9 @@ scores, diverse selection. Each is one `Stage` (see `stage.py`): records in, kep
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -22,18 +23,22 @@ from sftlab.kvstore import stable_key
 Result = StageResult[PoolRecord]
 
 
-class _Texts(Sequence[str]):
-    """The text near dedup compares (`prompt` or `prompt_response`), read on demand: never all of it at once."""
+class _Lazy(Sequence):
+    """`read(record)` for each record, computed when indexed: a stage's texts or conversations never all held."""
 
-    def __init__(self, records: list[PoolRecord], what: str) -> None:
-        self.records, self.what = records, what
+    def __init__(self, records: list[PoolRecord], read: Callable[[PoolRecord], Any]) -> None:
+        self.records, self.read = records, read
 
     def __len__(self) -> int:
         return len(self.records)
 
     def __getitem__(self, i):  # type: ignore[override]
-        r = self.records[i]
-        return r.prompt if self.what == "prompt" else r.prompt + "\n" + r.response
+        return self.read(self.records[i])
+
+
+def _compared_text(what: str) -> Callable[[PoolRecord], str]:
+    """The text near dedup compares: the prompt, or prompt and response (`near_on`)."""
+    return (lambda r: r.prompt) if what == "prompt" else (lambda r: r.prompt + "\n" + r.response)
 
 
 class PoolStage:
@@ -85,8 +90,8 @@ class NearDedup(PoolStage):
         result = Result([], funnel_extra={"threshold": self.s.threshold})
         dropped: set[int] = set()
         for what in self.s.near_on:
-            hits = dd.near_duplicates(_Texts(records, what), self.s.threshold, self.s.num_perm, self.s.ngram,
-                                      skip=dropped)
+            texts = _Lazy(records, _compared_text(what))
+            hits = dd.near_duplicates(texts, self.s.threshold, self.s.num_perm, self.s.ngram, skip=dropped)
             for i, j in hits.items():
                 result.dropped.append((records[i], Drop(f"near-duplicate {what.replace('_', ' + ')}",
                                                         duplicate_of=records[j])))
@@ -158,7 +163,7 @@ class ModelScores(PoolStage):
         all_scores: dict[str, list[float | None]] = {}
         for s in self.scorers:
             log(f"filter: scoring {len(records)} records with {s.type} ({s.model or s.function or ''})")
-            vals = score_records(Scorer(s), [r.conv for r in records], keys, cache)
+            vals = score_records(Scorer(s), _Lazy(records, lambda r: r.conv), keys, cache)
             all_scores[s.name] = vals
             for r, v in zip(records, vals, strict=True):
                 r.scores[s.name] = None if v is None else round(float(v), 4)
