@@ -28,8 +28,9 @@ class TextStore:
 
     PARTS = 3
 
-    def __init__(self) -> None:
-        self._file = tempfile.TemporaryFile()  # noqa: SIM115 (open for the store's life)
+    def __init__(self, folder: Path | None = None) -> None:
+        # unlinked at once (nothing is left behind); in `folder`, the output's disk, not a /tmp that may be RAM
+        self._file = tempfile.TemporaryFile(dir=folder)  # noqa: SIM115 (open for the store's life)
         self._bounds = array("q", [0])
 
     def add(self, prompt: str, response: str, conv: Conversation) -> None:
@@ -92,11 +93,12 @@ def prompt_text(conv: Conversation) -> str:
     return "\n".join(t.content for t in conv.prompt_turns if t.role in ("system", "user", "tool"))
 
 
-def read_pool(pool: list[DataSpec]) -> tuple[list[PoolRecord], Counter, list[dict[str, Any]]]:
-    """Every valid record of every source with a unique id, streamed into one `TextStore`; the skip counts and
-    per-source reports beside."""
+def read_pool(pool: list[DataSpec], folder: Path | None = None) -> tuple[list[PoolRecord], Counter,
+                                                                         list[dict[str, Any]]]:
+    """Every valid record of every source with a unique id, streamed into one `TextStore` (its file in `folder`);
+    the skip counts and per-source reports beside."""
     records: list[PoolRecord] = []
-    store = TextStore()
+    store = TextStore(folder)
     seen: dict[str, int] = {}
     skipped: Counter = Counter()
     sources = []
