@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import zlib
+from array import array
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -86,12 +87,25 @@ class NearDuplicateIndex:
     """Stream records in; `add` returns the key of an earlier near-duplicate or None, in which case the record
     joins the index. LSH (`lsh.BandTables`) proposes candidates; each is confirmed with the exact Jaccard of the
     hashed shingle sets (a 128-permutation estimate is off by 0.035 on average, enough to miss a planted copy),
-    kept packed."""
+    packed end to end in one bytearray. The tables hold slots (0, 1, ... in insertion order), `keys` maps a slot
+    to the caller's key: 16 bytes of bookkeeping a record instead of a dict entry, an int and a bytes object."""
 
     def __init__(self, threshold: float = 0.8, num_perm: int = 128) -> None:
         self.threshold = threshold
         self.lsh = BandTables(threshold, num_perm, LSH_WEIGHTS)
-        self.sets: dict[int, bytes] = {}
+        self.keys = array("q")
+        self.set_bytes = bytearray()
+        self.set_ends = array("q")
+
+    def _store(self, key: int, shingle_set: frozenset[int]) -> int:
+        """Keep `key` and its packed shingle set; its slot for the band tables."""
+        self.keys.append(key)
+        self.set_bytes += packed(shingle_set)
+        self.set_ends.append(len(self.set_bytes))
+        return len(self.keys) - 1
+
+    def _shingles(self, slot: int) -> frozenset[int]:
+        return unpacked(self.set_bytes[self.set_ends[slot - 1] if slot else 0:self.set_ends[slot]])
 
     def _rows(self, sigs: Sequence[LeanMinHash]) -> np.ndarray:
         return self.lsh.band_hashes(np.stack([s.hashvalues for s in sigs]))
@@ -99,15 +113,14 @@ class NearDuplicateIndex:
     def _best(self, candidates: set[int], shingle_set: frozenset[int]) -> int | None:
         """The candidate with the highest Jaccard at or above the threshold (ties: the smallest key)."""
         best, best_j = None, -1.0
-        for key in candidates:
-            j = jaccard(shingle_set, unpacked(self.sets[key]))
+        for slot in candidates:
+            key, j = self.keys[slot], jaccard(shingle_set, self._shingles(slot))
             if j >= self.threshold and (j > best_j or (j == best_j and key < best)):
                 best, best_j = key, j
         return best
 
     def insert(self, key: int, sig: LeanMinHash, shingle_set: frozenset[int]) -> None:
-        self.lsh.insert(key, self._rows([sig])[0].tolist())
-        self.sets[key] = packed(shingle_set)
+        self.lsh.insert(self._store(key, shingle_set), self._rows([sig])[0].tolist())
         if self.lsh.recent_count >= MERGE_EVERY:
             self.lsh.merge()
 
@@ -133,8 +146,7 @@ class NearDuplicateIndex:
         for key, row, found, sh in zip(keys, rows.tolist(), older, shingle_sets, strict=True):
             hit = self._best(self.lsh.recent_candidates(row, found), sh)
             if hit is None:
-                self.lsh.insert(key, row)
-                self.sets[key] = packed(sh)
+                self.lsh.insert(self._store(key, sh), row)
             hits.append(hit)
         if self.lsh.recent_count >= MERGE_EVERY:  # only between batches: `older` was searched before this one
             self.lsh.merge()
