@@ -1,14 +1,14 @@
 """The pool the filter works on: every source record once, with the prompt and reply text the stages compare.
 
 A million-record pool must fit in bounded memory, so a record read by `read_pool` keeps only what the funnel and
-the report need (id, source, location, decision, scores: ~0.3 KB) and its text lives in a `TextStore`, an
+the report need (id, source, location, decision, scores: ~0.4 KB) and its text lives in a `TextStore`, an
 anonymous temporary file read back (pread) when a stage asks for `prompt`, `response` or `conv`.
 """
 
 from __future__ import annotations
 
-import json
 import os
+import pickle
 import tempfile
 from array import array
 from collections import Counter
@@ -16,15 +16,16 @@ from pathlib import Path
 from typing import Any
 
 from sftlab.data.loading import DataSpec, LoadReport, iter_conversations, make_spec
-from sftlab.data.schema import Conversation, Turn
+from sftlab.data.schema import Conversation
 from sftlab.data.sql import source_name
 
 _ENCODING = ("utf-8", "surrogatepass")  # JSON text may hold lone surrogates; they round-trip unchanged
 
 
 class TextStore:
-    """Prompt, response and conversation (JSON) of each record in a temporary file the OS removes on close:
-    24 bytes of offsets a record in memory instead of its text and the Python objects around it."""
+    """Prompt, response and conversation (pickled: it comes back exactly, whatever its `meta` holds) of each
+    record in a temporary file the OS removes on close: 24 bytes of offsets a record in memory instead of its text
+    and the Python objects around it."""
 
     PARTS = 3
 
@@ -34,8 +35,7 @@ class TextStore:
         self._bounds = array("q", [0])
 
     def add(self, prompt: str, response: str, conv: Conversation) -> None:
-        for text in (prompt, response, json.dumps(conv.to_dict(), ensure_ascii=False)):
-            data = text.encode(*_ENCODING)
+        for data in (prompt.encode(*_ENCODING), response.encode(*_ENCODING), pickle.dumps(conv, protocol=5)):
             self._file.write(data)
             self._bounds.append(self._bounds[-1] + len(data))
 
@@ -44,17 +44,16 @@ class TextStore:
         process's memory)."""
         self._file.flush()
 
-    def text(self, index: int, part: int) -> str:
+    def _read(self, index: int, part: int) -> bytes:
         k = index * self.PARTS + part
         start, end = self._bounds[k], self._bounds[k + 1]
-        return os.pread(self._file.fileno(), end - start, start).decode(*_ENCODING) if end > start else ""
+        return os.pread(self._file.fileno(), end - start, start) if end > start else b""
+
+    def text(self, index: int, part: int) -> str:
+        return self._read(index, part).decode(*_ENCODING)
 
     def conversation(self, index: int) -> Conversation:
-        d = json.loads(self.text(index, 2))
-        turns = [Turn(t["role"], t["content"], t.get("weight", 1.0),
-                      [c["function"] for c in t["tool_calls"]] if t.get("tool_calls") else None, t.get("name"))
-                 for t in d["messages"]]
-        return Conversation(turns, d["id"], d.get("tools"), d.get("meta", {}))
+        return pickle.loads(self._read(index, 2))  # noqa: S301 (this store's own file, written above)
 
 
 class PoolRecord:
