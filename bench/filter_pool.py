@@ -2,12 +2,13 @@
 
 Each pool is generated on the fly and streamed to a temporary JSONL (2% planted near-copies, 1% exact copies, 2%
 responses the heuristics drop), then filtered in its own process (exact + near dedup on prompt and prompt +
-response, heuristics, no model scorer, no diverse selection), so peak RSS is that run's alone. Next to it, the
-same dedup and heuristic code streamed chunk by chunk with only the dedup indexes kept (`--worker stream`): what
-the pipeline's memory would be if it streamed. The CPU is often shared, so the machine's load is printed with
-the table, and records per CPU-second (less sensitive to neighbours than wall time).
+response, heuristics, no model scorer, no diverse selection), so peak RSS is that run's alone. Next to it
+(`--runs stream`), the same dedup and heuristic code streamed chunk by chunk with only the dedup indexes kept. The
+CPU is often shared, so the machine's load is printed with the table, and records per CPU-second (less
+sensitive to neighbours than wall time).
 
     python bench/filter_pool.py                          # 100k, 300k, 1M; table + bench/results/filter_pool.json
+    python bench/filter_pool.py --runs pipeline          # curate filter alone (the README table)
     python bench/filter_pool.py --sizes 20000 --no-save  # a quick check
 """
 
@@ -117,7 +118,7 @@ def measure(n: int, tmp: Path, runs: list[str]) -> list[dict]:
     pool = tmp / f"pool_{n}.jsonl"
     write_pool(pool, n)
     rows = []
-    commands = {"pipeline": ("curate filter (pipeline today)", pipeline_cmd(pool, tmp / f"sel_{n}.jsonl", n)),
+    commands = {"pipeline": ("curate filter (pipeline)", pipeline_cmd(pool, tmp / f"sel_{n}.jsonl", n)),
                 "stream": ("streamed stages (indexes only)", [sys.executable, __file__, "--worker", str(pool),
                                                               str(tmp / f"stream_{n}.jsonl")])}
     for name, cmd in (commands[r] for r in runs):

@@ -3,10 +3,12 @@ engine arguments. vLLM is not installed here, so what is tested is the config pl
 happen before vLLM would start; the engine itself runs only on a GPU machine."""
 
 import pytest
+from typer.testing import CliRunner
 
+from sftlab.cli import app
 from sftlab.errors import ConfigError
 from sftlab.generation.factory import build_generator
-from sftlab.generation.vllm_backend import VLLMOptions, check_gpus, vllm_available, vllm_options
+from sftlab.generation.vllm_backend import VLLMOptions, check_gpus, vllm_available, vllm_options, vllm_options_from_cli
 
 
 def test_options_become_vllm_engine_arguments():
@@ -42,3 +44,28 @@ def test_engine_vllm_without_vllm_is_a_clear_error(tiny_model_dir):
         build_generator(str(tiny_model_dir), engine="vllm", vllm={"tensor_parallel_size": 0})
     with pytest.raises(ConfigError, match="vLLM is not installed"):
         build_generator(str(tiny_model_dir), engine="vllm", vllm={"tensor_parallel_size": 2})
+
+
+def test_vllm_cli_options_become_engine_options():
+    opts = vllm_options_from_cli(["tensor_parallel_size=2", "gpu_memory_utilization = 0.85", "max_model_len=4096"])
+    assert opts.engine_kwargs() == {"tensor_parallel_size": 2, "gpu_memory_utilization": 0.85, "max_model_len": 4096}
+    assert vllm_options_from_cli([]) is None
+
+
+@pytest.mark.parametrize(("command", "item", "named"), [
+    ("distill", "tensor_paralel_size=2", "tensor_paralel_size"),
+    ("best-of-k", "data_parallel_size=0", "data_parallel_size"),
+    ("distill", "tensor_parallel_size", "expected KEY=VALUE"),
+])
+def test_a_bad_vllm_option_is_a_clear_error_before_anything_loads(tmp_path, command, item, named):
+    r = CliRunner().invoke(app, ["curate", command, "--prompts", str(tmp_path / "none.jsonl"),
+                                 "--out", str(tmp_path / "out.jsonl"), "--vllm", "max_model_len=512",
+                                 "--vllm", item])
+    assert r.exit_code == 2, r.output
+    assert "error:" in r.output and named in r.output
+    assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_vllm_options_with_a_base_url_are_refused():
+    with pytest.raises(ConfigError, match="--base-url"):
+        vllm_options_from_cli(["tensor_parallel_size=2"], base_url=["http://127.0.0.1:8000/v1"])

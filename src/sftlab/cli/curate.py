@@ -10,6 +10,9 @@ import typer
 from sftlab.cli.base import console, curate_app, fail, quiet
 from sftlab.errors import SftlabError
 
+VLLM_HELP = ("vLLM engine option KEY=VALUE, repeatable (tensor_parallel_size, data_parallel_size, "
+             "gpu_memory_utilization, max_model_len); used when the local engine is vLLM.")
+
 
 def _prompts(path: str, fmt: str, max_prompts: int | None):
     """The prompts to curate; none at all is an error (a wrong path or format, not a finished job)."""
@@ -88,21 +91,24 @@ def curate_distill(
         temperature: float = typer.Option(0.0), top_p: float = typer.Option(1.0), seed: int = typer.Option(0),
         max_prompts: int = typer.Option(None), batch_size: int = typer.Option(8),
         keep_unfinished: bool = typer.Option(False, help="Keep replies that hit max_new_tokens."),
+        vllm: list[str] = typer.Option([], "--vllm", help=VLLM_HELP),
         no_cache: bool = typer.Option(False)) -> None:
     """A teacher answers the prompts; the output is ordinary SFT data."""
     quiet()
     from sftlab.curate.distill import distill, distill_settings
     from sftlab.curate.runner import engine_id
     from sftlab.generation.factory import build_generator
+    from sftlab.generation.vllm_backend import vllm_options_from_cli
 
     try:
+        engine_options = vllm_options_from_cli(vllm, base_url)
         params = _sampling("n", batch_size, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                            n=n, seed=seed)
         gid = engine_id(teacher, adapter, base_url)
         _claim(out, distill_settings(gid, params, system, keep_unfinished), prompts)
         convs = _prompts(prompts, format, max_prompts)
         gen = build_generator(teacher, adapter=adapter, base_url=base_url, batch_size=batch_size,
-                              api_key_env=api_key_env)
+                              api_key_env=api_key_env, vllm=engine_options)
         stats = distill(convs, gen, out, params, system_prompt=system, keep_unfinished=keep_unfinished,
                         cache=_cache(out, no_cache), batch_size=batch_size, console=console, generator_id=gid,
                         inputs=[prompts])
@@ -126,15 +132,18 @@ def curate_best_of_k(
         adapter: str = typer.Option(None), format: str = typer.Option("auto"),
         max_new_tokens: int = typer.Option(256), temperature: float = typer.Option(0.8),
         top_p: float = typer.Option(0.95), seed: int = typer.Option(0), max_prompts: int = typer.Option(None),
-        batch_size: int = typer.Option(8), no_cache: bool = typer.Option(False)) -> None:
+        batch_size: int = typer.Option(8), no_cache: bool = typer.Option(False),
+        vllm: list[str] = typer.Option([], "--vllm", help=VLLM_HELP)) -> None:
     """Sample k replies per prompt, score them, keep the best: rejection sampling."""
     quiet()
     from sftlab.curate.best_of_k import best_of_k, best_of_k_settings
     from sftlab.curate.rewards import make_reward, reward_identity
     from sftlab.curate.runner import engine_id
     from sftlab.generation.factory import build_generator
+    from sftlab.generation.vllm_backend import vllm_options_from_cli
 
     try:
+        engine_options = vllm_options_from_cli(vllm, base_url)
         params = _sampling("k", batch_size, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                            n=k, seed=seed)
         gid = engine_id(policy, adapter, base_url)
@@ -143,7 +152,7 @@ def curate_best_of_k(
         convs = _prompts(prompts, format, max_prompts)
         fn = make_reward(reward, judge=judge, base_url=base_url, api_key_env=api_key_env)
         gen = build_generator(policy, adapter=adapter, base_url=base_url, batch_size=batch_size,
-                              api_key_env=api_key_env)
+                              api_key_env=api_key_env, vllm=engine_options)
         stats = best_of_k(convs, gen, fn, out, params, reward_name=reward, select=select, min_score=min_score,
                           cache=_cache(out, no_cache), batch_size=batch_size, console=console, generator_id=gid,
                           reward_id=reward_id, inputs=[prompts])

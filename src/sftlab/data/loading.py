@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -122,9 +123,13 @@ def load_conversations(spec: DataSpec | dict[str, Any] | str) -> tuple[list[Conv
     with "skip" each bad record is counted under its reason in the returned report.
     """
     spec = make_spec(spec)
-    shown = source_name(spec.path, spec.type, spec.query)
-    report = LoadReport(source=shown)
-    out: list[Conversation] = []
+    report = LoadReport(source=source_name(spec.path, spec.type, spec.query))
+    return list(iter_conversations(spec, report)), report
+
+
+def iter_conversations(spec: DataSpec, report: LoadReport) -> Iterator[Conversation]:
+    """`load_conversations` one record at a time (a large pool need not fit in memory); counts go to `report`."""
+    shown = report.source
     fmt = None if spec.format == "auto" else spec.format
     for location, rec in read_records(spec.path, type=spec.type, split=spec.split, query=spec.query):
         report.read += 1
@@ -144,8 +149,8 @@ def load_conversations(spec: DataSpec | dict[str, Any] | str) -> tuple[list[Conv
             continue
         conv.meta.setdefault("source", shown)
         conv.meta.setdefault("location", location)
-        out.append(conv)
         report.loaded += 1
+        yield conv
         if spec.max_records and report.loaded >= spec.max_records:
             break
     if report.read == 0 and not spec.allow_empty:
@@ -153,4 +158,3 @@ def load_conversations(spec: DataSpec | dict[str, Any] | str) -> tuple[list[Conv
                         "or query, or set allow_empty: true (--allow-empty) if that is intended", source=shown,
                         reason="empty source")
     report.format = fmt
-    return out, report

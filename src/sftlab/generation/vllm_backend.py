@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sftlab.errors import ConfigError
 from sftlab.generation.base import Generation, Messages, SamplingParams
 from sftlab.templates.masking import prompt_ids
-from sftlab.yamlconfig import validated
+from sftlab.yamlconfig import parse_set_items, validated
 
 
 class VLLMOptions(BaseModel):
@@ -40,6 +40,23 @@ def vllm_options(raw: VLLMOptions | dict[str, Any] | None, source: str = "vllm o
     if isinstance(raw, VLLMOptions):
         return raw
     return validated(VLLMOptions, raw or {}, source)
+
+
+def vllm_options_from_cli(items: list[str], base_url: list[str] | None = None) -> VLLMOptions | None:
+    """`--vllm KEY=VALUE` options (VALUE is YAML: `2`, `0.85`) as checked engine options, None when none are
+    given; a malformed item or a wrong key or value is a ConfigError naming it."""
+    if not items:
+        return None
+    if base_url:
+        raise ConfigError("--vllm sets the local vLLM engine's options; with --base-url the endpoint's server "
+                          "runs the model (set them there, e.g. vllm serve --tensor-parallel-size 2)")
+    raw: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--vllm '{item}': expected KEY=VALUE (e.g. --vllm tensor_parallel_size=2)")
+        raw.update(parse_set_items([f"{key.strip()}={text}"]))
+    return vllm_options(raw, "--vllm")
 
 
 def check_gpus(options: VLLMOptions, available: int) -> None:

@@ -10,16 +10,23 @@ from __future__ import annotations
 
 import hashlib
 import zlib
+from array import array
 from collections.abc import Iterable, Sequence
 
 import numpy as np
 from datasketch import LeanMinHash, MinHash, MinHashLSH
 
+from sftlab.curate.filter.lsh import MERGE_EVERY, BandTables
 from sftlab.textutil import ngrams, normalize, words
 
 
+def exact_digest(text: str) -> bytes:
+    """16 bytes naming a normalised text: what exact dedup keeps per record (a 49-byte object, not a hex str)."""
+    return hashlib.blake2b(normalize(text).encode(), digest_size=16).digest()
+
+
 def exact_key(text: str) -> str:
-    return hashlib.blake2b(normalize(text).encode(), digest_size=16).hexdigest()
+    return exact_digest(text).hex()
 
 
 def exact_duplicates(texts: Sequence[str]) -> dict[int, int]:
@@ -63,6 +70,7 @@ def jaccard(a: frozenset[int], b: frozenset[int]) -> float:
 # signature comparison (every candidate is verified). With (0.5, 0.5) a pair at threshold + 0.05 is found only
 # ~67% of the time; with (0.1, 0.9) ~98%.
 LSH_WEIGHTS = (0.1, 0.9)
+SKETCH_CHUNK = 10000  # records sketched at once: their shingles and signatures are ~8 KB a record while held
 
 
 def packed(shingle_set: frozenset[int]) -> bytes:
@@ -77,25 +85,49 @@ def unpacked(blob: bytes) -> frozenset[int]:
 
 class NearDuplicateIndex:
     """Stream records in; `add` returns the key of an earlier near-duplicate or None, in which case the record
-    joins the index. LSH proposes candidates; each is confirmed with the exact Jaccard of the hashed shingle
-    sets (a 128-permutation estimate is off by 0.035 on average, enough to miss a planted copy), kept packed."""
+    joins the index. LSH (`lsh.BandTables`) proposes candidates; each is confirmed with the exact Jaccard of the
+    hashed shingle sets (a 128-permutation estimate is off by 0.035 on average, enough to miss a planted copy),
+    packed end to end in one bytearray. The tables hold slots (0, 1, ... in insertion order), `keys` maps a slot
+    to the caller's key: 16 bytes of bookkeeping a record instead of a dict entry, an int and a bytes object."""
 
     def __init__(self, threshold: float = 0.8, num_perm: int = 128) -> None:
         self.threshold = threshold
-        self.lsh = MinHashLSH(threshold=threshold, num_perm=num_perm, weights=LSH_WEIGHTS)
-        self.sets: dict[int, bytes] = {}
+        self.lsh = BandTables(threshold, num_perm, LSH_WEIGHTS)
+        self.keys = array("q")
+        self.set_bytes = bytearray()
+        self.set_ends = array("q")
 
-    def insert(self, key: int, sig: LeanMinHash, shingle_set: frozenset[int]) -> None:
-        self.lsh.insert(key, sig)
-        self.sets[key] = packed(shingle_set)
+    def _store(self, key: int, shingle_set: frozenset[int]) -> int:
+        """Keep `key` and its packed shingle set; its slot for the band tables."""
+        self.keys.append(key)
+        self.set_bytes += packed(shingle_set)
+        self.set_ends.append(len(self.set_bytes))
+        return len(self.keys) - 1
 
-    def query(self, sig: LeanMinHash, shingle_set: frozenset[int]) -> int | None:
+    def _shingles(self, slot: int) -> frozenset[int]:
+        return unpacked(self.set_bytes[self.set_ends[slot - 1] if slot else 0:self.set_ends[slot]])
+
+    def _rows(self, sigs: Sequence[LeanMinHash]) -> np.ndarray:
+        return self.lsh.band_hashes(np.stack([s.hashvalues for s in sigs]))
+
+    def _best(self, candidates: set[int], shingle_set: frozenset[int]) -> int | None:
+        """The candidate with the highest Jaccard at or above the threshold (ties: the smallest key)."""
         best, best_j = None, -1.0
-        for key in self.lsh.query(sig):
-            j = jaccard(shingle_set, unpacked(self.sets[key]))
+        for slot in candidates:
+            key, j = self.keys[slot], jaccard(shingle_set, self._shingles(slot))
             if j >= self.threshold and (j > best_j or (j == best_j and key < best)):
                 best, best_j = key, j
         return best
+
+    def insert(self, key: int, sig: LeanMinHash, shingle_set: frozenset[int]) -> None:
+        self.lsh.insert(self._store(key, shingle_set), self._rows([sig])[0].tolist())
+        if self.lsh.recent_count >= MERGE_EVERY:
+            self.lsh.merge()
+
+    def query(self, sig: LeanMinHash, shingle_set: frozenset[int]) -> int | None:
+        rows = self._rows([sig])
+        return self._best(self.lsh.recent_candidates(rows[0].tolist(), self.lsh.merged_candidates(rows)[0]),
+                          shingle_set)
 
     def add(self, key: int, sig: LeanMinHash, shingle_set: frozenset[int]) -> int | None:
         hit = self.query(sig, shingle_set)
@@ -103,9 +135,26 @@ class NearDuplicateIndex:
             self.insert(key, sig, shingle_set)
         return hit
 
+    def add_many(self, keys: Sequence[int], sigs: Sequence[LeanMinHash],
+                 shingle_sets: Sequence[frozenset[int]]) -> list[int | None]:
+        """`add` each record in turn, the older (merged) entries searched once for the whole batch."""
+        if not keys:
+            return []
+        rows = self._rows(sigs)
+        older = self.lsh.merged_candidates(rows)
+        hits: list[int | None] = []
+        for key, row, found, sh in zip(keys, rows.tolist(), older, shingle_sets, strict=True):
+            hit = self._best(self.lsh.recent_candidates(row, found), sh)
+            if hit is None:
+                self.lsh.insert(self._store(key, sh), row)
+            hits.append(hit)
+        if self.lsh.recent_count >= MERGE_EVERY:  # only between batches: `older` was searched before this one
+            self.lsh.merge()
+        return hits
+
 
 def near_duplicates(texts: Sequence[str], threshold: float = 0.8, num_perm: int = 128, ngram: int = 3,
-                    skip: set[int] | None = None, chunk: int = 20000) -> dict[int, int]:
+                    skip: set[int] | None = None, chunk: int = SKETCH_CHUNK) -> dict[int, int]:
     """{index of a near-duplicate: index of the earlier record it copies}; records in `skip` are ignored."""
     index = NearDuplicateIndex(threshold, num_perm)
     dup: dict[int, int] = {}
@@ -114,8 +163,7 @@ def near_duplicates(texts: Sequence[str], threshold: float = 0.8, num_perm: int 
     for start in range(0, len(todo), chunk):  # bounded memory for the shingle sets
         part = todo[start:start + chunk]
         sigs, sets = sketch([texts[i] for i in part], num_perm, ngram)
-        for i, sig, sh in zip(part, sigs, sets, strict=True):
-            hit = index.add(i, sig, sh)
+        for i, hit in zip(part, index.add_many(part, sigs, sets), strict=True):
             if hit is not None:
                 dup[i] = hit
     return dup

@@ -88,7 +88,8 @@ def run_filter(cfg: FilterConfig, console: Console | None = None) -> FilterResul
     console = console or Console(stderr=True)
     funnel = _Funnel()
     t = time.time()
-    records, skipped, sources = read_pool(cfg.pool)
+    spill = next(p for p in (cfg.report_path, *cfg.report_path.resolve().parents) if p.is_dir())  # output's disk
+    records, skipped, sources = read_pool(cfg.pool, spill)
     funnel.add("read + validate", len(records) + sum(skipped.values()), skipped, time.time() - t)
     console.print(f"filter: read {len(records)} records ({sum(skipped.values())} skipped) from "
                   f"{len(cfg.pool)} source(s)")

@@ -3,7 +3,9 @@ scores, diverse selection. Each is one `Stage` (see `stage.py`): records in, kep
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -19,6 +21,24 @@ from sftlab.data.loading import load_conversations
 from sftlab.kvstore import stable_key
 
 Result = StageResult[PoolRecord]
+
+
+class _Lazy(Sequence):
+    """`read(record)` for each record, computed when indexed: a stage's texts or conversations never all held."""
+
+    def __init__(self, records: list[PoolRecord], read: Callable[[PoolRecord], Any]) -> None:
+        self.records, self.read = records, read
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        return self.read(self.records[i])
+
+
+def _compared_text(what: str) -> Callable[[PoolRecord], str]:
+    """The text near dedup compares: the prompt, or prompt and response (`near_on`)."""
+    return (lambda r: r.prompt) if what == "prompt" else (lambda r: r.prompt + "\n" + r.response)
 
 
 class PoolStage:
@@ -41,11 +61,12 @@ class ExactDedup(PoolStage):
         self.s = settings
 
     def run(self, records: list[PoolRecord], log: Log) -> Result:
-        seen_pair: dict[str, PoolRecord] = {}
-        seen_prompt: dict[str, PoolRecord] = {}
+        seen_pair: dict[bytes, PoolRecord] = {}
+        seen_prompt: dict[bytes, PoolRecord] = {}
 
         def why(r: PoolRecord) -> Drop | None:
-            pair, prompt = dd.exact_key(r.prompt + "\x00" + r.response), dd.exact_key(r.prompt)
+            prompt_text = r.prompt
+            pair, prompt = dd.exact_digest(prompt_text + "\x00" + r.response), dd.exact_digest(prompt_text)
             if self.s.exact and pair in seen_pair:
                 return Drop("exact duplicate (prompt + response)", duplicate_of=seen_pair[pair])
             if self.s.exact_prompt and prompt in seen_prompt:
@@ -69,7 +90,7 @@ class NearDedup(PoolStage):
         result = Result([], funnel_extra={"threshold": self.s.threshold})
         dropped: set[int] = set()
         for what in self.s.near_on:
-            texts = [r.prompt if what == "prompt" else r.prompt + "\n" + r.response for r in records]
+            texts = _Lazy(records, _compared_text(what))
             hits = dd.near_duplicates(texts, self.s.threshold, self.s.num_perm, self.s.ngram, skip=dropped)
             for i, j in hits.items():
                 result.dropped.append((records[i], Drop(f"near-duplicate {what.replace('_', ' + ')}",
@@ -95,15 +116,17 @@ class Decontaminate(PoolStage):
                 if conv.last_response:
                     eval_texts.append(conv.last_response)
         deco = Decontaminator(eval_texts, self.s.ngram, self.s.near_threshold)
-        sigs = list(zip(*dd.sketch([r.prompt for r in records]), strict=True)) \
-            if deco.index is not None and records else [None] * len(records)
-        sketched = {id(r): sig for r, sig in zip(records, sigs, strict=True)}
-
-        def why(r: PoolRecord) -> Drop | None:
-            hit = deco.find(r.prompt, r.response, sketched[id(r)])
-            return Drop(hit.reason, hit.detail) if hit else None
-
-        result = partition(records, why)
+        result = Result([])
+        for start in range(0, len(records), dd.SKETCH_CHUNK):  # sketches of one chunk at a time: bounded memory
+            part = records[start:start + dd.SKETCH_CHUNK]
+            prompts = [r.prompt for r in part]
+            sigs = zip(*dd.sketch(prompts), strict=True) if deco.index is not None else [None] * len(part)
+            for r, prompt, sig in zip(part, prompts, sigs, strict=True):
+                hit = deco.find(prompt, r.response, sig)
+                if hit:
+                    result.dropped.append((r, Drop(hit.reason, hit.detail)))
+                else:
+                    result.kept.append(r)
         result.funnel_extra["eval_texts"] = len(eval_texts)
         return result
 
@@ -140,7 +163,7 @@ class ModelScores(PoolStage):
         all_scores: dict[str, list[float | None]] = {}
         for s in self.scorers:
             log(f"filter: scoring {len(records)} records with {s.type} ({s.model or s.function or ''})")
-            vals = score_records(Scorer(s), [r.conv for r in records], keys, cache)
+            vals = score_records(Scorer(s), _Lazy(records, lambda r: r.conv), keys, cache)
             all_scores[s.name] = vals
             for r, v in zip(records, vals, strict=True):
                 r.scores[s.name] = None if v is None else round(float(v), 4)
