@@ -1,5 +1,5 @@
 """The layering stays one-directional: data -> templates -> models -> train/generation -> curate/serve ->
-evaluate -> report -> demo -> cli, shared services (errors, fsutil, textutil, yamlconfig, kvstore, plotting, userfn,
+evaluate -> report -> demo/recipe -> cli, shared services (errors, fsutil, textutil, yamlconfig, kvstore, plotting, userfn,
 artifacts) below all. No stage imports a peer or a later stage."""
 
 import ast
@@ -9,9 +9,9 @@ import sftlab
 
 PACKAGE = Path(sftlab.__file__).parent
 SHARED = {"errors", "fsutil", "textutil", "yamlconfig", "kvstore", "plotting", "userfn", "artifacts"}
-# the demo is the main job: it trains, evaluates and writes the run report, so it sits after report
+# the demo (the main job) and recipes train, evaluate and write the run report, so they sit after report
 ORDER = [["data"], ["templates"], ["models", "testing"], ["train", "generation"], ["curate", "serve"], ["evaluate"],
-         ["report"], ["demo"], ["cli"], ["__main__"]]
+         ["report"], ["demo", "recipe"], ["cli"], ["__main__"]]
 RANK = {stage: rank for rank, stages in enumerate(ORDER, start=1) for stage in stages} | dict.fromkeys(SHARED, 0)
 # fsutil and artifacts write through the data layer's atomic JSON writer (lazily, inside the writing function)
 ALLOWED = {("fsutil", "sftlab.data.writers"), ("artifacts", "sftlab.data.writers")}

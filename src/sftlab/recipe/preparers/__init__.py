@@ -1,0 +1,14 @@
+"""Data preparers a recipe's `prepare` stage calls by name: fn(out: Path, *, seed: int, quick: bool, **params) ->
+dict of counts. Each writes its files (atomically) into `out`, the stage's own empty folder, and returns what it
+made, for the run report. `quick` asks for a few records only (the tiny-model smoke run of every recipe)."""
+
+PREPARERS: dict[str, str] = {
+    # reasoning: multi-step arithmetic word problems with known answers, train/held-out disjoint
+    "arithmetic_word_problems": "sftlab.recipe.preparers.reasoning:arithmetic_word_problems",
+    # reasoning: best-of-k output -> answers_only.jsonl (final answer alone) and think.jsonl (<think> then answer)
+    "reasoning_variants": "sftlab.recipe.preparers.reasoning:reasoning_variants",
+    # a fixed subset of GSM8K test problems, for evaluation only
+    "gsm8k_subset": "sftlab.recipe.preparers.reasoning:gsm8k_subset",
+    # tools: Glaive conversations split into train (tool descriptions removed) and held-out (kept for scoring)
+    "toolcall_split": "sftlab.recipe.preparers.tools:toolcall_split",
+}
