@@ -217,7 +217,9 @@ def test_cache_key_changes_when_the_adapter_changes(tuned_tiny, tmp_path):
 
 
 def test_demo_pipeline_on_tiny_model(tiny_model_dir, tmp_path):
-    from sftlab.demo import _prompt_key, heldout_prompts, run_demo
+    from sftlab.data.shipped import heldout_prompts
+    from sftlab.data.shipped import prompt_key as _prompt_key
+    from sftlab.demo import run_demo
 
     res = run_demo(model=str(tiny_model_dir), out_dir=tmp_path / "demo", epochs=0.25, general_examples=24,
                    judge=str(tiny_model_dir))

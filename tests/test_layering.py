@@ -1,6 +1,6 @@
 """The layering stays one-directional: data -> templates -> models -> train/generation -> curate/serve ->
-evaluate -> report -> demo/recipe -> cli, shared services (errors, fsutil, textutil, yamlconfig, kvstore, plotting, userfn,
-artifacts) below all. No stage imports a peer or a later stage."""
+evaluate -> report -> demo/recipe -> cli, shared services (errors, fsutil, textutil, yamlconfig, kvstore,
+plotting, userfn, artifacts) below all. No stage imports a peer or a later stage."""
 
 import ast
 from pathlib import Path

@@ -10,31 +10,20 @@ identity and collapse, answered-and-stopped, a teacher-judged win-rate), then an
 
 from __future__ import annotations
 
-import random
 import time
 from dataclasses import dataclass
-from importlib.resources import files
 from pathlib import Path
 
 from rich.console import Console
 
 from sftlab.artifacts.render import print_suite
-from sftlab.data.loading import DataSpec, load_conversations
-from sftlab.data.schema import Conversation
-from sftlab.data.writers import write_jsonl
+from sftlab.data.shipped import heldout_prompts, resource, write_shipped_mix
 from sftlab.evaluate.runner import SuiteResult, run_suite, write_result
-from sftlab.evaluate.suite import EvalSuite, heldout_prompts, make_suite
-from sftlab.textutil import words
+from sftlab.evaluate.suite import EvalSuite, make_suite
 from sftlab.train.config import make_config
 from sftlab.train.run import train
 
-RESOURCES = files("sftlab") / "resources"
 TEACHER = "qwen2.5-coder-1.5b-instruct"
-
-
-def _prompt_key(text: str) -> str:
-    """Case-, punctuation- and spacing-insensitive form of a prompt, to keep held-out prompts out of training."""
-    return " ".join(words(text))
 
 
 @dataclass
@@ -66,25 +55,13 @@ def build_demo_data(out_dir: Path, name: str, author: str, extra_data: list[str]
     sources) and the references. Among 680 general answers the first 93-conversation identity set gave the
     identity on 79% of unseen paraphrases seen once and 90-95% seen twice; the 151-conversation set seen once, 95%
     (seed 1). The repeat is the usual mixing-ratio lever."""
-    subs = {"name": name, "author": author}
-    identity = load_conversations(DataSpec(path=str(RESOURCES / "identity.jsonl"), substitutions=subs))[0]
-    general = load_conversations(DataSpec(path=str(RESOURCES / "demo_general.jsonl")))[0]
-    general = general[:general_examples] if general_examples else general  # shipped in diversity-rank order
-    extra: list[Conversation] = []
-    for path in extra_data or []:
-        extra += load_conversations(DataSpec(path=path, substitutions=subs, on_error="skip"))[0]
-    identity_prompts, general_prompts = heldout_prompts("identity"), heldout_prompts("general")
-    held = {_prompt_key(p) for p in identity_prompts + general_prompts}
-    train_set = [c for c in identity * identity_repeats + general + extra
-                 if _prompt_key(c.prompt_turns[-1].content if c.prompt_turns else "") not in held]
-    random.Random(seed).shuffle(train_set)
     train_path = out_dir / "data" / "train.jsonl"
-    write_jsonl(train_path, train_set)
-    counts = {"identity": len(identity), "general": len(general), "extra": len(extra),
-              "train": len(train_set), "heldout_identity": len(identity_prompts),
-              "heldout_general": len(general_prompts)}
-    return DemoData(train_path, Path(str(RESOURCES / "heldout_general_reference.jsonl")), identity_prompts,
-                    general_prompts, counts)
+    counts = write_shipped_mix(train_path, name, author, identity_repeats=identity_repeats,
+                               general_examples=general_examples, extra_data=extra_data, seed=seed)
+    identity_prompts, general_prompts = heldout_prompts("identity"), heldout_prompts("general")
+    counts |= {"heldout_identity": len(identity_prompts), "heldout_general": len(general_prompts)}
+    return DemoData(train_path, resource("heldout_general_reference.jsonl"), identity_prompts, general_prompts,
+                    counts)
 
 
 def run_demo(name: str = "Orca", author: str = "the sftlab team", model: str = "gemma-3-270m",

@@ -28,20 +28,14 @@ evaluators:
 from __future__ import annotations
 
 import json
-from importlib.resources import files
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from sftlab.data.loading import DataSpec
+from sftlab.data.shipped import heldout_prompts
 from sftlab.yamlconfig import read_yaml_mapping, validated
-
-
-def heldout_prompts(kind: str) -> list[str]:
-    """The shipped held-out prompts of one kind (identity | general), in no training file (a test checks it): the
-    demo's evaluation set, whose first few are `sftlab eval`'s defaults."""
-    return read_prompt_file(Path(str(files("sftlab") / "resources" / f"heldout_{kind}.jsonl")))
 
 
 def default_prompts(kind: str) -> list[str]:

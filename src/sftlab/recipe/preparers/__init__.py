@@ -3,6 +3,8 @@ dict of counts. Each writes its files (atomically) into `out`, the stage's own e
 made, for the run report. `quick` asks for a few records only (the tiny-model smoke run of every recipe)."""
 
 PREPARERS: dict[str, str] = {
+    # the shipped identity + teacher-distilled general data (what the demo trains on)
+    "shipped_mix": "sftlab.recipe.preparers.shipped:shipped_mix",
     # reasoning: multi-step arithmetic word problems with known answers, train/held-out disjoint
     "arithmetic_word_problems": "sftlab.recipe.preparers.reasoning:arithmetic_word_problems",
     # reasoning: best-of-k output -> answers_only.jsonl (final answer alone) and think.jsonl (<think> then answer)

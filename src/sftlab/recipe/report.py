@@ -1,0 +1,126 @@
+"""A recipe run's report: every stage (what ran, how long, the curation funnels), base vs each trained model, the
+head-to-head comparisons, and result.json: the rows RESULTS.md shows for this recipe."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+from sftlab.artifacts.layout import RunFolder
+from sftlab.artifacts.records import DataStats, SuiteResult, read_record
+from sftlab.artifacts.render import ci_text, pairwise_sentence, suite_markdown, value_text
+from sftlab.data.writers import write_json, write_text
+
+
+def machine() -> str:
+    """Where the numbers came from: the CPU (or GPU) and its core count."""
+    import torch
+
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(0)} x{torch.cuda.device_count()}"
+    return f"{platform.machine()} CPU, {os.cpu_count()} cores"
+
+
+def _examples(train_out: dict[str, Any]) -> int | None:
+    try:
+        stats = read_record(RunFolder(Path(train_out["run_dir"])).data_stats, DataStats)
+    except Exception:  # noqa: BLE001 - a missing count is shown as "?", not a failed report
+        return None
+    return stats.tokenized.get("examples")
+
+
+def _metric(res: SuiteResult, spec: str) -> dict[str, Any]:
+    """EVALUATOR.METRIC -> {base, tuned} metrics, or EVALUATOR (a judge) -> its pairwise verdict."""
+    name, _, key = spec.partition(".")
+    entry = res.evaluators.get(name)
+    if entry is None:
+        return {"name": spec, "missing": f"no evaluator '{name}' (has {', '.join(res.evaluators)})"}
+    if "pairwise" in entry:
+        return {"name": spec, "pairwise": entry["pairwise"]}
+    per = entry.get("metrics", {}).get(key)
+    if per is None:
+        return {"name": spec, "missing": f"evaluator '{name}' has no metric '{key}'"}
+    return {"name": spec, **per}
+
+
+def result_rows(run, recipe_path: str | Path, quick: bool) -> list[dict[str, Any]]:
+    """One row per trained model of the result's eval stage (and one per head-to-head pair)."""
+    spec, recipe = run.recipe.result, run.recipe
+    if spec is None:
+        return []
+    results = run.stages[spec.eval]["outputs"]["results"]
+    wall = sum(s["seconds"] for s in run.stages.values())
+    common = {"recipe": recipe.name, "student": recipe.student, "teacher": recipe.teacher,
+              "wall_s": round(wall), "command": f"sftlab run {recipe_path}" + (" --quick" if quick else ""),
+              "date": time.strftime("%Y-%m-%d"), "machine": machine(), "quick": quick}
+    rows = []
+    for model, path in results.items():
+        res = read_record(Path(path), SuiteResult)
+        train_out = run.stages.get(model, {}).get("outputs") or {}
+        rows.append({**common, "model": model, "method": spec.method.get(model, train_out.get("method", "")),
+                     "examples": _examples(train_out) if train_out else None,
+                     "metrics": [_metric(res, m) for m in spec.metrics]})
+    return rows
+
+
+def metric_text(m: dict[str, Any], label: str) -> str:
+    if "missing" in m:
+        return "-"
+    if "pairwise" in m:
+        p = m["pairwise"]
+        a = p["labels"][0]
+        return f"{a} wins {p.get(f'{a}_win_rate')} (ties {p.get('tie_rate')}, n={p.get('n')})" if label != "base" \
+            else ""
+    x = m.get(label)
+    return f"{value_text(x)} {ci_text(x)} n={x.get('n')}" if x else "-"
+
+
+def _stage_lines(run) -> list[str]:
+    lines = ["| stage | type | status | seconds | outputs |", "|---|---|---|---|---|"]
+    for sid, s in run.stages.items():
+        out = s["outputs"] or {}
+        shown = out.get("made") or out.get("summary") or out.get("funnel") or out.get("metrics") or out.get("results")
+        text = json.dumps(shown, ensure_ascii=False, default=str)
+        lines.append(f"| {sid} | {s['type']} | {s['status']} | {s['seconds']:.0f} | "
+                     f"{text[:300].replace('|', '/')} |")
+    return lines
+
+
+def _eval_sections(run) -> list[str]:
+    out = []
+    for sid, s in run.stages.items():
+        if s["type"] != "eval":
+            continue
+        for name, path in s["outputs"]["results"].items():
+            res = read_record(Path(path), SuiteResult)
+            out += [f"## {sid}: {name}", "", suite_markdown(res, level=3, samples=4)]
+            out += [pairwise_sentence(n, p) for n, p in res.pairwise()]
+    return out
+
+
+def _train_reports(run) -> None:
+    """The full run report (curves, data, samples) of every trained model, beside the recipe report."""
+    from sftlab.report.build import write_report
+
+    evals = {m: p for s in run.stages.values() if s["type"] == "eval" for m, p in s["outputs"]["results"].items()}
+    for sid, s in run.stages.items():
+        if s["type"] == "train":
+            write_report(Path(s["outputs"]["run_dir"]), run.run_dir / "report" / sid,
+                         Path(evals[sid]) if sid in evals else None)
+
+
+def write_run_report(run, recipe_path: str | Path, quick: bool) -> Path:
+    rows = result_rows(run, recipe_path, quick)
+    write_json(run.run_dir / "result.json", {"recipe": run.recipe.name, "rows": rows})
+    _train_reports(run)
+    lines = [f"# Recipe {run.recipe.name}", "", run.recipe.description, "",
+             f"`sftlab run {recipe_path}`{' --quick (tiny models: the numbers mean nothing)' if quick else ''}; "
+             f"{sum(s['seconds'] for s in run.stages.values()):.0f}s of stage time on {machine()}.", "",
+             *_stage_lines(run), "", *_eval_sections(run), ""]
+    page = run.run_dir / "report.md"
+    write_text(page, "\n".join(lines))
+    return page

@@ -1,0 +1,102 @@
+"""`sftlab results`: run recipes and write RESULTS.md, one row per trained model and headline metric, from the
+result.json each run leaves; rows of recipes not rerun stay as last measured (kept in results/<recipe>.json)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from sftlab.artifacts.records import LOWER_IS_BETTER
+from sftlab.data.writers import write_json, write_text
+from sftlab.errors import SftlabError
+from sftlab.recipe.report import metric_text
+from sftlab.recipe.spec import is_recipe, load_recipe
+
+HEADER = ["recipe", "model", "method", "examples", "metric", "base", "tuned", "verdict", "wall", "date", "machine"]
+
+
+def list_recipes(folder: Path = Path("recipes")) -> list[Path]:
+    return sorted(p for p in folder.glob("*.yaml") if is_recipe(p))
+
+
+def verdict(m: dict[str, Any]) -> str:
+    """Did tuning move the metric the right way, and do the 95% intervals separate base from tuned?"""
+    base, tuned = m.get("base") or {}, m.get("tuned") or {}
+    if base.get("value") is None or tuned.get("value") is None:
+        return ""
+    key = m["name"].rpartition(".")[2]
+    sign = -1 if key in LOWER_IS_BETTER else 1
+    gain = sign * (tuned["value"] - base["value"])
+    if gain == 0:
+        return "no change"
+    word = "better" if gain > 0 else "worse"
+    if "ci95" in base and "ci95" in tuned:
+        apart = tuned["ci95"][0] > base["ci95"][1] or base["ci95"][0] > tuned["ci95"][1]
+        return f"{word} ({'intervals apart' if apart else 'intervals overlap'})"
+    return word
+
+
+def table_lines(rows: list[dict[str, Any]]) -> list[str]:
+    lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['recipe']} | - | - | - | failed: {r['error'][:160]} | | | | | {r['date']} | |")
+            continue
+        for m in r["metrics"]:
+            cells = [r["recipe"], r["model"], r["method"], r.get("examples") or "?", m["name"],
+                     metric_text(m, "base"), metric_text(m, "tuned"), verdict(m),
+                     f"{r['wall_s'] / 60:.1f} min", r["date"], r["machine"]]
+            lines.append("| " + " | ".join(str(c).replace("|", "/") for c in cells) + " |")
+    return lines
+
+
+def render_results(store: Path) -> str:
+    """RESULTS.md from every stored recipe result: the table, then the command that produced each recipe's rows."""
+    rows = [row for p in sorted(store.glob("*.json")) for row in json.loads(p.read_text(encoding="utf-8"))["rows"]]
+    commands = sorted({(r["recipe"], r.get("command", "")) for r in rows})
+    notes = store / "NOTES.md"
+    return "\n".join(["# Results", "",
+                      "Every row was produced by the command listed under it (`sftlab results` reruns them). Rates "
+                      "carry their Wilson 95% interval and n. Base = the student before training.", "",
+                      *table_lines(rows), "", "## Commands", "", *[f"- {name}: `{cmd}`" for name, cmd in commands],
+                      "", notes.read_text(encoding="utf-8") if notes.exists() else ""])
+
+
+def _store_run(name: str, result_json: Path | None, store: Path, error: str | None) -> None:
+    dest = store / f"{name}.json"
+    store.mkdir(parents=True, exist_ok=True)
+    if error is not None:
+        write_json(dest, {"recipe": name, "rows": [{"recipe": name, "error": error,
+                                                    "date": time.strftime("%Y-%m-%d")}]})
+    elif result_json is not None:
+        tmp = dest.with_suffix(".json.tmp")
+        shutil.copyfile(result_json, tmp)
+        tmp.replace(dest)
+
+
+def run_results(names: list[str], quick: bool, out: Path, store: Path, console: Console,
+                folder: Path = Path("recipes")) -> Path:
+    """Run the chosen recipes (all by default), keep each result in `store`, write `out` from the whole store."""
+    from sftlab.recipe.runner import run_recipe
+
+    paths = list_recipes(folder)
+    chosen = [p for p in paths if not names or p.stem in names or load_recipe(p).name in names]
+    missing = set(names) - {p.stem for p in chosen} - {load_recipe(p).name for p in chosen}
+    if missing:
+        raise SftlabError(f"no recipe named {', '.join(sorted(missing))} in {folder} "
+                          f"(have {', '.join(p.stem for p in paths)})")
+    for path in chosen:
+        name = load_recipe(path).name
+        try:
+            run = run_recipe(path, quick=quick, console=console)
+            _store_run(name, run.run_dir / "result.json", store, None)
+        except SftlabError as e:
+            console.print(f"[red]{name} failed[/]: {e}")
+            _store_run(name, None, store, str(e))
+    write_text(out, render_results(store))
+    return out

@@ -1,0 +1,132 @@
+"""What each stage type does: call the pipeline that `sftlab curate|train|eval` calls, with its output in the stage
+folder, and return what later stages and the report need (as JSON)."""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from sftlab.errors import ConfigError
+from sftlab.recipe.preparers import PREPARERS
+from sftlab.recipe.spec import REF
+from sftlab.userfn import import_callable
+from sftlab.yamlconfig import validated
+
+
+@dataclass
+class StageContext:
+    """What a stage sees: the run folder, every earlier stage's outputs, the seed and quick switch, a console."""
+
+    run_dir: Path
+    outputs: dict[str, dict[str, Any]]
+    seed: int
+    quick: bool
+    console: Console
+
+    def folder(self, stage_id: str) -> Path:
+        return self.run_dir / stage_id
+
+
+def resolve(value: Any, ctx: StageContext) -> Any:
+    """`${id}` -> that stage's folder, `${resources}` -> the shipped data, `${heldout:KIND}` -> held-out prompts."""
+    if isinstance(value, str):
+        if value.startswith("${heldout:") and value.endswith("}"):
+            from sftlab.data.shipped import heldout_prompts
+
+            prompts = heldout_prompts(value[len("${heldout:"):-1])
+            return prompts[:3] if ctx.quick else prompts
+        resources = str(files("sftlab") / "resources")
+        return REF.sub(lambda m: resources if m.group(1) == "resources" else str(ctx.folder(m.group(1))), value)
+    if isinstance(value, dict):
+        return {k: resolve(v, ctx) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [resolve(v, ctx) for v in value]
+    return value
+
+
+def run_prepare(stage, folder: Path, ctx: StageContext, resuming: bool) -> dict[str, Any]:
+    fn = import_callable(PREPARERS.get(stage.function, stage.function), "preparer")
+    made = fn(folder, seed=ctx.seed, quick=ctx.quick, **resolve(stage.params, ctx))
+    return {"made": made}
+
+
+def run_distill(stage, folder: Path, ctx: StageContext, resuming: bool) -> dict[str, Any]:
+    from sftlab.curate.jobs import DistillJob, run_distill
+
+    job = validated(DistillJob, {**resolve(stage.job, ctx), "out": str(folder / "data.jsonl")}, f"stage {stage.id}")
+    return {"data": str(folder / "data.jsonl"), "summary": run_distill(job, ctx.console).to_dict()}
+
+
+def run_best_of_k(stage, folder: Path, ctx: StageContext, resuming: bool) -> dict[str, Any]:
+    from sftlab.curate.jobs import BestOfKJob, run_best_of_k
+
+    job = validated(BestOfKJob, {**resolve(stage.job, ctx), "out": str(folder / "data.jsonl")}, f"stage {stage.id}")
+    return {"data": str(folder / "data.jsonl"), "summary": run_best_of_k(job, ctx.console).to_dict()}
+
+
+def run_filter(stage, folder: Path, ctx: StageContext, resuming: bool) -> dict[str, Any]:
+    from sftlab.curate.jobs import run_filter_job
+
+    raw = {**resolve(stage.config, ctx), "output": str(folder / "selected.jsonl")}
+    result = run_filter_job(raw, ctx.console, overwrite=True)
+    return {"data": str(folder / "selected.jsonl"), "funnel": result.funnel}
+
+
+def run_train(stage, folder: Path, ctx: StageContext, resuming: bool) -> dict[str, Any]:
+    from sftlab.artifacts.layout import RunFolder
+    from sftlab.train.config import make_config
+    from sftlab.train.run import train
+
+    cfg = make_config({**resolve(stage.config, ctx), "name": stage.id, "output_dir": str(folder / "model")},
+                      f"stage {stage.id}")
+    resume = resuming and any(RunFolder(folder / "model").checkpoints.glob("checkpoint-*"))
+    result = train(cfg, resume=resume, overwrite=not resume, console=ctx.console)
+    return {"base_model": result.base_model, "final_dir": str(result.final_dir), "method": cfg.method,
+            "run_dir": str(result.run_dir), "metrics": result.metrics}
+
+
+def _subjects(train_out: dict[str, Any], cache: Path, batch_size: int, dtype: str) -> list:
+    from sftlab.evaluate.subjects import load_subjects
+
+    weights = {"adapter" if train_out["method"] == "lora" else "tuned": train_out["final_dir"]}
+    return load_subjects(train_out["base_model"], cache_path=cache, batch_size=batch_size, dtype=dtype, **weights)
+
+
+def run_eval(stage, folder: Path, ctx: StageContext, resuming: bool) -> dict[str, Any]:
+    """Base vs each trained model on the whole suite; then the head-to-head pairs on its judge evaluators."""
+    from sftlab.artifacts.render import print_suite
+    from sftlab.evaluate.runner import run_suite, write_result
+    from sftlab.evaluate.suite import JudgeEval, make_suite
+
+    suite = make_suite(resolve(stage.suite, ctx), f"stage {stage.id}")
+    cache, made = folder / "generations.sqlite", {}
+    for model in stage.models:
+        subjects = _subjects(ctx.outputs[model], cache, stage.batch_size, stage.dtype)
+        res = run_suite(suite, subjects, log=ctx.console.print)
+        made[model] = str(write_result(res, folder / model)[0])
+        print_suite(res, ctx.console, samples=3)
+        del subjects
+        gc.collect()
+    judges = [ev for ev in suite.evaluators if isinstance(ev, JudgeEval)]
+    if stage.head_to_head and not judges:
+        raise ConfigError(f"stage {stage.id}: head_to_head needs a judge evaluator in the suite")
+    for a, b in stage.head_to_head:
+        pair = [_subjects(ctx.outputs[m], cache, stage.batch_size, stage.dtype)[1] for m in (b, a)]
+        pair[0].label, pair[1].label = b, a  # the cache keys stay those of the vs-base run: no new generations
+        res = run_suite(suite.model_copy(update={"evaluators": judges}), pair, log=ctx.console.print)
+        made[f"{a}_vs_{b}"] = str(write_result(res, folder / f"{a}_vs_{b}")[0])
+        print_suite(res, ctx.console, samples=0)
+        del pair
+        gc.collect()
+    return {"results": made}
+
+
+RUNNERS: dict[str, Callable[..., dict[str, Any]]] = {
+    "prepare": run_prepare, "distill": run_distill, "best_of_k": run_best_of_k, "filter": run_filter,
+    "train": run_train, "eval": run_eval}

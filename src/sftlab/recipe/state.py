@@ -1,0 +1,76 @@
+"""Which stages are done: each stage folder holds stage.json with the key of what made it (its own config, the keys
+of the stages it reads, the content of the files it reads). Same key and done: skip. Same key, not done: resume.
+Another key: the folder (sftlab's own, by its marker) is cleared and the stage runs again."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sftlab.data.writers import write_json
+from sftlab.fsutil import remove_owned_folder, write_marker
+from sftlab.kvstore import stable_key
+from sftlab.recipe.spec import references
+
+STAGE_KIND = "recipe-stage"
+STATE = "stage.json"
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def _input_files(value: Any) -> list[Path]:
+    """Local files a stage's config names (a data path, a prompt file): their content is part of its key."""
+    if isinstance(value, str):
+        path = Path(value)
+        return [path] if "${" not in value and len(value) < 4096 and path.is_file() else []
+    if isinstance(value, dict):
+        return [p for v in value.values() for p in _input_files(v)]
+    if isinstance(value, list | tuple):
+        return [p for v in value for p in _input_files(v)]
+    return []
+
+
+def stage_key(spec: dict[str, Any], upstream: dict[str, str], quick: bool, seed: int) -> str:
+    """The key of a stage: its config as written, the keys of the stages it refers to, its input files' content."""
+    refs = sorted(references(spec) | set(spec.get("models", [])) | {x for p in spec.get("head_to_head", [])
+                                                                      for x in p})
+    files = {str(p): _file_digest(p) for p in _input_files(spec)}
+    return stable_key(spec, {r: upstream[r] for r in refs}, files, quick, seed)
+
+
+@dataclass
+class StageState:
+    key: str
+    status: str  # running | done
+    seconds: float = 0.0
+    outputs: dict[str, Any] | None = None
+
+    @classmethod
+    def read(cls, folder: Path) -> StageState | None:
+        try:
+            data = json.loads((folder / STATE).read_text(encoding="utf-8"))
+            return cls(data["key"], data["status"], data.get("seconds", 0.0), data.get("outputs"))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def write(self, folder: Path) -> None:
+        write_json(folder / STATE, {"key": self.key, "status": self.status, "seconds": round(self.seconds, 1),
+                                    "outputs": self.outputs, "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+
+
+def claim_stage_folder(folder: Path, keep: list[Path]) -> None:
+    """Start a stage afresh: an earlier folder of this stage is removed (only if sftlab's marker says it made it)."""
+    if folder.exists():
+        remove_owned_folder(folder, STAGE_KIND, keep)
+    folder.mkdir(parents=True)
+    write_marker(folder, STAGE_KIND)

@@ -1,0 +1,136 @@
+"""`sftlab run`: stages run in order into one folder, finished ones are skipped, a change reruns that stage and
+those after it, a crash resumes, and no folder sftlab did not create is ever removed."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from rich.console import Console
+from typer.testing import CliRunner
+
+from sftlab.cli import app
+from sftlab.errors import ConfigError
+from sftlab.recipe.runner import run_recipe
+from sftlab.recipe.spec import load_recipe
+
+QUIET = Console(quiet=True)
+
+
+def _recipe(model: Path, lr: float = 1e-3, extra_stage: dict | None = None) -> dict:
+    stages = [
+        {"id": "data", "type": "prepare", "function": "shipped_mix", "params": {"general_examples": 6}},
+        *([extra_stage] if extra_stage else []),
+        {"id": "sft", "type": "train", "config": {"model": str(model), "data": [{"path": "${data}/train.jsonl"}],
+                                                  "max_steps": 2, "batch_size": 2, "grad_accum": 1,
+                                                  "learning_rate": lr, "report_to": ["none"], "max_length": 256}},
+        {"id": "eval", "type": "eval", "models": ["sft"], "batch_size": 4,
+         "suite": {"max_new_tokens": 4, "evaluators": [
+             {"type": "identity", "name": "Orca", "identity_prompts": ["Who are you?"],
+              "general_prompts": ["What is 2 + 2?"]}]}},
+    ]
+    return {"name": "toy", "student": "tiny", "stages": stages,
+            "result": {"eval": "eval", "metrics": ["identity.identity_correct"]}}
+
+
+def _write(tmp_path: Path, raw: dict) -> Path:
+    path = tmp_path / "toy.yaml"
+    path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    return path
+
+
+def _statuses(run) -> dict[str, str]:
+    return {sid: s["status"] for sid, s in run.stages.items()}
+
+
+@pytest.fixture()
+def in_tmp(tmp_path, monkeypatch, one_torch_thread):
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_rerun_skips_finished_stages_and_a_change_reruns_what_follows(in_tmp, tiny_model_dir):
+    path = _write(in_tmp, _recipe(tiny_model_dir))
+    first = run_recipe(path, console=QUIET)
+    assert _statuses(first) == {"data": "ran", "sft": "ran", "eval": "ran"}
+    rows = json.loads((in_tmp / "runs/toy/result.json").read_text())["rows"]
+    assert rows[0]["model"] == "sft" and rows[0]["metrics"][0]["tuned"]["n"] == 1
+    assert (in_tmp / "runs/toy/report.md").exists() and (in_tmp / "runs/toy/report/sft/report.html").exists()
+
+    assert set(_statuses(run_recipe(path, console=QUIET)).values()) == {"skipped (done, unchanged)"}
+    _write(in_tmp, _recipe(tiny_model_dir, lr=2e-3))  # the train config changed: train and eval run again
+    assert _statuses(run_recipe(path, console=QUIET)) == {"data": "skipped (done, unchanged)", "sft": "ran",
+                                                           "eval": "ran"}
+    assert _statuses(run_recipe(path, from_stage="data", console=QUIET)) == {"data": "ran", "sft": "ran",
+                                                                              "eval": "ran"}
+
+
+FLAKY = '''
+import os
+def prepare(out, *, seed=0, quick=False):
+    if os.environ.get("SFTLAB_TEST_CRASH"):
+        raise RuntimeError("crashed")
+    (out / "x.txt").write_text("made")
+    return {"x": 1}
+'''
+
+
+def test_a_crashed_stage_resumes_and_earlier_stages_are_kept(in_tmp, tiny_model_dir, monkeypatch):
+    (in_tmp / "flaky_prep.py").write_text(FLAKY)
+    monkeypatch.syspath_prepend(str(in_tmp))
+    monkeypatch.setenv("SFTLAB_TEST_CRASH", "1")
+    extra = {"id": "flaky", "type": "prepare", "function": "flaky_prep:prepare"}
+    path = _write(in_tmp, _recipe(tiny_model_dir, extra_stage=extra))
+    with pytest.raises(RuntimeError):
+        run_recipe(path, console=QUIET)
+    state = json.loads((in_tmp / "runs/toy/flaky/stage.json").read_text())
+    assert state["status"] == "running"
+    monkeypatch.delenv("SFTLAB_TEST_CRASH")
+    run = run_recipe(path, console=QUIET)
+    assert _statuses(run) == {"data": "skipped (done, unchanged)", "flaky": "resumed", "sft": "ran", "eval": "ran"}
+    sys.modules.pop("flaky_prep", None)
+
+
+def test_never_removes_a_folder_it_did_not_create(in_tmp, tiny_model_dir):
+    path = _write(in_tmp, _recipe(tiny_model_dir))
+    mine = in_tmp / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("years of work")
+    with pytest.raises(ConfigError, match="not a recipe run folder"):
+        run_recipe(path, out=mine, console=QUIET)
+    run_dir = in_tmp / "runs/toy"
+    run_recipe(path, console=QUIET)
+    data = run_dir / "data"
+    (data / "sftlab-run.json").unlink()  # now the stage folder looks like a user's folder
+    with pytest.raises(ConfigError, match="refusing to remove"):
+        run_recipe(path, from_stage="data", console=QUIET)
+    assert (mine / "thesis.tex").read_text() == "years of work" and (data / "train.jsonl").exists()
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda r: r["stages"][1]["config"]["data"][0].update(path="${nope}/train.jsonl"), "not an earlier stage"),
+    (lambda r: r["stages"][2].update(models=["data"]), "'data' is not an earlier train stage"),
+    (lambda r: r["stages"].append(dict(r["stages"][0])), "stage ids must be unique"),
+    (lambda r: r["stages"][0].update(colour="red"), "colour"),
+    (lambda r: r["result"].update(eval="sft"), "not an eval stage"),
+])
+def test_a_bad_recipe_is_one_clear_error_before_anything_runs(in_tmp, tiny_model_dir, change, message):
+    raw = _recipe(tiny_model_dir)
+    change(raw)
+    with pytest.raises(ConfigError, match=message):
+        load_recipe(_write(in_tmp, raw))
+    assert not (in_tmp / "runs").exists()
+
+
+def test_cli_lists_recipes_and_reports_errors_in_one_line(in_tmp, tiny_model_dir):
+    (in_tmp / "recipes").mkdir()
+    raw = _recipe(tiny_model_dir)
+    (in_tmp / "recipes/toy.yaml").write_text(yaml.safe_dump({**raw, "description": "a toy recipe"}))
+    (in_tmp / "recipes/plain_train.yaml").write_text("model: x\ndata: [a.jsonl]\n")  # a train config: not listed
+    res = CliRunner().invoke(app, ["run", "--list"])
+    assert res.exit_code == 0 and "a toy recipe" in res.output and "plain_train" not in res.output
+    res = CliRunner().invoke(app, ["run", "recipes/toy.yaml", "--from", "nowhere"])
+    assert res.exit_code == 2 and "--from nowhere: the recipe's stages are data, sft, eval" in res.output
