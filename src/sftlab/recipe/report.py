@@ -33,6 +33,17 @@ def _examples(train_out: dict[str, Any]) -> int | None:
     return stats.tokenized.get("examples")
 
 
+def _train_cost(train_out: dict[str, Any]) -> dict[str, Any]:
+    """Training time and peak memory (resident, or the GPU's peak allocation), from the run's metrics.jsonl."""
+    from sftlab.artifacts.records import read_metrics_log
+
+    rows = read_metrics_log(RunFolder(Path(train_out["run_dir"])).metrics)
+    rss = [r["rss_mb"] for r in rows if "rss_mb" in r]
+    gpu = [r["gpu_peak_mb"] for r in rows if "gpu_peak_mb" in r]
+    return {"train_s": round((train_out.get("metrics") or {}).get("train_runtime") or 0),
+            "peak_memory_mb": max(gpu or rss or [0]), "memory_kind": "gpu" if gpu else "rss"}
+
+
 def _metric(res: SuiteResult, spec: str) -> dict[str, Any]:
     """EVALUATOR.METRIC -> {base, tuned} metrics, or EVALUATOR (a judge) -> its pairwise verdict."""
     name, _, key = spec.partition(".")
@@ -63,6 +74,7 @@ def result_rows(run, recipe_path: str | Path, quick: bool) -> list[dict[str, Any
         train_out = run.stages.get(model, {}).get("outputs") or {}
         rows.append({**common, "model": model, "method": spec.method.get(model, train_out.get("method", "")),
                      "examples": _examples(train_out) if train_out else None,
+                     **(_train_cost(train_out) if train_out else {}),
                      "metrics": [_metric(res, m) for m in spec.metrics]})
     return rows
 
@@ -115,7 +127,9 @@ def _train_reports(run) -> None:
 
 def write_run_report(run, recipe_path: str | Path, quick: bool) -> Path:
     rows = result_rows(run, recipe_path, quick)
-    write_json(run.run_dir / "result.json", {"recipe": run.recipe.name, "rows": rows})
+    measures = {m: run.stages[m]["outputs"]["made"] for m in (run.recipe.result.measures if run.recipe.result else [])}
+    write_json(run.run_dir / "result.json", {"recipe": run.recipe.name, "rows": rows, "measures": measures,
+                                             "command": rows[0]["command"] if rows else f"sftlab run {recipe_path}"})
     _train_reports(run)
     lines = [f"# Recipe {run.recipe.name}", "", run.recipe.description, "",
              f"`sftlab run {recipe_path}`{' --quick (tiny models: the numbers mean nothing)' if quick else ''}; "

@@ -17,7 +17,8 @@ from sftlab.errors import SftlabError
 from sftlab.recipe.report import metric_text
 from sftlab.recipe.spec import is_recipe, load_recipe
 
-HEADER = ["recipe", "model", "method", "examples", "metric", "base", "tuned", "verdict", "wall", "date", "machine"]
+HEADER = ["recipe", "model", "method", "examples", "metric", "base", "tuned", "verdict", "training (time, peak memory)",
+          "recipe wall time", "date", "machine"]
 
 
 def list_recipes(folder: Path = Path("recipes")) -> list[Path]:
@@ -41,15 +42,21 @@ def verdict(m: dict[str, Any]) -> str:
     return word
 
 
+def _cost(row: dict[str, Any]) -> str:
+    if "train_s" not in row:
+        return ""
+    return f"{row['train_s'] / 60:.1f} min, {row['peak_memory_mb']:,} MB {row['memory_kind'].upper()}"
+
+
 def table_lines(rows: list[dict[str, Any]]) -> list[str]:
     lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['recipe']} | - | - | - | failed: {r['error'][:160]} | | | | | {r['date']} | |")
+            lines.append(f"| {r['recipe']} | - | - | - | failed: {r['error'][:160]} | | | | | | {r['date']} | |")
             continue
         for m in r["metrics"]:
             cells = [r["recipe"], r["model"], r["method"], r.get("examples") or "?", m["name"],
-                     metric_text(m, "base"), metric_text(m, "tuned"), verdict(m),
+                     metric_text(m, "base"), metric_text(m, "tuned"), verdict(m), _cost(r),
                      f"{r['wall_s'] / 60:.1f} min", r["date"], r["machine"]]
             lines.append("| " + " | ".join(str(c).replace("|", "/") for c in cells) + " |")
     return lines
@@ -57,13 +64,17 @@ def table_lines(rows: list[dict[str, Any]]) -> list[str]:
 
 def render_results(store: Path) -> str:
     """RESULTS.md from every stored recipe result: the table, then the command that produced each recipe's rows."""
-    rows = [row for p in sorted(store.glob("*.json")) for row in json.loads(p.read_text(encoding="utf-8"))["rows"]]
-    commands = sorted({(r["recipe"], r.get("command", "")) for r in rows})
+    stored = [json.loads(p.read_text(encoding="utf-8")) for p in sorted(store.glob("*.json"))]
+    rows = [row for s in stored for row in s["rows"]]
+    commands = sorted({(s["recipe"], s.get("command") or "") for s in stored})
+    measures = [f"- {s['recipe']} / {stage}: `{json.dumps(made, ensure_ascii=False)}`"
+                for s in stored for stage, made in (s.get("measures") or {}).items()]
     notes = store / "NOTES.md"
     return "\n".join(["# Results", "",
                       "Every row was produced by the command listed under it (`sftlab results` reruns them). Rates "
                       "carry their Wilson 95% interval and n. Base = the student before training.", "",
-                      *table_lines(rows), "", "## Commands", "", *[f"- {name}: `{cmd}`" for name, cmd in commands],
+                      *table_lines(rows), "", *(["## Other measurements", "", *measures, ""] if measures else []),
+                      "## Commands", "", *[f"- {name}: `{cmd}`" for name, cmd in commands],
                       "", notes.read_text(encoding="utf-8") if notes.exists() else ""])
 
 
@@ -71,8 +82,8 @@ def _store_run(name: str, result_json: Path | None, store: Path, error: str | No
     dest = store / f"{name}.json"
     store.mkdir(parents=True, exist_ok=True)
     if error is not None:
-        write_json(dest, {"recipe": name, "rows": [{"recipe": name, "error": error,
-                                                    "date": time.strftime("%Y-%m-%d")}]})
+        write_json(dest, {"recipe": name, "command": "", "rows": [{"recipe": name, "error": error,
+                                                                   "date": time.strftime("%Y-%m-%d")}]})
     elif result_json is not None:
         tmp = dest.with_suffix(".json.tmp")
         shutil.copyfile(result_json, tmp)
@@ -90,6 +101,7 @@ def run_results(names: list[str], quick: bool, out: Path, store: Path, console: 
     if missing:
         raise SftlabError(f"no recipe named {', '.join(sorted(missing))} in {folder} "
                           f"(have {', '.join(p.stem for p in paths)})")
+    chosen.sort(key=lambda p: len(load_recipe(p).requires))  # a recipe reading another's run goes after it
     for path in chosen:
         name = load_recipe(path).name
         try:

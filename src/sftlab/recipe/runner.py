@@ -13,7 +13,7 @@ from rich.console import Console
 from sftlab.errors import ConfigError
 from sftlab.fsutil import marker_kind, write_marker
 from sftlab.recipe.spec import Recipe, load_recipe
-from sftlab.recipe.stages import RUNNERS, StageContext
+from sftlab.recipe.stages import RUNNERS, StageContext, resolve, run_folder
 from sftlab.recipe.state import STAGE_KIND, StageState, claim_stage_folder, stage_key
 
 RUN_KIND = "recipe"
@@ -67,14 +67,14 @@ def run_recipe(path: str | Path, out: Path | None = None, from_stage: str | None
                console: Console | None = None) -> RecipeRun:
     console = console or Console()
     recipe = load_recipe(path, quick=quick)
-    run_dir = out or Path("runs") / (recipe.name + ("-quick" if quick else ""))
+    run_dir = out or run_folder(recipe.name, quick)
     first_forced = _check_from(recipe, from_stage)
     _claim_run_dir(run_dir)
     ctx = StageContext(run_dir, {}, recipe.seed, quick, console)
     run, keys, t0 = RecipeRun(recipe, run_dir, 0.0), {}, time.time()
     for i, stage in enumerate(recipe.stages):
         spec = stage.model_dump()
-        keys[stage.id] = stage_key(spec, keys, quick, recipe.seed)
+        keys[stage.id] = stage_key(spec, resolve(spec, ctx), keys, quick, recipe.seed)
         console.rule(f"[bold]{recipe.name}[/]: stage {stage.id} ({stage.type})")
         what, state = _run_stage(stage, ctx, keys[stage.id], i >= first_forced, _inputs(path))
         ctx.outputs[stage.id] = state.outputs or {}

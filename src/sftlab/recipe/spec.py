@@ -18,7 +18,8 @@ result: {eval: eval, metrics: [identity.identity_rate]}
 ```
 
 `${ID}` is stage ID's folder, `${heldout:KIND}` the shipped held-out prompts (identity | general), `${resources}` the
-shipped data folder. `quick:` holds dotted overrides applied by `--quick` (the tiny-model smoke run).
+shipped data folder, `${run:NAME}` the run folder of recipe NAME (listed in `requires:`). `quick:` holds dotted
+overrides applied by `--quick` (the tiny-model smoke run).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from sftlab.errors import ConfigError
 from sftlab.yamlconfig import read_yaml_mapping, validated
 
 REF = re.compile(r"\$\{([A-Za-z0-9_-]+)\}")
+RUN_REF = re.compile(r"\$\{run:([A-Za-z0-9_-]+)\}")
 STAGE_ID = r"^[a-z0-9][a-z0-9_-]*$"
 
 
@@ -92,6 +94,8 @@ class ResultSpec(BaseModel):
     metrics: list[str] = Field(min_length=1, description="EVALUATOR.METRIC (e.g. identity.identity_rate), or "
                                                          "EVALUATOR for a judge's win-rate.")
     method: dict[str, str] = Field(default_factory=dict, description="Per model: how it was trained, in words.")
+    measures: list[str] = Field(default_factory=list, description="Prepare stages whose returned numbers are results "
+                                                                  "too (e.g. a scorer's AUC), listed under the table.")
 
 
 class Recipe(BaseModel):
@@ -102,6 +106,8 @@ class Recipe(BaseModel):
     student: str = Field("", description="The model trained (for RESULTS.md).")
     teacher: str = Field("", description="The model whose answers or grades made the data (for RESULTS.md).")
     seed: int = Field(0, ge=0, description="Passed to every preparer (train and curate stages set their own).")
+    requires: list[str] = Field(default_factory=list, description="Recipes whose runs this one reads with "
+                                                                  "`${run:NAME}` (run first by `sftlab results`).")
     stages: list[Stage] = Field(min_length=1)
     result: ResultSpec | None = None
     quick: dict[str, Any] = Field(default_factory=dict, description="Dotted overrides for --quick, e.g. "
@@ -131,6 +137,9 @@ class Recipe(BaseModel):
             seen[stage.id] = stage.type
         if self.result and seen.get(self.result.eval) != "eval":
             raise ValueError(f"result.eval '{self.result.eval}' is not an eval stage")
+        for m in self.result.measures if self.result else []:
+            if seen.get(m) != "prepare":
+                raise ValueError(f"result.measures: '{m}' is not a prepare stage")
         return self
 
     def stage(self, stage_id: str) -> Any:

@@ -14,7 +14,7 @@ from rich.console import Console
 
 from sftlab.errors import ConfigError
 from sftlab.recipe.preparers import PREPARERS
-from sftlab.recipe.spec import REF
+from sftlab.recipe.spec import REF, RUN_REF
 from sftlab.userfn import import_callable
 from sftlab.yamlconfig import validated
 
@@ -33,9 +33,26 @@ class StageContext:
         return self.run_dir / stage_id
 
 
+def run_folder(recipe_name: str, quick: bool) -> Path:
+    """Where a recipe runs by default (its quick variant beside it)."""
+    return Path("runs") / (recipe_name + ("-quick" if quick else ""))
+
+
+def _other_run(name: str, ctx: StageContext) -> str:
+    """`${run:NAME}`: the folder of another recipe's finished run (e.g. full-vs-lora reads reasoning's data)."""
+    folder = run_folder(name, ctx.quick)
+    if not (folder / "result.json").exists():
+        raise ConfigError(f"this recipe reads the run of recipe '{name}' in {folder}, which has not finished: "
+                          f"run `sftlab run recipes/{name.replace('-', '_')}.yaml{' --quick' if ctx.quick else ''}` "
+                          "first")
+    return str(folder)
+
+
 def resolve(value: Any, ctx: StageContext) -> Any:
-    """`${id}` -> that stage's folder, `${resources}` -> the shipped data, `${heldout:KIND}` -> held-out prompts."""
+    """`${id}` -> that stage's folder, `${resources}` -> the shipped data, `${heldout:KIND}` -> held-out prompts,
+    `${run:NAME}` -> another recipe's run folder."""
     if isinstance(value, str):
+        value = RUN_REF.sub(lambda m: _other_run(m.group(1), ctx), value)
         if value.startswith("${heldout:") and value.endswith("}"):
             from sftlab.data.shipped import heldout_prompts
 

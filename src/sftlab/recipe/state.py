@@ -32,7 +32,7 @@ def _input_files(value: Any) -> list[Path]:
     """Local files a stage's config names (a data path, a prompt file): their content is part of its key."""
     if isinstance(value, str):
         path = Path(value)
-        return [path] if "${" not in value and len(value) < 4096 and path.is_file() else []
+        return [path] if len(value) < 4096 and path.is_file() else []
     if isinstance(value, dict):
         return [p for v in value.values() for p in _input_files(v)]
     if isinstance(value, list | tuple):
@@ -40,11 +40,13 @@ def _input_files(value: Any) -> list[Path]:
     return []
 
 
-def stage_key(spec: dict[str, Any], upstream: dict[str, str], quick: bool, seed: int) -> str:
-    """The key of a stage: its config as written, the keys of the stages it refers to, its input files' content."""
+def stage_key(spec: dict[str, Any], resolved: dict[str, Any], upstream: dict[str, str], quick: bool,
+              seed: int) -> str:
+    """The key of a stage: its config as written, the keys of the stages it refers to, the content of the files
+    its resolved config names (data sources, another run's outputs)."""
     refs = sorted(references(spec) | set(spec.get("models", [])) | {x for p in spec.get("head_to_head", [])
                                                                       for x in p})
-    files = {str(p): _file_digest(p) for p in _input_files(spec)}
+    files = {str(p): _file_digest(p) for p in _input_files(resolved)}
     return stable_key(spec, {r: upstream[r] for r in refs}, files, quick, seed)
 
 

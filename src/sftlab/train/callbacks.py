@@ -6,6 +6,7 @@ import json
 import time
 from pathlib import Path
 
+import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from transformers import TrainerCallback
@@ -99,8 +100,15 @@ def truncate_metrics(path: Path, last_step: int) -> int:
     return dropped
 
 
+def resident_mb() -> int:
+    """The process's resident memory now (what a CPU run's peak memory is read from)."""
+    import psutil  # a dependency of accelerate
+
+    return round(psutil.Process().memory_info().rss / 2**20)
+
+
 class MetricsLogger(TrainerCallback):
-    """Appends every Trainer log (loss, learning rate, grad norm) plus throughput to metrics.jsonl."""
+    """Appends every Trainer log (loss, learning rate, grad norm) plus throughput and memory to metrics.jsonl."""
 
     def __init__(self, path: Path, counter: TokenCounter) -> None:
         self.path, self.counter = path, counter
@@ -113,7 +121,10 @@ class MetricsLogger(TrainerCallback):
             return
         row = {"step": state.global_step, **logs,
                "tokens_seen": self.counter.tokens, "trained_tokens_seen": self.counter.trained,
-               "tokens_per_s": round(self.counter.rate(), 2), "elapsed_s": round(time.time() - self.counter.start, 2)}
+               "tokens_per_s": round(self.counter.rate(), 2), "elapsed_s": round(time.time() - self.counter.start, 2),
+               "rss_mb": resident_mb()}
+        if torch.cuda.is_available():
+            row["gpu_peak_mb"] = round(torch.cuda.max_memory_allocated() / 2**20)
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
 
