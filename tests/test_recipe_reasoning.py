@@ -17,7 +17,12 @@ from sftlab.errors import ConfigError, DataError
 from sftlab.evaluate.numeric_answers import final_answer_accuracy
 from sftlab.generation import SamplingParams
 from sftlab.generation.openai_http import OpenAIHTTPGenerator
-from sftlab.recipe.preparers.reasoning import arithmetic_word_problems, gsm8k_subset, reasoning_variants
+from sftlab.recipe.preparers.reasoning import (
+    arithmetic_word_problems,
+    gsm8k_subset,
+    reasoning_variants,
+    strip_final_answer,
+)
 from sftlab.recipe.preparers.word_problems import NAMES
 from sftlab.textutil import extract_final_number, normalize
 
@@ -223,6 +228,16 @@ def test_variants_skip_and_count_records_without_a_usable_answer(tmp_path):
     (tmp_path / "bad.jsonl").write_text(json.dumps(rec("ok")) + "\n" + json.dumps({"messages": "hi"}) + "\n")
     with pytest.raises(DataError, match=r"bad\.jsonl, line 2, field 'messages'"):
         reasoning_variants(tmp_path, source=tmp_path / "bad.jsonl")
+
+
+@pytest.mark.parametrize(("reply", "reasoning"), [
+    ("9 * 2 = 18\nSo she makes \\(\\boxed{18}\\) dollars.", "9 * 2 = 18\nSo she makes \\(18\\) dollars."),
+    ("x = 3.5\nShe has 3.5 kg. The answer is 3.5.", "x = 3.5\nShe has 3.5 kg."),
+    ("a\n\n**Answer:** 42\n", "a"), ("a\nThe final answer is $\\boxed{42}$.", "a"), ("a\n#### 4\nmore", "a"),
+    ("step\nHence the answer is 5", "step"), ("He answers 4 questions.", "He answers 4 questions."),
+])
+def test_the_teachers_own_answer_statement_is_stripped_from_its_reasoning(reply, reasoning):
+    assert strip_final_answer(reply) == reasoning
 
 
 THINK = "<think>\nFirst 17 apples. The answer is 17 so far, then #### 25 more... 17 + 25 = 42\n</think>\n"

@@ -18,9 +18,12 @@ from sftlab.recipe.preparers.word_problems import make_problem
 from sftlab.textutil import THINK_CLOSE, THINK_OPEN, extract_final_number, normalize
 
 QUICK_TRAIN, QUICK_HELDOUT, QUICK_GSM8K_TRAIN, QUICK_GSM8K_TEST = 8, 4, 2, 4
-# a trailing line that only states the final answer: "#### 42", "The answer is 42.", "Answer: 42", "\boxed{42}"
-_ANSWER_LINE = re.compile(r"^\W*(?:####|(?:so,?\s+|therefore,?\s+|thus,?\s+)?(?:the\s+)?(?:final\s+)?answer\b"
-                          r"|\\boxed\{|\$\\boxed\{)", re.IGNORECASE)
+_SAYS_ANSWER = r"(?:(?:so|therefore|thus|hence),?\s+)?(?:the\s+)?(?:final\s+)?answer"
+# a trailing line that only states the final answer: "#### 42", "The answer is 42.", "**Answer:** 42", "\boxed{42}"
+_ANSWER_LINE = re.compile(rf"^\W*(?:####|{_SAYS_ANSWER}\b|\\boxed\{{|\$\\boxed\{{)", re.IGNORECASE)
+# "..., so she makes $18. The answer is 18." -> the sentence that only states the answer, at the end of a line
+_ANSWER_SENTENCE = re.compile(rf"(?<=[.!?])\s+{_SAYS_ANSWER}\s+is\b.*$", re.IGNORECASE)
+_BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
 
 
 def answer_sentence(number: str) -> str:
@@ -115,13 +118,16 @@ def gsm8k_subset(out: Path, *, seed: int = 0, quick: bool = False, source: str |
 
 
 def strip_final_answer(reply: str) -> str:
-    """The teacher's reasoning without its own closing answer line(s) or `#### N` marker."""
+    """The teacher's reasoning without its own closing answer line(s), trailing answer sentence, `#### N` marker or
+    \\boxed{} wrapper: the training reply states the answer once, after the reasoning."""
     lines = reply.strip().split("\n")
     if any(line.lstrip().startswith("####") for line in lines):
         lines = lines[:next(i for i, line in enumerate(lines) if line.lstrip().startswith("####"))]
     while lines and (not lines[-1].strip() or _ANSWER_LINE.match(lines[-1].strip())):
         lines.pop()
-    return "\n".join(lines).strip()
+    if lines:
+        lines[-1] = _ANSWER_SENTENCE.sub("", lines[-1])
+    return _BOXED.sub(r"\1", "\n".join(lines)).strip()
 
 
 def _prompt_and_reply(rec: dict[str, Any], path: str | Path, where: str) -> tuple[str, str]:
