@@ -46,13 +46,31 @@ def ngrams(tokens: list[str], n: int) -> list[str]:
     return [" ".join(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
 
 
+# the final answer's markers; the last one in the text wins: "#### 42", "the answer is 42", "Answer: **42**", \boxed{42}
+_FINAL_MARKER = re.compile(r"####\s*(-?[\d,]*\.?\d+)|answer(?:\s+is|\s*:)[:\s$*\\(]*(-?[\d,]*\.?\d+)"
+                           r"|\\boxed\{(-?[\d,]*\.?\d+)\}", re.IGNORECASE)
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+
+
+def after_reasoning(text: str) -> str | None:
+    """The text after the last </think> (the answer proper); None while a <think> block is still open, i.e. the
+    reply ran out of tokens before it answered."""
+    opened, closed = text.rfind(THINK_OPEN), text.rfind(THINK_CLOSE)
+    if opened > closed:
+        return None
+    return text[closed + len(THINK_CLOSE):] if closed >= 0 else text
+
+
 def extract_final_number(text: str) -> str | None:
-    """GSM8K style: the number after '####', else after 'answer is', else the last number in the text."""
-    for pattern in (r"####\s*(-?[\d,]*\.?\d+)", r"answer is[:\s$]*(-?[\d,]*\.?\d+)", r"\\boxed\{(-?[\d,]*\.?\d+)\}"):
-        m = re.findall(pattern, text, flags=re.IGNORECASE)
-        if m:
-            return _canon_number(m[-1])
-    nums = _NUMBER.findall(text)
+    """GSM8K style: the number after the last '####', 'answer is', 'Answer:' or \\boxed{}, else the last number.
+    Only the text after a <think>...</think> block counts; a block that never closes gives no answer."""
+    answer = after_reasoning(text)
+    if answer is None:
+        return None
+    marked = _FINAL_MARKER.findall(answer)
+    if marked:
+        return _canon_number(next(g for g in marked[-1] if g))
+    nums = _NUMBER.findall(answer)
     return _canon_number(nums[-1]) if nums else None
 
 

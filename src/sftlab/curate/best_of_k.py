@@ -63,7 +63,7 @@ def best_of_k(prompts: list[Conversation], policy: Generator, reward: RewardFn, 
         if not keep:
             run.stats.skipped["no acceptable sample"] += 1
         return [output_record(item, gens[j], policy, params, j, pipeline="best_of_k", reward=reward_name,
-                              score=scores[j], rank=rank, k=len(gens), all_scores=scores)
+                              score=scores[j], rank=rank, k=len(gens), all_scores=scores, reference=item.reference)
                 for rank, j in enumerate(keep)]
 
     stats = run.run(prompt_items(prompts), handle, getattr(policy, "encode", None))
