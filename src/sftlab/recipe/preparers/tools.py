@@ -29,7 +29,7 @@ def toolcall_split(out: Path, *, seed: int = 0, quick: bool = False, source: str
         raise ConfigError(f"toolcall_split: heldout must be a whole number >= 1, got {heldout!r}")
     convs = load_conversations(spec)[0]
     groups = _groups_by_first_message(convs, spec)
-    held, every_train = _split(groups, QUICK_HELDOUT if quick else heldout, random.Random(seed), spec)
+    held, every_train = _split(groups, min(heldout, QUICK_HELDOUT) if quick else heldout, random.Random(seed), spec)
     train = every_train[:QUICK_TRAIN] if quick else every_train
     hidden = [without_tool_descriptions(c) for c in train]
     write_jsonl(Path(out) / "train.jsonl", hidden)
@@ -46,7 +46,7 @@ def without_tool_descriptions(conv: Conversation) -> Conversation:
     """A copy with no tool schema left for the template to render: `tools` dropped, and any system turn that quotes
     a tool's description or schema (Glaive's 'You have access to the following functions' prompts)."""
     functions = [t.get("function", t) for t in conv.tools or []]
-    quoted = [fn["description"] for fn in functions if fn.get("description")] + [
+    quoted = [str(fn["description"]) for fn in functions if fn.get("description")] + [
         json.dumps(fn["parameters"], ensure_ascii=False) for fn in functions if fn.get("parameters")]
     turns = [t for t in conv.turns if not (t.role == "system" and any(q in t.content for q in quoted))]
     names = sorted({str(fn.get("name", "")) for fn in functions})
