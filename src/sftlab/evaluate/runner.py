@@ -36,7 +36,7 @@ from sftlab.evaluate.suite import (
     NLLEval,
     ToolCallEval,
 )
-from sftlab.evaluate.toolcalls import score_tool_call
+from sftlab.evaluate.toolcalls import tool_cases
 from sftlab.generation.base import Generator, Messages, SamplingParams, as_messages
 from sftlab.userfn import import_callable
 
@@ -144,27 +144,19 @@ def eval_math(ev: MathEval, subject: Subject, budget: int) -> tuple[dict, list]:
 
 
 def eval_tool_calls(ev: ToolCallEval, subject: Subject, budget: int) -> tuple[dict, list]:
-    import json
-
-    cases = []
-    for conv in load_conversations(ev.data)[0]:
-        first = next((i for i, t in enumerate(conv.turns) if t.role == "assistant" and t.tool_calls), None)
-        if first is None:
-            continue
-        turns = conv.turns[:first]
-        msgs = [t.to_dict() for t in turns]
-        if ev.tools_in_prompt and conv.tools:
-            desc = "You can call these functions. To call one, reply with <tool_call>{\"name\": ..., " \
-                   "\"arguments\": {...}}</tool_call>.\n" + json.dumps(conv.tools, ensure_ascii=False)
-            msgs = [{"role": "system", "content": desc}] + [m for m in msgs if m["role"] != "system"]
-        cases.append((msgs, conv.turns[first].tool_calls[0], conv.tools, turns[-1].content))
-    gens = _generate(subject, [c[0] for c in cases], budget)
-    scores = [score_tool_call(g[0].text, c[1], c[2]) for g, c in zip(gens, cases, strict=True)]
-    samples = [{"prompt": c[3], **g[0].to_dict(), "expected": c[1]["name"], **s}
-               for g, c, s in zip(gens, cases, scores, strict=True)]
-    return {"tool_call_correct": rate_metric([s["correct"] for s in scores]),
-            "parseable_call": rate_metric([s["parsed"] for s in scores]),
-            "right_function": rate_metric([s["right_function"] for s in scores])}, samples
+    """Every conversation's first assistant turn: the call it made (right function, arguments valid against the
+    tool's schema, shown or not) or, where it made none, a reply without a call."""
+    cases = tool_cases(load_conversations(ev.data)[0], ev.tools_in_prompt)
+    gens = _generate(subject, [c.messages for c in cases], budget)
+    scores = [c.score(g[0].text) for g, c in zip(gens, cases, strict=True)]
+    calls = [s for s, c in zip(scores, cases, strict=True) if c.expected]
+    none_needed = [s for s, c in zip(scores, cases, strict=True) if not c.expected]
+    samples = [{"prompt": c.prompt, "kind": c.kind, **g[0].to_dict(), "expected": c.expected and c.expected["name"],
+                **s} for g, c, s in zip(gens, cases, scores, strict=True)]
+    metrics = {key: rate_metric([s[flag] for s in calls]) for key, flag in (
+        ("tool_call_correct", "correct"), ("parseable_call", "parsed"), ("right_function", "right_function"),
+        ("args_valid", "args_valid"), ("same_arguments", "same_arguments"))}
+    return {**metrics, "no_call_when_none_needed": rate_metric([s["no_call"] for s in none_needed])}, samples
 
 
 def eval_custom(ev: CustomEval, subject: Subject, budget: int) -> tuple[dict, list]:

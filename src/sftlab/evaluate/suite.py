@@ -13,7 +13,7 @@ evaluators:
     author: the sftlab team
   - type: math                     # final-answer accuracy; k > 1 with temperature > 0 gives pass@k
     data: {path: ../shared/data/gsm8k/test.jsonl, max_records: 50}
-  - type: tool_calls
+  - type: tool_calls               # each first reply: the right call, or no call where none is needed
     data: {path: ../shared/data/glaive_toolcall_en_demo.json, max_records: 20}
     tools_in_prompt: false
   - type: judge                    # pairwise win-rate, both orders
@@ -85,8 +85,9 @@ class MathEval(_Evaluator):
 class ToolCallEval(_Evaluator):
     type: Literal["tool_calls"] = "tool_calls"
     data: DataSpec
-    tools_in_prompt: bool = Field(True, description="Describe the tools in a system message; false checks a model "
-                                                    "trained to call tools without descriptions.")
+    tools_in_prompt: bool = Field(True, description="Describe the tools in a system message (e.g. a base model "
+                                                    "shown them); false: the turns alone, for a model trained to "
+                                                    "call tools it is never shown.")
 
 
 class JudgeEval(_Prompted):

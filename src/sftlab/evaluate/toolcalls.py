@@ -1,12 +1,16 @@
-"""Tool-call scoring: does a reply contain a parseable call to the right function with valid arguments?"""
+"""Tool-call scoring: each conversation's first assistant turn is a case; where it called a tool, does the reply call
+the right function with valid arguments; where it did not, does the reply answer without a call?"""
 
 from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from typing import Any
 
 import jsonschema
+
+from sftlab.data.schema import Conversation
 
 _TAGGED = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.S)
 _FENCED = re.compile(r"```(?:json)?\s*(.*?)```", re.S)
@@ -45,39 +49,108 @@ def parse_tool_call(text: str) -> dict[str, Any] | None:
     return None
 
 
-def _schema_for(tools: list[dict[str, Any]] | None, name: str) -> dict[str, Any] | None:
+def _tool(tools: list[dict[str, Any]] | None, name: str) -> dict[str, Any] | None:
+    """The function entry named `name` in a tool list (OpenAI's nested or the flat form)."""
     for t in tools or []:
         fn = t.get("function", t)
         if fn.get("name") == name:
-            return fn.get("parameters")
+            return fn
     return None
 
 
-def score_tool_call(reply: str, expected: dict[str, Any], tools: list[dict[str, Any]] | None) -> dict[str, Any]:
-    """{"parsed", "right_function", "args_valid", "correct", "error"} for one reply against the expected call.
-
-    Arguments are valid when they satisfy the tool's JSON schema (when the tool list has one) and contain
-    every argument the expected call used that the schema requires (or all of them with no schema)."""
-    call = parse_tool_call(reply)
-    out = {"parsed": call is not None, "right_function": False, "args_valid": False, "correct": False, "error": ""}
-    if call is None:
-        out["error"] = "no parseable tool call"
-        return out
-    out["right_function"] = call["name"] == expected["name"]
-    if not out["right_function"]:
-        out["error"] = f"called {call['name']!r}, expected {expected['name']!r}"
-        return out
-    schema = _schema_for(tools, expected["name"])
-    required = set(schema.get("required", [])) if schema else set(expected.get("arguments", {}))
-    missing = sorted(required - set(call["arguments"]))
+def argument_error(call: dict[str, Any], expected: dict[str, Any], tools: list[dict[str, Any]] | None) -> str:
+    """Why the call's arguments are invalid for the function it names ('' when valid): that tool's JSON schema
+    (whether or not the model was shown it); with no schema, every argument the expected call used."""
+    fn = _tool(tools, call["name"])
+    schema = fn.get("parameters") if fn else None
+    if not schema and call["name"] != expected["name"]:
+        return "" if fn else f"{call['name']!r} is not one of the tools"
     try:
         if schema:
             jsonschema.validate(call["arguments"], schema)
     except jsonschema.ValidationError as e:
-        out["error"] = f"arguments do not match the schema: {e.message}"
+        return f"arguments do not match the schema: {e.message}"
+    except jsonschema.SchemaError as e:
+        return f"the schema of {call['name']!r} is not valid JSON Schema: {e.message}"
+    required = set(schema.get("required", [])) if schema else set(expected.get("arguments", {}))
+    missing = sorted(required - set(call["arguments"]))
+    return f"missing required arguments {missing}" if missing else ""
+
+
+def score_tool_call(reply: str, expected: dict[str, Any], tools: list[dict[str, Any]] | None) -> dict[str, Any]:
+    """{"parsed", "right_function", "args_valid", "same_arguments", "correct", "error"} for a reply that should
+    call `expected`. correct: the right function with valid arguments; args_valid: the arguments satisfy the
+    schema of the function called (see `argument_error`); same_arguments: the right function with exactly the
+    expected arguments."""
+    call = parse_tool_call(reply)
+    out = {"parsed": call is not None, "right_function": False, "args_valid": False, "same_arguments": False,
+           "correct": False, "error": ""}
+    if call is None:
+        out["error"] = "no parseable tool call"
         return out
-    if missing:
-        out["error"] = f"missing required arguments {missing}"
-        return out
-    out["args_valid"] = out["correct"] = True
+    right = call["name"] == expected["name"]
+    arg_error = argument_error(call, expected, tools)
+    out.update(right_function=right, args_valid=not arg_error, correct=right and not arg_error,
+               same_arguments=right and call["arguments"] == expected.get("arguments", {}))
+    wrong = "" if right else f"called {call['name']!r}, expected {expected['name']!r}"
+    out["error"] = "; ".join(x for x in (wrong, arg_error) if x)
     return out
+
+
+def score_no_call(reply: str) -> dict[str, Any]:
+    """{"parsed", "no_call", "error"} for a reply that should answer without calling a tool."""
+    call = parse_tool_call(reply)
+    return {"parsed": call is not None, "no_call": call is None,
+            "error": f"called {call['name']!r} where no call was needed" if call else ""}
+
+
+@dataclass
+class ToolCase:
+    """One conversation cut before its first assistant turn: what the model is shown, and the call that turn made
+    (None: it answered without one)."""
+
+    messages: list[dict[str, Any]]
+    expected: dict[str, Any] | None
+    tools: list[dict[str, Any]] | None
+    prompt: str
+
+    @property
+    def kind(self) -> str:
+        return "call" if self.expected else "no_call"
+
+    def score(self, reply: str) -> dict[str, Any]:
+        return score_tool_call(reply, self.expected, self.tools) if self.expected else score_no_call(reply)
+
+
+def first_reply_index(conv: Conversation) -> int | None:
+    """Index of the conversation's first assistant turn (None: it has none)."""
+    return next((i for i, t in enumerate(conv.turns) if t.role == "assistant"), None)
+
+
+def expects_call(conv: Conversation) -> bool:
+    """Whether the conversation's first assistant turn calls a tool."""
+    first = first_reply_index(conv)
+    return first is not None and bool(conv.turns[first].tool_calls)
+
+
+def describe_tools(tools: list[dict[str, Any]]) -> str:
+    """The system message that shows a model the tools and how to call one (`tools_in_prompt: true`)."""
+    return ("You can call these functions. To call one, reply with <tool_call>{\"name\": ..., \"arguments\": {...}}"
+            "</tool_call>.\n" + json.dumps(tools, ensure_ascii=False))
+
+
+def tool_cases(convs: list[Conversation], tools_in_prompt: bool) -> list[ToolCase]:
+    """A case per conversation with an assistant turn. With `tools_in_prompt` the tools are described in a system
+    message (replacing the conversation's own); without, the model sees the turns alone, no schema anywhere."""
+    cases = []
+    for conv in convs:
+        first = first_reply_index(conv)
+        if not first:
+            continue
+        msgs = [t.to_dict() for t in conv.turns[:first]]
+        if tools_in_prompt and conv.tools:
+            msgs = [{"role": "system", "content": describe_tools(conv.tools)}] + [m for m in msgs
+                                                                                  if m["role"] != "system"]
+        calls = conv.turns[first].tool_calls
+        cases.append(ToolCase(msgs, calls[0] if calls else None, conv.tools, conv.turns[first - 1].content))
+    return cases
