@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from sftlab.data.schema import Conversation
     from sftlab.generation.base import SamplingParams
 
+J = TypeVar("J", bound="CurationJob")
 VLLM_HELP = ("vLLM engine option KEY=VALUE, repeatable (tensor_parallel_size, data_parallel_size, "
              "gpu_memory_utilization, max_model_len); used when the local engine is vLLM.")
 
@@ -44,7 +45,7 @@ class CurationJob(BaseModel):
     vllm: list[str] | dict[str, Any] = Field([], description=VLLM_HELP + " A mapping in a recipe.")
 
     @classmethod
-    def from_mapping(cls, raw: dict[str, Any], source: str = "job"):
+    def from_mapping(cls: type[J], raw: dict[str, Any], source: str = "job") -> J:
         """The job a mapping (a recipe stage, the command's options) describes; a wrong field is a ConfigError."""
         try:
             return cls.model_validate(raw)
