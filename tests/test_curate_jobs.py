@@ -109,3 +109,18 @@ def test_filter_job_from_a_mapping_selects_like_the_command(tmp_path):
     with pytest.raises(ConfigError, match="input"):
         run_filter_job({**raw, "output": str(pool)}, console)
     assert len(pool.read_text().splitlines()) == 12
+
+
+@pytest.mark.parametrize(("job_cls", "command"), [(DistillJob, "distill"), (BestOfKJob, "best-of-k")])
+def test_a_job_has_one_described_field_per_command_option(job_cls, command):
+    import typer
+
+    options = typer.main.get_command(app).commands["curate"].commands[command].params
+    assert {o.name for o in options} == set(job_cls.model_fields)
+    assert all(f.description for f in job_cls.model_fields.values())
+    for o in options:  # same defaults, the same required options
+        field = job_cls.model_fields[o.name]
+        if o.required:
+            assert field.is_required(), o.name
+        else:
+            assert field.get_default() == (list(o.default or []) if o.multiple else o.default), o.name

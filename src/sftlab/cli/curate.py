@@ -3,52 +3,49 @@
 from __future__ import annotations
 
 import json
-from functools import partial
 from pathlib import Path
 
 import typer
 
 from sftlab.cli.base import console, curate_app, fail, quiet
-from sftlab.curate.jobs import VLLM_HELP, BestOfKJob, DistillJob, option_help
+from sftlab.curate.job_help import BEST_OF_K, DISTILL, VLLM_HELP
 from sftlab.errors import SftlabError
-
-distill_help = partial(option_help, DistillJob)
-best_of_k_help = partial(option_help, BestOfKJob)
 
 
 @curate_app.command("distill")
 def curate_distill(
-        prompts: str = typer.Option(..., help=distill_help("prompts")),
-        teacher: str = typer.Option("smollm2-135m-instruct", help=distill_help("teacher")),
-        out: Path = typer.Option(..., help=distill_help("out")),
-        base_url: list[str] = typer.Option([], help=distill_help("base_url")),
-        api_key_env: str = typer.Option("OPENAI_API_KEY", help=distill_help("api_key_env")),
+        prompts: str = typer.Option(..., help=DISTILL["prompts"]),
+        teacher: str = typer.Option("smollm2-135m-instruct", help=DISTILL["teacher"]),
+        out: Path = typer.Option(..., help=DISTILL["out"]),
+        base_url: list[str] = typer.Option([], help=DISTILL["base_url"]),
+        api_key_env: str = typer.Option("OPENAI_API_KEY", help=DISTILL["api_key_env"]),
         adapter: str = typer.Option(None), format: str = typer.Option("auto"),
-        system: str = typer.Option(None, help=distill_help("system")),
-        n: int = typer.Option(1, help=distill_help("n")), max_new_tokens: int = typer.Option(256),
+        system: str = typer.Option(None, help=DISTILL["system"]),
+        n: int = typer.Option(1, help=DISTILL["n"]), max_new_tokens: int = typer.Option(256),
         temperature: float = typer.Option(0.0), top_p: float = typer.Option(1.0), seed: int = typer.Option(0),
         max_prompts: int = typer.Option(None), batch_size: int = typer.Option(8),
-        keep_unfinished: bool = typer.Option(False, help=distill_help("keep_unfinished")),
+        keep_unfinished: bool = typer.Option(False, help=DISTILL["keep_unfinished"]),
         vllm: list[str] = typer.Option([], "--vllm", help=VLLM_HELP),
         no_cache: bool = typer.Option(False)) -> None:
     """A teacher answers the prompts; the output is ordinary SFT data."""
-    job = DistillJob.from_mapping(locals(), "options")  # the parameters are the job's fields, by name
-    quiet()
-    from sftlab.curate.jobs import run_distill
+    options = dict(locals())  # the parameters are the job's fields, by name
+    from sftlab.curate.jobs import DistillJob, run_distill
 
+    job = DistillJob.from_mapping(options, "options")
+    quiet()
     _run(run_distill, job)
 
 
 @curate_app.command("best-of-k")
 def curate_best_of_k(
-        prompts: str = typer.Option(..., help=best_of_k_help("prompts")),
-        policy: str = typer.Option("smollm2-135m-instruct", help=best_of_k_help("policy")),
-        out: Path = typer.Option(..., help=best_of_k_help("out")),
-        reward: str = typer.Option("gsm8k", help=best_of_k_help("reward")),
-        judge: str = typer.Option("smollm2-135m-instruct", help=best_of_k_help("judge")),
-        k: int = typer.Option(4), select: str = typer.Option("best", help=best_of_k_help("select")),
-        min_score: float = typer.Option(None, help=best_of_k_help("min_score")),
-        base_url: list[str] = typer.Option([], help=best_of_k_help("base_url")),
+        prompts: str = typer.Option(..., help=BEST_OF_K["prompts"]),
+        policy: str = typer.Option("smollm2-135m-instruct", help=BEST_OF_K["policy"]),
+        out: Path = typer.Option(..., help=BEST_OF_K["out"]),
+        reward: str = typer.Option("gsm8k", help=BEST_OF_K["reward"]),
+        judge: str = typer.Option("smollm2-135m-instruct", help=BEST_OF_K["judge"]),
+        k: int = typer.Option(4), select: str = typer.Option("best", help=BEST_OF_K["select"]),
+        min_score: float = typer.Option(None, help=BEST_OF_K["min_score"]),
+        base_url: list[str] = typer.Option([], help=BEST_OF_K["base_url"]),
         api_key_env: str = typer.Option("OPENAI_API_KEY"),
         adapter: str = typer.Option(None), format: str = typer.Option("auto"),
         max_new_tokens: int = typer.Option(256), temperature: float = typer.Option(0.8),
@@ -56,10 +53,11 @@ def curate_best_of_k(
         batch_size: int = typer.Option(8), no_cache: bool = typer.Option(False),
         vllm: list[str] = typer.Option([], "--vllm", help=VLLM_HELP)) -> None:
     """Sample k replies per prompt, score them, keep the best: rejection sampling."""
-    job = BestOfKJob.from_mapping(locals(), "options")  # the parameters are the job's fields, by name
-    quiet()
-    from sftlab.curate.jobs import run_best_of_k
+    options = dict(locals())  # the parameters are the job's fields, by name
+    from sftlab.curate.jobs import BestOfKJob, run_best_of_k
 
+    job = BestOfKJob.from_mapping(options, "options")
+    quiet()
     _run(run_best_of_k, job)
 
 

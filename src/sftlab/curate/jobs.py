@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from sftlab.curate.job_help import BEST_OF_K, COMMON, DISTILL
 from sftlab.errors import ConfigError, DataError, SftlabError
 
 if TYPE_CHECKING:
@@ -22,8 +23,6 @@ if TYPE_CHECKING:
     from sftlab.generation.base import SamplingParams
 
 J = TypeVar("J", bound="CurationJob")
-VLLM_HELP = ("vLLM engine option KEY=VALUE, repeatable (tensor_parallel_size, data_parallel_size, "
-             "gpu_memory_utilization, max_model_len); used when the local engine is vLLM.")
 
 
 class CurationJob(BaseModel):
@@ -31,18 +30,18 @@ class CurationJob(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    prompts: str = Field(description="Prompt source (any reader).")
-    out: Path = Field(description="Output JSONL; re-run to resume.")
-    base_url: list[str] = Field([], description="OpenAI-compatible endpoint; repeat for several (least-loaded).")
-    api_key_env: str = Field("OPENAI_API_KEY", description="Environment variable holding the API key.")
-    adapter: str | None = Field(None, description="LoRA adapter (a folder) applied to the local model.")
-    format: str = Field("auto", description="Record format of the prompts; detected when 'auto'.")
-    max_new_tokens: int = Field(256, description="Token budget of each reply.")
-    seed: int = Field(0, description="Sampling seed.")
-    max_prompts: int | None = Field(None, description="Curate only the first N prompts.")
-    batch_size: int = Field(8, description="Prompts per generation batch.")
-    no_cache: bool = Field(False, description="Keep no generation cache beside the output.")
-    vllm: list[str] | dict[str, Any] = Field([], description=VLLM_HELP + " A mapping in a recipe.")
+    prompts: str = Field(description=COMMON["prompts"])
+    out: Path = Field(description=COMMON["out"])
+    base_url: list[str] = Field([], description=COMMON["base_url"])
+    api_key_env: str = Field("OPENAI_API_KEY", description=COMMON["api_key_env"])
+    adapter: str | None = Field(None, description=COMMON["adapter"])
+    format: str = Field("auto", description=COMMON["format"])
+    max_new_tokens: int = Field(256, description=COMMON["max_new_tokens"])
+    seed: int = Field(0, description=COMMON["seed"])
+    max_prompts: int | None = Field(None, description=COMMON["max_prompts"])
+    batch_size: int = Field(8, description=COMMON["batch_size"])
+    no_cache: bool = Field(False, description=COMMON["no_cache"])
+    vllm: list[str] | dict[str, Any] = Field([], description=COMMON["vllm"])
 
     @classmethod
     def from_mapping(cls: type[J], raw: dict[str, Any], source: str = "job") -> J:
@@ -56,36 +55,29 @@ class CurationJob(BaseModel):
 class DistillJob(CurationJob):
     """`sftlab curate distill`: a teacher answers the prompts; the output is ordinary SFT data."""
 
-    prompts: str = Field(description="Prompt source (any reader); an existing reply becomes ignored.")
-    teacher: str = Field("smollm2-135m-instruct", description="Teacher model, or model name at --base-url.")
-    out: Path = Field(description="Output JSONL (messages + provenance); re-run to resume.")
-    base_url: list[str] = Field([], description="OpenAI-compatible endpoint (vLLM, llama.cpp, sftlab serve...); "
-                                                "repeat for several serving the same model (least-loaded).")
-    system: str | None = Field(None, description="System prompt for the teacher.")
-    n: int = Field(1, description="Replies per prompt.")
-    temperature: float = Field(0.0, description="Sampling temperature (0: greedy).")
-    top_p: float = Field(1.0, description="Nucleus sampling: sample from the tokens holding this much probability.")
-    keep_unfinished: bool = Field(False, description="Keep replies that hit max_new_tokens.")
+    prompts: str = Field(description=DISTILL["prompts"])
+    teacher: str = Field("smollm2-135m-instruct", description=DISTILL["teacher"])
+    out: Path = Field(description=DISTILL["out"])
+    base_url: list[str] = Field([], description=DISTILL["base_url"])
+    system: str | None = Field(None, description=DISTILL["system"])
+    n: int = Field(1, description=DISTILL["n"])
+    temperature: float = Field(0.0, description=DISTILL["temperature"])
+    top_p: float = Field(1.0, description=DISTILL["top_p"])
+    keep_unfinished: bool = Field(False, description=DISTILL["keep_unfinished"])
 
 
 class BestOfKJob(CurationJob):
     """`sftlab curate best-of-k`: sample k replies per prompt, score them, keep the best (rejection sampling)."""
 
-    prompts: str = Field(description="Prompts with reference answers (e.g. gsm8k/train.jsonl).")
-    policy: str = Field("smollm2-135m-instruct", description="Policy model (usually the model to train).")
-    reward: str = Field("gsm8k", description="gsm8k|numeric|exact|normalized|json_valid|judge|"
-                                             "reward_model:PATH|module:function")
-    judge: str = Field("smollm2-135m-instruct", description="Judge model for --reward judge.")
-    k: int = Field(4, description="Samples per prompt.")
-    select: str = Field("best", description="best | all")
-    min_score: float | None = Field(None, description="Keep only samples scoring at least this.")
-    temperature: float = Field(0.8, description="Sampling temperature (0: greedy).")
-    top_p: float = Field(0.95, description="Nucleus sampling: sample from the tokens holding this much probability.")
-
-
-def option_help(job: type[CurationJob], field: str) -> str | None:
-    """The command's help text for an option: its job field's description (one text for both)."""
-    return job.model_fields[field].description
+    prompts: str = Field(description=BEST_OF_K["prompts"])
+    policy: str = Field("smollm2-135m-instruct", description=BEST_OF_K["policy"])
+    reward: str = Field("gsm8k", description=BEST_OF_K["reward"])
+    judge: str = Field("smollm2-135m-instruct", description=BEST_OF_K["judge"])
+    k: int = Field(4, description=BEST_OF_K["k"])
+    select: str = Field("best", description=BEST_OF_K["select"])
+    min_score: float | None = Field(None, description=BEST_OF_K["min_score"])
+    temperature: float = Field(0.8, description=BEST_OF_K["temperature"])
+    top_p: float = Field(0.95, description=BEST_OF_K["top_p"])
 
 
 def _explain(job: type[BaseModel], e: ValidationError) -> str:
