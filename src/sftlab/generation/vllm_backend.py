@@ -42,14 +42,16 @@ def vllm_options(raw: VLLMOptions | dict[str, Any] | None, source: str = "vllm o
     return validated(VLLMOptions, raw or {}, source)
 
 
-def vllm_options_from_cli(items: list[str], base_url: list[str] | None = None) -> VLLMOptions | None:
-    """`--vllm KEY=VALUE` options (VALUE is YAML: `2`, `0.85`) as checked engine options, None when none are
-    given; a malformed item or a wrong key or value is a ConfigError naming it."""
+def vllm_options_from_cli(items: list[str] | dict[str, Any], base_url: list[str] | None = None) -> VLLMOptions | None:
+    """`--vllm KEY=VALUE` options (VALUE is YAML: `2`, `0.85`), or a mapping (a recipe's `vllm:`), as checked engine
+    options, None when none are given; a malformed item or a wrong key or value is a ConfigError naming it."""
     if not items:
         return None
     if base_url:
         raise ConfigError("--vllm sets the local vLLM engine's options; with --base-url the endpoint's server "
                           "runs the model (set them there, e.g. vllm serve --tensor-parallel-size 2)")
+    if isinstance(items, dict):
+        return vllm_options(items, "--vllm")
     raw: dict[str, Any] = {}
     for item in items:
         key, sep, text = item.partition("=")
