@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from sftlab.cli.base import app, console, quiet
+from sftlab.cli.base import app, console, fail, quiet
 
 
 def _print_recipes(folder: Path) -> None:
@@ -36,7 +36,10 @@ def run_cmd(recipe: Path = typer.Argument(None, help="Recipe YAML (see `sftlab r
         return
     from sftlab.recipe.runner import run_recipe
 
-    run_recipe(recipe, out=out, from_stage=from_stage, quick=quick, console=console)
+    try:
+        run_recipe(recipe, out=out, from_stage=from_stage, quick=quick, console=console)
+    except (RuntimeError, ValueError) as e:  # a model that fails to load, a bad user function: one line, exit 2
+        fail(e)
 
 
 @app.command("results")

@@ -107,7 +107,7 @@ def run_results(names: list[str], quick: bool, out: Path, store: Path, console: 
         try:
             run = run_recipe(path, quick=quick, console=console)
             _store_run(name, run.run_dir / "result.json", store, None)
-        except SftlabError as e:
+        except (SftlabError, RuntimeError, ValueError) as e:  # one recipe failing does not stop the others
             console.print(f"[red]{name} failed[/]: {e}")
             _store_run(name, None, store, str(e))
     write_text(out, render_results(store))

@@ -16,7 +16,6 @@ from sftlab.errors import ConfigError
 from sftlab.recipe.preparers import PREPARERS
 from sftlab.recipe.spec import REF, RUN_REF
 from sftlab.userfn import import_callable
-from sftlab.yamlconfig import validated
 
 
 @dataclass
@@ -76,14 +75,14 @@ def run_prepare(stage, folder: Path, ctx: StageContext, resuming: bool) -> dict[
 def run_distill(stage, folder: Path, ctx: StageContext, resuming: bool) -> dict[str, Any]:
     from sftlab.curate.jobs import DistillJob, run_distill
 
-    job = validated(DistillJob, {**resolve(stage.job, ctx), "out": str(folder / "data.jsonl")}, f"stage {stage.id}")
+    job = DistillJob.from_mapping({**resolve(stage.job, ctx), "out": str(folder / "data.jsonl")}, f"stage {stage.id}")
     return {"data": str(folder / "data.jsonl"), "summary": run_distill(job, ctx.console).to_dict()}
 
 
 def run_best_of_k(stage, folder: Path, ctx: StageContext, resuming: bool) -> dict[str, Any]:
     from sftlab.curate.jobs import BestOfKJob, run_best_of_k
 
-    job = validated(BestOfKJob, {**resolve(stage.job, ctx), "out": str(folder / "data.jsonl")}, f"stage {stage.id}")
+    job = BestOfKJob.from_mapping({**resolve(stage.job, ctx), "out": str(folder / "data.jsonl")}, f"stage {stage.id}")
     return {"data": str(folder / "data.jsonl"), "summary": run_best_of_k(job, ctx.console).to_dict()}
 
 
