@@ -284,3 +284,17 @@ def test_math_evaluator_scores_both_formats_on_the_heldout_set(tmp_path, teacher
     r = final_answer_accuracy(teacher, convs, max_new_tokens=32)
     assert [s["correct"] for s in r["samples"]] == [[True], [True], [False], [False]]
     assert r["accuracy"] == 0.5 and r["n"] == 4 and r["correct"] == 2 and r["ci95"][0] < 0.5 < r["ci95"][1]
+
+
+def test_gsm8k_form_records_are_solutions_too(tmp_path):
+    """Worked answers ending `#### N` (GSM8K, the generated problems) give the same two variants."""
+    from sftlab.recipe.preparers.reasoning import reasoning_variants
+
+    src = tmp_path / "train.jsonl"
+    src.write_text(json.dumps({"question": "Tom has 3 apples and buys 4. How many?",
+                               "answer": "3 + 4 = 7 apples.\n#### 7"}) + "\n")
+    made = reasoning_variants(tmp_path / "out", source=src)
+    think = json.loads((tmp_path / "out/think.jsonl").read_text())["messages"][-1]["content"]
+    answer = json.loads((tmp_path / "out/answers_only.jsonl").read_text())["messages"][-1]["content"]
+    assert made["records"] == 1 and answer == "The answer is 7."
+    assert think == "<think>\n3 + 4 = 7 apples.\n</think>\nThe answer is 7."

@@ -145,7 +145,12 @@ def _prompt_and_reply(rec: dict[str, Any], path: str | Path, where: str) -> tupl
 
 
 def _variant_pair(rec: dict[str, Any], path: str | Path, where: str) -> tuple[dict, dict] | str:
-    """(answers-only record, think record) for one kept solution, or why it is skipped."""
+    """(answers-only record, think record) for one kept solution, or why it is skipped. A GSM8K-form record
+    (question + worked answer ending `#### N`) counts as a solution too: human-written reasoning."""
+    if isinstance(rec.get("question"), str) and isinstance(rec.get("answer"), str):
+        rec = {"id": rec.get("id", where), "meta": {"reference": rec["answer"]},
+               "messages": [{"role": "user", "content": rec["question"]},
+                            {"role": "assistant", "content": rec["answer"]}]}
     prompt, reply = _prompt_and_reply(rec, path, where)
     meta = rec.get("meta") if isinstance(rec.get("meta"), dict) else {}
     number = extract_final_number(meta["reference"]) if isinstance(meta.get("reference"), str) else None
