@@ -44,6 +44,15 @@ def _seeded_subset(items: list, k: int, seed: int) -> list:
     return [items[i] for i in sorted(random.Random(seed).sample(range(len(items)), k))]
 
 
+def _unique_ids(convs: list[Conversation]) -> list[Conversation]:
+    """A repeated record repeats its id: name the repeats as the filter would (`id#1`), so every id is one record."""
+    seen: Counter = Counter()
+    for c in convs:
+        base = c.id
+        c.id, seen[base] = (f"{base}#{seen[base]}" if seen[base] else base), seen[base] + 1
+    return convs
+
+
 def _enough(available: int, wanted: int, what: str, source: str) -> None:
     if wanted < 0 or wanted > available:
         raise ConfigError(f"{what} {wanted}: {source} has {available} usable records; ask for 0 to {available}")
@@ -94,7 +103,7 @@ def sample_records(out: Path, *, seed: int = 0, quick: bool = False, source: str
     convs, report = _load(source, "sample_records source")
     n = min(n, QUICK_RECORDS, len(convs)) if quick else n
     _enough(len(convs), n, "n", report.source)
-    sample = _seeded_subset(convs, n, seed)
+    sample = _unique_ids(_seeded_subset(convs, n, seed))
     write_jsonl(Path(out) / "sample.jsonl", sample)
     return {"source": report.source, "loaded": report.loaded, "sampled": len(sample),
             "skipped": sum(report.skipped.values())}
@@ -142,10 +151,8 @@ def corrupt_pool(out: Path, *, seed: int = 0, quick: bool = False, source: str |
         raise DataError(f"{len(convs)} short, complete records: too few for {heldout} held-out + a pool of 2 or more",
                         source=str(source), reason="too few records")
     bad = set(rng.sample(range(len(clean)), int(len(clean) * corrupt_share)))
-    records, seen = [], Counter()
-    for i, c in enumerate(clean):
-        base = c.id  # a repeated record repeats its id: name it as the filter would (`id#1`), so labels stay exact
-        c.id, seen[base] = (f"{base}#{seen[base]}" if seen[base] else base), seen[base] + 1
+    records = []
+    for i, c in enumerate(_unique_ids(clean)):
         if i in bad:
             other = clean[(i + 1 + rng.randrange(len(clean) - 1)) % len(clean)].turns[-1].content
             records.append(corrupt(c, rng.choice(CORRUPTIONS), other, rng))
