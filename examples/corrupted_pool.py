@@ -16,41 +16,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import time
 from pathlib import Path
 
 from sftlab.curate.filter.pipeline import make_filter_config, run_filter
 from sftlab.data.loading import DataSpec, load_conversations
-from sftlab.data.schema import Conversation, Turn
-from sftlab.data.writers import write_json, write_jsonl, write_text
+from sftlab.data.writers import write_json, write_text
 from sftlab.evaluate.runner import run_suite
 from sftlab.evaluate.subjects import load_subjects
 from sftlab.evaluate.suite import make_suite
+from sftlab.recipe.preparers.pools import corrupt_pool, read_labels, selection_quality
 from sftlab.train.config import make_config
 from sftlab.train.run import train
-
-REFUSAL = "As an AI language model, I cannot help with that request."
-
-
-def corrupt(conv: Conversation, kind: str, other: str, rng: random.Random) -> Conversation:
-    reply = conv.turns[-1].content
-    words = reply.split()
-    if kind == "truncated":
-        cut = max(3, int(len(words) * rng.uniform(0.3, 0.6)))
-        reply = " ".join(words[:cut]).rstrip(".!?,;:")
-    elif kind == "swapped":
-        reply = other
-    elif kind == "word_salad":
-        rng.shuffle(words)
-        reply = " ".join(words)
-    elif kind == "looping":
-        chunk = " ".join(words[: max(4, min(8, len(words)))])
-        reply = " ".join([chunk] * 8)
-    elif kind == "refusal":
-        reply = REFUSAL
-    turns = [*conv.turns[:-1], Turn("assistant", reply)]
-    return Conversation(turns=turns, id=conv.id, meta={"corruption": kind})
 
 
 def main() -> None:
@@ -68,39 +45,20 @@ def main() -> None:
     ap.add_argument("--reuse", action="store_true", help="keep runs whose eval.json exists (after a crash)")
     args = ap.parse_args()
     t0 = time.time()
-    rng = random.Random(args.seed)
-
-    convs = load_conversations(DataSpec(path=args.data))[0]
-    convs = [c for c in convs if 20 <= len(c.turns[-1].content) <= 400 and len(c.turns[0].content) <= 300
-             and c.turns[-1].content.rstrip()[-1:] in ".!?"]
-    rng.shuffle(convs)
-    heldout, pool = convs[: args.heldout], convs[args.heldout: args.heldout + args.pool]
-    kinds = ["truncated", "swapped", "word_salad", "looping", "refusal"]
-    bad = set(rng.sample(range(len(pool)), int(len(pool) * args.corrupt)))
-    corrupted = []
-    for i, c in enumerate(pool):
-        if i in bad:
-            other = pool[(i + 1 + rng.randrange(len(pool) - 1)) % len(pool)].turns[-1].content
-            corrupted.append(corrupt(c, rng.choice(kinds), other, rng))
-        else:
-            corrupted.append(Conversation(turns=c.turns, id=c.id, meta={"corruption": "clean"}))
     data = args.out / "data"
-    write_jsonl(data / "pool.jsonl", corrupted)
-    write_jsonl(data / "heldout.jsonl", heldout)
-    truth = {c.id: c.meta["corruption"] for c in corrupted}
-    print(f"pool {len(pool)} ({len(bad)} corrupted), held-out references {len(heldout)}")
+    made = corrupt_pool(data, seed=args.seed, source=args.data, pool=args.pool, corrupt_share=args.corrupt,
+                        heldout=args.heldout)
+    heldout = load_conversations(DataSpec(path=str(data / "heldout.jsonl")))[0]
+    print(f"pool {made['pool']} ({made['corrupted']} corrupted), held-out references {made['heldout']}")
 
     cfg = make_filter_config({
         "pool": [str(data / "pool.jsonl")], "output": str(data / "filtered.jsonl"), "target_size": args.target,
         "seed": args.seed, "scorers": [{"type": "ifd", "model": args.scorer_model}],
         "diversity": {"method": "deita", "min_distance": 0.05}})
     res = run_filter(cfg)
-    sel_kinds = [truth[r.id] for r in res.selected]
-    filt = {"selected": len(res.selected), "corrupted_in_pool": len(bad),
-            "corrupted_selected": sum(k != "clean" for k in sel_kinds),
-            "corrupted_share_pool": round(len(bad) / len(pool), 3),
-            "corrupted_share_selected": round(sum(k != "clean" for k in sel_kinds) / max(1, len(sel_kinds)), 3),
-            "selected_by_kind": {k: sel_kinds.count(k) for k in ["clean", *kinds]},
+    quality = selection_quality([r.id for r in res.selected], read_labels(data / "labels.jsonl"))
+    filt = {**{k: quality[k] for k in ("selected", "corrupted_in_pool", "corrupted_selected", "corrupted_share_pool",
+                                       "corrupted_share_selected", "selected_by_kind")},
             "funnel": [{k: s[k] for k in ("stage", "in", "kept", "dropped")} for s in res.funnel]}
     print(json.dumps(filt, indent=2))
 
@@ -138,7 +96,8 @@ def main() -> None:
     ifr = {name: r["eval"]["evaluators"]["instruction_following"]["metrics"]["answered_and_stopped"]["tuned"]["value"]
            for name, r in results["runs"].items()}
     md = ["# Corrupted pool vs filtered subset", "",
-          f"Pool {len(pool)} Alpaca records, {len(bad)} corrupted ({filt['corrupted_share_pool']:.0%}); filter kept "
+          f"Pool {made['pool']} Alpaca records, {made['corrupted']} corrupted ({filt['corrupted_share_pool']:.0%}); "
+          f"filter kept "
           f"{filt['selected']} ({filt['corrupted_selected']} corrupted, {filt['corrupted_share_selected']:.0%}).", "",
           "| model | train examples | epochs | optimizer steps | held-out response NLL (clean refs) | "
           "answered and stopped |", "|---|---|---|---|---|---|"]

@@ -13,4 +13,14 @@ PREPARERS: dict[str, str] = {
     "gsm8k_subset": "sftlab.recipe.preparers.reasoning:gsm8k_subset",
     # tools: Glaive conversations split into train (tool descriptions removed) and held-out (kept for scoring)
     "toolcall_split": "sftlab.recipe.preparers.tools:toolcall_split",
+    # distillation: n shipped 1.5B-teacher prompts (prompts.jsonl, no answers) and answers (teacher.jsonl)
+    "shipped_prompts": "sftlab.recipe.preparers.pools:shipped_prompts",
+    # quality vs quantity: a seeded random subset of any source (the "chosen at random" arm)
+    "sample_records": "sftlab.recipe.preparers.pools:sample_records",
+    # quality vs quantity: a pool with a known share of corrupted replies (pool.jsonl, labels.jsonl, heldout.jsonl)
+    "corrupt_pool": "sftlab.recipe.preparers.pools:corrupt_pool",
+    # quality vs quantity: how clean a filter's selection from corrupt_pool is, vs a random pick of the same size
+    "pool_selection_quality": "sftlab.recipe.preparers.pools:pool_selection_quality",
+    # quality vs quantity: the filter's quality scorers' ROC AUC on labelled (KTO) responses
+    "scorer_auc": "sftlab.recipe.preparers.pools:scorer_auc",
 }
