@@ -71,11 +71,14 @@ def result_rows(run, recipe_path: str | Path, quick: bool) -> list[dict[str, Any
     rows = []
     for model, path in results.items():
         res = read_record(Path(path), SuiteResult)
-        train_out = run.stages.get(model, {}).get("outputs") or {}
+        train_out = run.stages[model]["outputs"]
         rows.append({**common, "model": model, "method": spec.method.get(model, train_out.get("method", "")),
-                     "examples": _examples(train_out) if train_out else None,
-                     **(_train_cost(train_out) if train_out else {}),
+                     "examples": _examples(train_out), **_train_cost(train_out),
                      "metrics": [_metric(res, m) for m in spec.metrics]})
+    for pair, path in run.stages[spec.eval]["outputs"].get("head_to_head", {}).items():
+        judged = [m for m in (_metric(read_record(Path(path), SuiteResult), x) for x in spec.metrics)
+                  if "pairwise" in m]  # a head-to-head run holds only the judge evaluators
+        rows.append({**common, "model": pair, "method": spec.method.get(pair, "head to head"), "metrics": judged})
     return rows
 
 
@@ -107,7 +110,7 @@ def _eval_sections(run) -> list[str]:
     for sid, s in run.stages.items():
         if s["type"] != "eval":
             continue
-        for name, path in s["outputs"]["results"].items():
+        for name, path in {**s["outputs"]["results"], **s["outputs"].get("head_to_head", {})}.items():
             res = read_record(Path(path), SuiteResult)
             out += [f"## {sid}: {name}", "", suite_markdown(res, level=3, samples=4)]
             out += [pairwise_sentence(n, p) for n, p in res.pairwise()]

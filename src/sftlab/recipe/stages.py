@@ -121,7 +121,7 @@ def run_eval(stage, folder: Path, ctx: StageContext, resuming: bool) -> dict[str
     from sftlab.evaluate.suite import JudgeEval, make_suite
 
     suite = make_suite(resolve(stage.suite, ctx), f"stage {stage.id}")
-    cache, made = folder / "generations.sqlite", {}
+    cache, made, pairs = folder / "generations.sqlite", {}, {}
     for model in stage.models:
         subjects = _subjects(ctx.outputs[model], cache, stage.batch_size, stage.dtype)
         res = run_suite(suite, subjects, log=ctx.console.print)
@@ -136,11 +136,11 @@ def run_eval(stage, folder: Path, ctx: StageContext, resuming: bool) -> dict[str
         pair = [_subjects(ctx.outputs[m], cache, stage.batch_size, stage.dtype)[1] for m in (b, a)]
         pair[0].label, pair[1].label = b, a  # the cache keys stay those of the vs-base run: no new generations
         res = run_suite(suite.model_copy(update={"evaluators": judges}), pair, log=ctx.console.print)
-        made[f"{a}_vs_{b}"] = str(write_result(res, folder / f"{a}_vs_{b}")[0])
+        pairs[f"{a}_vs_{b}"] = str(write_result(res, folder / f"{a}_vs_{b}")[0])
         print_suite(res, ctx.console, samples=0)
         del pair
         gc.collect()
-    return {"results": made}
+    return {"results": made, "head_to_head": pairs}
 
 
 RUNNERS: dict[str, Callable[..., dict[str, Any]]] = {
