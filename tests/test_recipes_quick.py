@@ -46,5 +46,5 @@ def test_every_recipe_runs_quick_and_fills_results(tmp_path, monkeypatch, one_to
         for row in stored["rows"]:
             missing = [m for m in row["metrics"] if "missing" in m]
             assert not missing, (spec.name, missing)
-            assert f"| {spec.name} | {row['model']} |" in page
+            assert f"| {spec.name} | {row['model']}: " in page
         assert set(stored["measures"]) == set(spec.result.measures)

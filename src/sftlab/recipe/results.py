@@ -17,8 +17,8 @@ from sftlab.errors import SftlabError
 from sftlab.recipe.report import metric_text
 from sftlab.recipe.spec import is_recipe, load_recipe
 
-HEADER = ["recipe", "model", "method", "examples", "metric", "base", "tuned", "verdict", "training (time, peak memory)",
-          "recipe wall time", "date", "machine"]
+HEADER = ["recipe", "model: method", "student <- teacher", "examples", "metric: base -> tuned (95% interval, n)",
+          "training: time, peak memory", "recipe wall time", "date, machine"]
 
 
 def list_recipes(folder: Path = Path("recipes")) -> list[Path]:
@@ -48,17 +48,25 @@ def _cost(row: dict[str, Any]) -> str:
     return f"{row['train_s'] / 60:.1f} min, {row['peak_memory_mb']:,} MB {row['memory_kind'].upper()}"
 
 
+def _metric_line(m: dict[str, Any]) -> str:
+    if "missing" in m:
+        return f"{m['name']}: missing ({m['missing']})"
+    if "pairwise" in m:
+        return f"{m['name']}: {metric_text(m, 'tuned')}"
+    return f"{m['name']}: {metric_text(m, 'base')} -> {metric_text(m, 'tuned')} {verdict(m)}"
+
+
 def table_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """One row per trained model (or head-to-head pair); its headline metrics one per line in a cell."""
     lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['recipe']} | - | - | - | failed: {r['error'][:160]} | | | | | | {r['date']} | |")
+            lines.append(f"| {r['recipe']} | failed: {r['error'][:200]} | | | | | | {r['date']} |")
             continue
-        for m in r["metrics"]:
-            cells = [r["recipe"], r["model"], r["method"], r.get("examples") or "?", m["name"],
-                     metric_text(m, "base"), metric_text(m, "tuned"), verdict(m), _cost(r),
-                     f"{r['wall_s'] / 60:.1f} min", r["date"], r["machine"]]
-            lines.append("| " + " | ".join(str(c).replace("|", "/") for c in cells) + " |")
+        cells = [r["recipe"], f"{r['model']}: {r['method']}", f"{r['student']} <- {r['teacher']}",
+                 r.get("examples") or "-", "<br>".join(_metric_line(m) for m in r["metrics"]), _cost(r),
+                 f"{r['wall_s'] / 60:.1f} min", f"{r['date']}, {r['machine']}"]
+        lines.append("| " + " | ".join(str(c).replace("|", "/") for c in cells) + " |")
     return lines
 
 
