@@ -134,3 +134,14 @@ def test_cli_lists_recipes_and_reports_errors_in_one_line(in_tmp, tiny_model_dir
     assert res.exit_code == 0 and "a toy recipe" in res.output and "plain_train" not in res.output
     res = CliRunner().invoke(app, ["run", "recipes/toy.yaml", "--from", "nowhere"])
     assert res.exit_code == 2 and "--from nowhere: the recipe's stages are data, sft, eval" in res.output
+
+
+def test_a_changed_input_file_reruns_the_stage_that_reads_it(in_tmp, tiny_model_dir):
+    extra = in_tmp / "mine.jsonl"
+    extra.write_text('{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]}\n')
+    raw = _recipe(tiny_model_dir)
+    raw["stages"][0]["params"]["extra_data"] = [str(extra)]
+    path = _write(in_tmp, raw)
+    run_recipe(path, console=QUIET)
+    extra.write_text(extra.read_text().replace("Hello.", "Hello there."))  # same path, new content
+    assert _statuses(run_recipe(path, console=QUIET)) == {"data": "ran", "sft": "ran", "eval": "ran"}
