@@ -141,6 +141,8 @@ def _env() -> dict[str, str]:
 
 
 def _launch(*args: str, wait: bool = True):
+    if "--main_process_port" not in args:  # not accelerate's fixed 29500: other runs may use it at the same time
+        args = ("--main_process_port", str(_free_port()), *args)
     proc = subprocess.Popen([ACCELERATE, "launch", *args], env=_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     return _finish(proc) if wait else proc
