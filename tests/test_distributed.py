@@ -2,12 +2,15 @@
 over gloo, training the tiny random model in fp32. The same global batches must give the same run whatever the
 number of processes or machines: 2 processes x accumulation 1 == 1 process x accumulation 2; 2 simulated machines ==
 2 processes on one; the fused loss gives the model's own gradients under DDP and FSDP2; FSDP full fine-tuning
-checkpoints, resumes and writes a plain transformers checkpoint.
+checkpoints, resumes in a fresh launch and writes a plain transformers checkpoint; LoRA under FSDP equals DDP and its
+adapter loads with PEFT; a DDP run resumes on another number of processes only with the same global batch;
+DeepSpeed ZeRO-2/3 (when installed) match DDP and one process.
 
-This file is also the worker the launched processes run (`python tests/test_distributed.py grad|fsdp ...`)."""
+This file is also the worker the launched processes run (`python tests/test_distributed.py grad|train ...`)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import socket
@@ -18,6 +21,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+
+from sftlab.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes" / "accelerate"
@@ -105,14 +110,24 @@ def _gradient_worker(out: str) -> None:
         Path(out).write_text(json.dumps(result))
 
 
-def _fsdp_worker(config: str) -> None:
-    """FSDP full fine-tuning: 2 steps with a checkpoint at each, then --resume to step 4."""
+def _train_worker(config: str, *phases: str) -> None:
+    """sftlab train (FSDP too, on this CPU), phase by phase: "stop" trains from scratch and stops after the
+    checkpoint of step STEPS // 2 (as if killed there); "resume" continues the run (--resume) to STEPS."""
     _lift_accelerate_cpu_fsdp_check()
+    from transformers import TrainerCallback
+
     from sftlab.train.config import load_config
     from sftlab.train.run import train
 
-    train(load_config(config), overwrite=True)
-    train(load_config(config, {"max_steps": STEPS}), resume=True)
+    class StopHalfway(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            control.should_training_stop |= state.global_step == STEPS // 2
+
+    for phase in phases:
+        if phase == "stop":
+            train(load_config(config), overwrite=True, callbacks=[StopHalfway()])
+        else:
+            train(load_config(config), resume=True)
 
 
 # ---------------------------------------------------------------- the tests
@@ -120,11 +135,14 @@ def _fsdp_worker(config: str) -> None:
 
 def _env() -> dict[str, str]:
     path = os.pathsep.join(p for p in (str(ROOT / "src"), os.environ.get("PYTHONPATH")) if p)
+    bin_path = os.pathsep.join((str(Path(sys.executable).parent), os.environ.get("PATH", "")))  # DeepSpeed's ninja
     return {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "PYTHONPATH": path,
-            "TRANSFORMERS_VERBOSITY": "error"}
+            "TRANSFORMERS_VERBOSITY": "error", "DS_ACCELERATOR": "cpu", "PATH": bin_path}
 
 
 def _launch(*args: str, wait: bool = True):
+    if "--main_process_port" not in args:  # not accelerate's fixed 29500: other runs may use it at the same time
+        args = ("--main_process_port", str(_free_port()), *args)
     proc = subprocess.Popen([ACCELERATE, "launch", *args], env=_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     return _finish(proc) if wait else proc
@@ -164,12 +182,12 @@ def setup(tiny_model_dir, tmp_path_factory):
     return folder, write_config
 
 
-def _train_in_process(config: Path, **overrides):
+def _train_in_process(config: Path, resume: bool = False, **overrides):
     from sftlab.train.config import load_config
     from sftlab.train.run import train
 
     torch.set_num_threads(1)
-    return train(load_config(config, overrides), overwrite=True)
+    return train(load_config(config, overrides), overwrite=not resume, resume=resume)
 
 
 def _losses(run_dir: Path) -> list[float]:
@@ -201,9 +219,15 @@ def two_processes(setup):
     return folder / "ddp2", out
 
 
-def test_two_processes_equal_one_process_with_accumulation(setup, two_processes):
+@pytest.fixture(scope="module")
+def one_process(setup):
+    """The same LoRA run on 1 process, accumulation 2: the same global batches as `two_processes`."""
     folder, write_config = setup
-    one = _train_in_process(write_config("one", grad_accum=2)).run_dir
+    return _train_in_process(write_config("one", grad_accum=2)).run_dir
+
+
+def test_two_processes_equal_one_process_with_accumulation(setup, two_processes, one_process):
+    one = one_process
     two, output = two_processes
     loss_diff, weight_diff = _compare(one, two)
     print(f"2 processes x accumulation 1 vs 1 process x accumulation 2: max abs diff loss {loss_diff:.3g}, "
@@ -240,15 +264,26 @@ def test_fused_loss_gradients_under_ddp_and_fsdp(tmp_path):
     assert max(diffs.values()) < 1e-6
 
 
-def test_fsdp_full_fine_tuning_checkpoints_resumes_and_saves_a_plain_checkpoint(setup):
+FULL = {"method": "full", "gradient_checkpointing": False, "lr_scheduler": "constant", "warmup_ratio": 0,
+        "learning_rate": 1e-3, "save_steps": 1}
+
+
+@pytest.fixture(scope="module")
+def one_process_full(setup):
+    """Full fine-tuning on 1 process, accumulation 2 (what FSDP and ZeRO-3 on 2 processes must reproduce)."""
+    folder, write_config = setup
+    return _train_in_process(write_config("full1", grad_accum=2, **FULL)).run_dir
+
+
+def test_fsdp_full_fine_tuning_checkpoints_resumes_and_saves_a_plain_checkpoint(setup, one_process_full):
     from transformers import AutoModelForCausalLM
 
     folder, write_config = setup
-    common = {"method": "full", "gradient_checkpointing": False, "lr_scheduler": "constant", "warmup_ratio": 0,
-              "learning_rate": 1e-3, "save_steps": 1}
-    one = _train_in_process(write_config("full1", grad_accum=2, **common)).run_dir
-    config = write_config("fsdp", **{**common, "max_steps": 2})
-    _launch("--config_file", str(RECIPES / "fsdp.yaml"), "--num_processes", "2", __file__, "fsdp", str(config))
+    one = one_process_full
+    config = write_config("fsdp", **FULL)
+    fsdp = ("--config_file", str(RECIPES / "fsdp.yaml"), "--num_processes", "2", __file__, "train", str(config))
+    _launch(*fsdp, "stop")  # stopped after the checkpoint of step 2 ...
+    assert "resuming from" in _launch(*fsdp, "resume")  # ... and resumed by a fresh launch
     run = folder / "fsdp"
     assert (run / "checkpoints" / "checkpoint-4" / "pytorch_model_fsdp_0").is_dir()  # sharded: FSDP did run
     assert json.loads((run / "train_metrics.json").read_text())["fast_loss"] is True
@@ -260,7 +295,79 @@ def test_fsdp_full_fine_tuning_checkpoints_resumes_and_saves_a_plain_checkpoint(
     reference = AutoModelForCausalLM.from_pretrained(one / "final")
     for (name, p), q in zip(model.named_parameters(), reference.parameters(), strict=True):
         assert torch.allclose(p, q, atol=1e-5), name
+    with pytest.raises(ConfigError, match="sharded .*resume with --num_processes 2"):  # 1 process cannot load it
+        _train_in_process(config, resume=True)
+
+
+def test_fsdp_lora_checkpoints_resumes_and_saves_an_adapter_peft_loads(setup, two_processes, tiny_model_dir):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    folder, write_config = setup
+    config = write_config("fsdp_lora")
+    _launch("--config_file", str(RECIPES / "fsdp.yaml"), "--num_processes", "2", __file__, "train", str(config),
+            "stop", "resume")
+    run = folder / "fsdp_lora"
+    assert (run / "checkpoints" / "checkpoint-4" / "pytorch_model_fsdp_0").is_dir()  # sharded: FSDP did run
+    assert json.loads((run / "train_metrics.json").read_text())["fast_loss"] is True
+    loss_diff, weight_diff = _compare(two_processes[0], run)
+    print(f"FSDP LoRA 2 processes (resumed at step 2) vs DDP: max abs diff loss {loss_diff:.3g}, "
+          f"adapter {weight_diff:.3g}")
+    assert loss_diff < 1e-5 and weight_diff < 1e-6
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    ids = torch.tensor([[5, 6, 7, 8]])
+    before = base(input_ids=ids).logits
+    model = PeftModel.from_pretrained(base, run / "final")
+    saved = _weights(run / "final")
+    loaded = {k: v for k, v in model.state_dict().items() if "lora_" in k}
+    assert len(loaded) == len(saved) > 0
+    assert not torch.allclose(model(input_ids=ids).logits, before)  # the adapter is applied
+
+
+def test_resume_on_another_number_of_processes(setup, two_processes, one_process):
+    """DDP 2 -> 1 process: refused when the global batch would change, and the same run when it does not."""
+    import shutil
+
+    folder, write_config = setup
+    run = folder / "ddp2to1"
+    shutil.copytree(two_processes[0], run)
+    shutil.rmtree(run / "checkpoints" / f"checkpoint-{STEPS}")  # as if stopped after step 2
+    with pytest.raises(ConfigError, match=r"saved by 2 processes, this run has 1.* or grad_accum: 2"):
+        _train_in_process(write_config("ddp2to1"), resume=True)
+    resumed = _train_in_process(write_config("ddp2to1", grad_accum=2), resume=True).run_dir
+    loss_diff, weight_diff = _compare(one_process, resumed)
+    print(f"resumed on 1 process x accumulation 2 from 2 processes: max abs diff loss {loss_diff:.3g}, "
+          f"adapter {weight_diff:.3g}")
+    assert loss_diff < 1e-5 and weight_diff < 1e-6
+
+
+@pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="deepspeed is not installed (pip install "
+                    "sftlab[deepspeed])")
+def test_deepspeed_zero2_lora_and_zero3_full_fine_tuning(setup, two_processes, one_process_full):
+    """ZeRO-2 LoRA equals DDP; ZeRO-3 full fine-tuning stopped after step 2, resumed by a fresh launch, writes a
+    plain checkpoint."""
+    from transformers import AutoModelForCausalLM
+
+    folder, write_config = setup
+    config = str(write_config("zero2"))
+    _launch("--config_file", str(RECIPES / "deepspeed_zero2.yaml"), "--num_processes", "2",
+            "-m", "sftlab", "train", config, "--overwrite")
+    loss_diff, weight_diff = _compare(two_processes[0], folder / "zero2")
+    print(f"DeepSpeed ZeRO-2 LoRA vs DDP: max abs diff loss {loss_diff:.3g}, adapter {weight_diff:.3g}")
+    assert loss_diff < 1e-5 and weight_diff < 1e-6
+    zero3 = ("--config_file", str(RECIPES / "deepspeed_zero3.yaml"), "--num_processes", "2")
+    config = str(write_config("zero3", **FULL))
+    _launch(*zero3, __file__, "train", config, "stop")  # stopped after the checkpoint of step 2 ...
+    assert "resuming from" in _launch(*zero3, "-m", "sftlab", "train", config, "--resume")  # ... fresh launch
+    run = folder / "zero3"
+    assert (run / "checkpoints" / f"checkpoint-{STEPS}" / f"global_step{STEPS}").is_dir()  # DeepSpeed's own
+    loss_diff, weight_diff = _compare(one_process_full, run)
+    print(f"DeepSpeed ZeRO-3 full fine-tuning (resumed at step 2) vs 1 process: max abs diff loss {loss_diff:.3g}, "
+          f"weights {weight_diff:.3g}")
+    assert loss_diff < 1e-5 and weight_diff < 1e-5
+    assert json.loads((run / "train_metrics.json").read_text())["fast_loss"] is True
+    AutoModelForCausalLM.from_pretrained(run / "final")  # one plain checkpoint
 
 
 if __name__ == "__main__":
-    {"grad": _gradient_worker, "fsdp": _fsdp_worker}[sys.argv[1]](*sys.argv[2:])
+    {"grad": _gradient_worker, "train": _train_worker}[sys.argv[1]](*sys.argv[2:])

@@ -176,3 +176,37 @@ def test_length_bucket_order_depends_on_seed_and_epoch_only():
     assert list(sampler) == first and sorted(first) == list(range(100))
     sampler.set_epoch(3)
     assert list(sampler) != first
+
+
+def test_a_deepspeed_checkpoint_is_complete(tmp_path):
+    """DeepSpeed keeps the optimizer state (under ZeRO-3 the weights too) in global_step<N>/: resumable."""
+    from sftlab.train.checkpoints import find_resume_point
+
+    checkpoint = tmp_path / "checkpoint-2"
+    (checkpoint / "global_step2").mkdir(parents=True)
+    for name in ("global_step2/zero_pp_rank_0_mp_rank_00_optim_states.pt", "global_step2/mp_rank_00_model_states.pt",
+                 "scheduler.pt", "rng_state_0.pth", "rng_state_1.pth"):
+        torch.save({}, checkpoint / name)
+    (checkpoint / "trainer_state.json").write_text(json.dumps({"global_step": 2}))
+    assert find_resume_point(tmp_path).path == checkpoint
+    shutil.rmtree(checkpoint / "global_step2")
+    assert "no model weights" in find_resume_point(tmp_path).skipped[0][1]
+
+
+def test_resume_on_another_number_of_processes_needs_the_same_global_batch(tmp_path):
+    from sftlab.train.distributed import BatchLayout, resume_layout_problem
+
+    def layout(processes, grad_accum, batch_size=2):
+        return {"processes": processes, "grad_accum": grad_accum, "batch_size": batch_size}
+
+    assert resume_layout_problem(tmp_path, layout(2, 1), layout(2, 1)) == (None, None)
+    error, warning = resume_layout_problem(tmp_path, layout(2, 1), layout(1, 2))
+    assert error is None and "same global batch" in warning
+    error, _ = resume_layout_problem(tmp_path, layout(2, 1), layout(1, 1))
+    assert "saved by 2 processes, this run has 1" in error and "grad_accum: 2" in error
+    torch.save({}, tmp_path / "rng_state_0.pth")
+    torch.save({}, tmp_path / "rng_state_1.pth")
+    older = BatchLayout.saved(tmp_path, {"train_batch_size": 2})  # saved without the layout: processes counted
+    assert older["processes"] == 2 and "older sftlab" in resume_layout_problem(tmp_path, older, layout(1, 2))[0]
+    (tmp_path / "pytorch_model_fsdp_0").mkdir()
+    assert "sharded" in resume_layout_problem(tmp_path, layout(2, 1), layout(1, 2))[0]

@@ -15,8 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
-REQUIRED = {"optimizer": "optimizer*", "scheduler": "scheduler.pt", "RNG state": "rng_state*.pth"}
-WEIGHTS = ("adapter_model", "model", "pytorch_model")
+# DeepSpeed keeps the optimizer state (and, under ZeRO-3, the weights) in the checkpoint's global_step<N>/ folder
+REQUIRED = {"optimizer": ("optimizer*", "global_step*/*optim_states.pt"), "scheduler": ("scheduler.pt",),
+            "RNG state": ("rng_state*.pth",)}
+WEIGHTS = ("adapter_model", "model", "pytorch_model", "global_step")
 
 
 @dataclass
@@ -63,9 +65,9 @@ def checkpoint_problem(path: Path) -> str | None:
     names = [p.name for p in path.iterdir()]
     if not any(n.startswith(WEIGHTS) for n in names):
         return "no model weights"
-    for what, pattern in REQUIRED.items():
-        if not list(path.glob(pattern)):
-            return f"no {what} file ({pattern})"
+    for what, patterns in REQUIRED.items():
+        if not any(list(path.glob(pattern)) for pattern in patterns):
+            return f"no {what} file ({' or '.join(patterns)})"
     for p in sorted(path.iterdir()):
         problem = _file_problem(p) if p.is_file() else None
         if problem:

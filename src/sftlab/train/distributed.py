@@ -16,6 +16,9 @@ from typing import Any
 import torch
 from accelerate import PartialState
 from rich.console import Console
+from rich.markup import escape
+from transformers import TrainerCallback
+from transformers.trainer_callback import ExportableState
 
 from sftlab.errors import ConfigError, SftlabError
 from sftlab.models.loading import default_device
@@ -96,6 +99,63 @@ def shared_checkpoint(path: Path | None) -> Path | None:
         raise ConfigError(f"--resume: process 0 resumes from {path}, which this machine cannot read; put output_dir "
                           "on a filesystem every machine shares")
     return path
+
+
+class BatchLayout(TrainerCallback, ExportableState):
+    """Saves in each checkpoint's trainer_state.json how a step's global batch was made (processes x grad_accum x
+    batch_size), so that a resume on another number of processes can be checked (Trainer records none of it)."""
+
+    def __init__(self, processes: int = 1, grad_accum: int = 1, batch_size: int = 1) -> None:
+        self.layout = {"processes": processes, "grad_accum": grad_accum, "batch_size": batch_size}
+
+    def state(self) -> dict:
+        return {"args": dict(self.layout), "attributes": {}}
+
+    @staticmethod
+    def saved(checkpoint: Path, trainer_state: dict) -> dict:
+        """The layout a checkpoint was saved with; for one saved without it, the processes are counted from the
+        RNG files Trainer writes (one per process) and the rest is unknown (None)."""
+        saved = (trainer_state.get("stateful_callbacks") or {}).get(BatchLayout.__name__)
+        if isinstance(saved, dict) and isinstance(saved.get("args"), dict):
+            return {"processes": 1, "grad_accum": None, "batch_size": None, **saved["args"]}
+        return {"processes": max(1, len(list(checkpoint.glob("rng_state_*.pth")))), "grad_accum": None,
+                "batch_size": trainer_state.get("train_batch_size")}
+
+
+def resume_layout_problem(checkpoint: Path, saved: dict, now: dict) -> tuple[str | None, str | None]:
+    """(error, warning) for resuming `checkpoint`, saved with layout `saved`, on layout `now`. Another number of
+    processes is accepted for DDP checkpoints (whole weights and optimizer) when the global batch is unchanged:
+    the steps then take the same micro-batches (see Scaling out); sharded ones (FSDP, DeepSpeed) need the same."""
+    was, now_n = saved["processes"], now["processes"]
+    if was == now_n:
+        return None, None
+    where = f"--resume: {checkpoint} was saved by {was} process{'es' * (was > 1)}, this run has {now_n}"
+    if any(checkpoint.glob("pytorch_model_fsdp_*")) or any(checkpoint.glob("global_step*")):
+        return f"{where}: its weights and optimizer state are sharded (FSDP/DeepSpeed), one shard per process; " \
+               f"resume with --num_processes {was}", None
+    if saved["grad_accum"] is None or saved["batch_size"] is None:
+        return f"{where} and it does not record its grad_accum (saved by an older sftlab): resume with " \
+               f"--num_processes {was}", None
+    global_batch = was * saved["grad_accum"] * saved["batch_size"]
+    if global_batch != now_n * now["grad_accum"] * now["batch_size"]:
+        fit = global_batch // (now_n * now["batch_size"])
+        hint = f" or grad_accum: {fit}" if fit * now_n * now["batch_size"] == global_batch else ""
+        return f"{where}: its steps took {global_batch} examples ({was} x grad_accum {saved['grad_accum']} x " \
+               f"batch_size {saved['batch_size']}), this run's would take {now_n} x {now['grad_accum']} x " \
+               f"{now['batch_size']}, so the resumed steps would train on other data; resume with " \
+               f"--num_processes {was}{hint}", None
+    return None, f"{where}, same global batch: the same steps follow; random state (dropout) restarts per process"
+
+
+def check_resume_layout(checkpoint: Path | None, trainer_state: dict, now: dict, console: Console) -> None:
+    """Refuse (ConfigError) a resume whose steps would differ from the run's (see resume_layout_problem)."""
+    if checkpoint is None:
+        return
+    error, warning = resume_layout_problem(checkpoint, BatchLayout.saved(checkpoint, trainer_state), now)
+    if error:
+        raise ConfigError(error)
+    if warning:
+        console.print(f"[yellow]warning: {escape(warning)}[/]", soft_wrap=True)
 
 
 def consolidated_state_dict(trainer) -> dict | None:

@@ -158,9 +158,26 @@ def response_nll(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask
         raise TypeError("fast loss supports a bias-free linear output layer")
     cap = getattr(lm.config, "final_logit_softcapping", None)
     chunk_size = chunk_size or (256 if h.device.type == "cpu" else 1024)
-    total = ChunkedLinearCrossEntropy.apply(h, head.weight, y, chunk_size, cap,
-                                            should_compile(compile, head.weight.shape[0], h.device.type))
+    weight = _full_head_weight(head)
+    total = ChunkedLinearCrossEntropy.apply(h, weight, y, chunk_size, cap,
+                                            should_compile(compile, weight.shape[0], h.device.type))
     return total, keep.sum()
+
+
+def _full_head_weight(head: torch.nn.Linear) -> torch.Tensor:
+    """The output layer's whole weight. accelerate's FSDP2 can give the output layer a unit of its own (it does for
+    PEFT models), gathered only inside its own forward, which the fast path does not call: a frozen head (LoRA) is
+    gathered here; a trainable one is refused, as its gradient would miss FSDP's reduce-scatter."""
+    weight = head.weight
+    if not torch.distributed.is_available():
+        return weight
+    from torch.distributed.tensor import DTensor
+
+    if not isinstance(weight, DTensor):
+        return weight
+    if weight.requires_grad:
+        raise TypeError("fast loss: the output layer is trainable and sharded outside its own forward (FSDP2)")
+    return weight.full_tensor()
 
 
 RESPONSE_LOSS = "response_loss"  # the forward keyword that selects the fast path

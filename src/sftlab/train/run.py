@@ -43,6 +43,8 @@ from sftlab.train.checkpoints import ResumePoint, find_resume_point
 from sftlab.train.config import TrainConfig
 from sftlab.train.dataset import PadCollator, SFTDataset, tokenize_all
 from sftlab.train.distributed import (
+    BatchLayout,
+    check_resume_layout,
     consolidated_state_dict,
     is_main_process,
     main_process_console,
@@ -157,14 +159,16 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, conso
     compiled = compile_layers(model) if compile_now else []
     args = training_arguments(cfg, run_dir, device_type, flags)
     counter = TokenCounter()
+    layout = BatchLayout(args.world_size, args.gradient_accumulation_steps, args.per_device_train_batch_size)
     trainer = setup_trainer(cfg, model, tok.tokenizer, dataset, args, counter, compiled,
-                            [MetricsLogger(run_dir / "metrics.jsonl", counter), TokenCounterState(counter),
+                            [MetricsLogger(run_dir / "metrics.jsonl", counter), TokenCounterState(counter), layout,
                              RichProgress(counter, console), *([ReleaseFreedMemory()] if device_type == "cpu" else []),
                              *(callbacks or [])])
     log_tensorboard_to(trainer, RunFolder(run_dir).tensorboard)
     warn_if_sharding_ignored(trainer, console)
     point = on_main_process(resume_point, Path(args.output_dir), console) if resume else ResumePoint()
     shared_checkpoint(point.path)  # every process resumes from process 0's choice
+    check_resume_layout(point.path, point.trainer_state, layout.layout, console)
     restore_progress(point, run_dir, counter)
     out = trainer.train(resume_from_checkpoint=str(point.path) if point.path else None)
 
