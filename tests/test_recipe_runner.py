@@ -30,7 +30,7 @@ def _recipe(model: Path, lr: float = 1e-3, extra_stage: dict | None = None) -> d
         {"id": "eval", "type": "eval", "models": ["sft"], "batch_size": 4,
          "suite": {"max_new_tokens": 4, "evaluators": [
              {"type": "identity", "name": "Orca", "identity_prompts": ["Who are you?"],
-              "general_prompts": ["What is 2 + 2?"]}]}},
+              "general_prompts": ["What is 2 + 2? " + "Think it over. " * 30]}]}},  # longer than a file name
     ]
     return {"name": "toy", "student": "tiny", "stages": stages,
             "result": {"eval": "eval", "metrics": ["identity.identity_correct"]}}

@@ -31,8 +31,10 @@ def _file_digest(path: Path) -> str:
 def _input_files(value: Any) -> list[Path]:
     """Local files a stage's config names (a data path, a prompt file): their content is part of its key."""
     if isinstance(value, str):
-        path = Path(value)
-        return [path] if len(value) < 4096 and path.is_file() else []
+        try:
+            return [Path(value)] if "\n" not in value and Path(value).is_file() else []
+        except OSError:  # a prompt, not a path (e.g. longer than a file name may be)
+            return []
     if isinstance(value, dict):
         return [p for v in value.values() for p in _input_files(v)]
     if isinstance(value, list | tuple):
