@@ -14,7 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
-from sftlab.recipe.preparers.pools import scorer_auc
+from sftlab.recipe.preparers.scorer_auc import scorer_auc
 
 
 def main() -> None:

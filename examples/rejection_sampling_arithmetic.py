@@ -49,11 +49,12 @@ def main() -> None:
     import os
 
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    from sftlab.evaluate.math import final_answer_accuracy
+
     from sftlab.curate.best_of_k import best_of_k
     from sftlab.curate.rewards import numeric_match
     from sftlab.data.loading import load_conversations
     from sftlab.data.writers import write_json, write_jsonl
-    from sftlab.evaluate.math import final_answer_accuracy
     from sftlab.generation.base import SamplingParams
     from sftlab.generation.factory import load_transformers_generator
     from sftlab.models.loading import resolve_model_path

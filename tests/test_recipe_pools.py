@@ -11,16 +11,16 @@ from pathlib import Path
 import pytest
 
 from sftlab.data.loading import load_conversations
+from sftlab.data.shipped import heldout_prompts
 from sftlab.errors import ConfigError, DataError
-from sftlab.evaluate.suite import heldout_prompts
 from sftlab.recipe.preparers import PREPARERS
 from sftlab.recipe.preparers.pools import (
     corrupt_pool,
     pool_selection_quality,
     sample_records,
-    scorer_auc,
     shipped_prompts,
 )
+from sftlab.recipe.preparers.scorer_auc import scorer_auc
 from sftlab.textutil import normalize
 from sftlab.userfn import import_callable
 

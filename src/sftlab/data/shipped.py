@@ -32,7 +32,8 @@ def prompt_key(text: str) -> str:
     return " ".join(words(text))
 
 
-def _last_prompt(conv: Conversation) -> str:
+def last_prompt(conv: Conversation) -> str:
+    """The last user turn of a conversation (its prompt), or "" when it has none."""
     return conv.prompt_turns[-1].content if conv.prompt_turns else ""
 
 
@@ -51,7 +52,7 @@ def write_shipped_mix(path: Path, name: str, author: str, *, identity_repeats: i
         extra += load_conversations(DataSpec(path=source, substitutions=subs, on_error="skip"))[0]
     held = {prompt_key(p) for p in heldout_prompts("identity") + heldout_prompts("general")}
     mix = identity * identity_repeats + general + extra
-    train = [c for c in mix if prompt_key(_last_prompt(c)) not in held]
+    train = [c for c in mix if prompt_key(last_prompt(c)) not in held]
     random.Random(seed).shuffle(train)
     write_jsonl(path, train)
     return {"identity": len(identity) * identity_repeats, "general": len(general), "extra": len(extra),

@@ -22,5 +22,5 @@ PREPARERS: dict[str, str] = {
     # quality vs quantity: how clean a filter's selection from corrupt_pool is, vs a random pick of the same size
     "pool_selection_quality": "sftlab.recipe.preparers.pools:pool_selection_quality",
     # quality vs quantity: the filter's quality scorers' ROC AUC on labelled (KTO) responses
-    "scorer_auc": "sftlab.recipe.preparers.pools:scorer_auc",
+    "scorer_auc": "sftlab.recipe.preparers.scorer_auc:scorer_auc",
 }

@@ -6,16 +6,15 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
 from sftlab.data.loading import LoadReport, load_conversations, make_spec
 from sftlab.data.schema import Conversation, Turn
+from sftlab.data.shipped import heldout_prompts, last_prompt, resource
 from sftlab.data.writers import write_json, write_jsonl
 from sftlab.errors import ConfigError, DataError
 from sftlab.evaluate.checks import wilson_interval
-from sftlab.evaluate.suite import heldout_prompts
 from sftlab.textutil import normalize
 
 QUICK_RECORDS = 6  # quick=True: a handful of records, the tiny-model smoke run
@@ -27,16 +26,12 @@ def _shipped_general() -> list[Conversation]:
     """The 1.5B teacher's filtered answers that ship with sftlab, with their provenance in `meta` as shipped."""
     from sftlab.data.readers import read_records
 
-    path = str(files("sftlab") / "resources" / "demo_general.jsonl")
+    path = str(resource("demo_general.jsonl"))
     convs = load_conversations(path)[0]
     shipped_meta = {location: rec.get("meta", {}) for location, rec in read_records(path)}
     for c in convs:
         c.meta = dict(shipped_meta[c.meta["location"]])
     return convs
-
-
-def _user_prompt(conv: Conversation) -> str:
-    return conv.prompt_turns[-1].content if conv.prompt_turns else ""
 
 
 def _seeded_subset(items: list, k: int, seed: int) -> list:
@@ -69,7 +64,7 @@ def shipped_prompts(out: Path, *, seed: int = 0, quick: bool = False, n: int = 3
     n, heldout = (min(n, QUICK_RECORDS), min(heldout, 3)) if quick else (n, heldout)
     evaluation = {normalize(p) for kind in ("general", "identity") for p in heldout_prompts(kind)}
     shipped = _shipped_general()
-    usable = [c for c in shipped if normalize(_user_prompt(c)) not in evaluation]
+    usable = [c for c in shipped if normalize(last_prompt(c)) not in evaluation]
     _enough(len(usable), n + heldout, "n + heldout", "the shipped general set (demo_general.jsonl)")
     drawn = random.Random(seed).sample(range(len(usable)), n + heldout)  # in random order: split it, then re-sort
     train, unseen = [usable[i] for i in sorted(drawn[:n])], [usable[i] for i in sorted(drawn[n:])]
@@ -163,9 +158,9 @@ def corrupt_pool(out: Path, *, seed: int = 0, quick: bool = False, source: str |
     write_jsonl(out / "labels.jsonl", [{"id": c.id, "corruption": c.meta["corruption"]} for c in records])
     write_jsonl(out / "heldout.jsonl", kept)
     kinds = [c.meta["corruption"] for c in records]
-    heldout_prompts_seen = {normalize(_user_prompt(c)) for c in kept}
+    heldout_prompts_seen = {normalize(last_prompt(c)) for c in kept}
     return {"pool": len(records), "corrupted": len(bad), "heldout": len(kept),
-            "pool_prompts_in_heldout": sum(normalize(_user_prompt(c)) in heldout_prompts_seen for c in records),
+            "pool_prompts_in_heldout": sum(normalize(last_prompt(c)) in heldout_prompts_seen for c in records),
             "by_kind": {k: kinds.count(k) for k in ("clean", *CORRUPTIONS)}}
 
 
@@ -213,109 +208,4 @@ def pool_selection_quality(out: Path, *, seed: int = 0, quick: bool = False, sel
                             record=str(c.meta.get("location")), field="id")
     result = selection_quality([c.id for c in convs], truth)
     write_json(Path(out) / "selection_quality.json", result)
-    return result
-
-
-AUC_SCORERS = ("heuristics", "length", "perplexity", "ifd", "judge", "judge_logprob")
-
-
-def _label(rec: Any, source: str, location: str) -> bool:
-    if isinstance(rec, DataError):
-        raise DataError(rec.message, source=source, record=location, reason=rec.reason)
-    label = rec.get("label")
-    if not isinstance(label, bool) and label not in (0, 1):
-        raise DataError(f"expected a boolean `label` (desirable or not), got {label!r}", source=source,
-                        record=location, field="label")
-    return bool(label)
-
-
-def labelled_responses(source: str | dict[str, Any], max_records: int | None = None, quick: bool = False,
-                       seed: int = 0) -> tuple[list[Conversation], list[bool]]:
-    """Responses with a human `label` (desirable or not), e.g. KTO data; quick: a few of each label."""
-    from sftlab.data.readers import read_records
-
-    spec = make_spec(source, "scorer_auc source")
-    if max_records:
-        spec = spec.model_copy(update={"max_records": max_records})
-    convs, report = load_conversations(spec)
-    labels_at = {loc: _label(rec, report.source, loc)
-                 for loc, rec in read_records(spec.path, type=spec.type, split=spec.split, query=spec.query)}
-    labels = [labels_at[c.meta["location"]] for c in convs]
-    if len(set(labels)) < 2:
-        raise DataError(f"all {len(labels)} loaded records have label {labels[:1]}: an AUC needs both labels",
-                        source=report.source, field="label", reason="one label only")
-    if quick:
-        keep = sorted(i for want in (True, False) for i in random.Random(seed).sample(
-            [i for i, y in enumerate(labels) if y == want], min(QUICK_RECORDS // 2, labels.count(want))))
-        convs, labels = [convs[i] for i in keep], [labels[i] for i in keep]
-    return convs, labels
-
-
-def _oriented(values: list[float | None], higher_is_better: bool) -> tuple[list[float], int]:
-    """Scores where higher means better; an unscored response (e.g. past max_length) ranks below all the others."""
-    sign = 1.0 if higher_is_better else -1.0
-    finite = [sign * v for v in values if v is not None]
-    floor = min(finite, default=0.0) - 1.0
-    return [sign * v if v is not None else floor for v in values], sum(v is None for v in values)
-
-
-def _quality_scores(name: str, convs: list[Conversation], model: str, max_length: int,
-                    lm_pass: dict[str, list[float | None]]) -> tuple[list[float | None], bool, int | None]:
-    """One scorer's raw scores, whether higher is better, and its unparseable judgements (judge only)."""
-    from sftlab.curate.filter.heuristics import HeuristicSettings, check
-    from sftlab.curate.filter.scorers import Scorer, ScorerSettings, perplexity_and_ifd
-
-    if name == "heuristics":
-        rules = HeuristicSettings()
-        return [0.0 if check(_user_prompt(c), c.last_response or "", rules) else 1.0 for c in convs], True, None
-    if name == "length":
-        return [float(len(c.last_response or "")) for c in convs], True, None
-    settings = ScorerSettings(type=name, model=model, max_length=max_length, batch_size=4)
-    if name in ("ifd", "perplexity"):  # one pass gives both: IFD = conditional NLL / NLL of the reply alone
-        if not lm_pass:
-            from sftlab.models.loading import load_lm
-
-            ppl, ifd = perplexity_and_ifd(*load_lm(model), convs, max_length, batch_size=4)
-            lm_pass.update(perplexity=ppl, ifd=ifd)
-        return lm_pass[name], settings.higher_is_better, None
-    scorer = Scorer(settings)
-    values = scorer.score(convs)
-    return values, settings.higher_is_better, getattr(scorer._state, "unparseable", None)
-
-
-def scorer_auc(out: Path, *, seed: int = 0, quick: bool = False, source: str | dict[str, Any], scorers: list[str],
-               model: str, max_length: int = 1536, max_records: int | None = None) -> dict[str, Any]:
-    """How well each quality scorer separates desirable from undesirable responses: ROC AUC (0.5 chance, 1 perfect)
-    per scorer and for the mean percentile rank of the model-based ones; also written to `auc.json`."""
-    import time
-
-    from sklearn.metrics import roc_auc_score
-
-    from sftlab.curate.filter.scorers import percentile_ranks
-
-    unknown = [s for s in scorers if s not in AUC_SCORERS]
-    if unknown or not scorers:
-        raise ConfigError(f"scorers {unknown or scorers}: choose one or more of {', '.join(AUC_SCORERS)}")
-    convs, labels = labelled_responses(source, max_records, quick, seed)
-    max_length = min(max_length, 256) if quick else max_length
-    scores: dict[str, list[float]] = {}
-    seconds, unscored, unparseable = {}, {}, {}
-    lm_pass: dict[str, list[float | None]] = {}
-    for name in scorers:
-        t = time.time()
-        raw, higher_is_better, bad_judgements = _quality_scores(name, convs, model, max_length, lm_pass)
-        scores[name], missing = _oriented(raw, higher_is_better)
-        seconds[name] = round(time.time() - t, 1)
-        if missing:
-            unscored[name] = missing
-        if bad_judgements is not None:
-            unparseable[name] = bad_judgements
-    model_based = [k for k in scores if k not in ("heuristics", "length")]
-    if len(model_based) > 1:
-        ranks = [percentile_ranks(scores[k]) for k in model_based]
-        scores["combined(" + "+".join(model_based) + ")"] = [sum(x) / len(ranks) for x in zip(*ranks, strict=True)]
-    result = {"data": make_spec(source).path, "n": len(labels), "desirable": sum(labels), "model": model,
-              "auc": {k: round(float(roc_auc_score(labels, v)), 4) for k, v in scores.items()}, "seconds": seconds,
-              "unparseable": unparseable, "unscored": unscored}
-    write_json(Path(out) / "auc.json", result)
     return result
