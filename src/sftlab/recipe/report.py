@@ -87,9 +87,9 @@ def metric_text(m: dict[str, Any], label: str) -> str:
         return "-"
     if "pairwise" in m:
         p = m["pairwise"]
-        a = p["labels"][0]
-        return f"{a} wins {p.get(f'{a}_win_rate')} (ties {p.get('tie_rate')}, n={p.get('n')})" if label != "base" \
-            else ""
+        a, b = p["labels"]
+        return (f"{a} wins {p.get(f'{a}_win_rate')}, {b} wins {p.get(f'{b}_win_rate')}, ties {p.get('tie_rate')} "
+                f"(n={p.get('n')}, {p.get('inconsistent_orders')} order-inconsistent)") if label != "base" else ""
     x = m.get(label)
     return f"{value_text(x)} {ci_text(x)} n={x.get('n')}" if x else "-"
 
