@@ -124,3 +124,14 @@ def test_a_job_has_one_described_field_per_command_option(job_cls, command):
             assert field.is_required(), o.name
         else:
             assert field.get_default() == (list(o.default or []) if o.multiple else o.default), o.name
+
+
+def test_best_of_k_sends_a_system_prompt_and_a_resume_with_another_is_refused(prompts, tiny_model_dir, tmp_path):
+    raw = {"prompts": str(prompts), "policy": str(tiny_model_dir), "out": str(tmp_path / "o.jsonl"), "k": 2,
+           "reward": "exact", "max_new_tokens": 4, "max_prompts": 2, "system": "Reason in plain sentences."}
+    run_best_of_k(BestOfKJob.from_mapping(raw), console)
+    records = _records(tmp_path / "o.jsonl")
+    assert records and all(r["messages"][0] == {"role": "system", "content": "Reason in plain sentences."}
+                           for r in records)
+    with pytest.raises(ConfigError):
+        run_best_of_k(BestOfKJob.from_mapping({**raw, "system": "Use code."}), console)

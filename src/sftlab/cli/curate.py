@@ -45,6 +45,7 @@ def curate_best_of_k(
         judge: str = typer.Option("smollm2-135m-instruct", help=BEST_OF_K["judge"]),
         k: int = typer.Option(4), select: str = typer.Option("best", help=BEST_OF_K["select"]),
         min_score: float = typer.Option(None, help=BEST_OF_K["min_score"]),
+        system: str = typer.Option(None, help=BEST_OF_K["system"]),
         base_url: list[str] = typer.Option([], help=BEST_OF_K["base_url"]),
         api_key_env: str = typer.Option("OPENAI_API_KEY"),
         adapter: str = typer.Option(None), format: str = typer.Option("auto"),

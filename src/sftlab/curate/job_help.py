@@ -42,4 +42,5 @@ BEST_OF_K = {
     "k": "Samples per prompt.",
     "select": "best | all",
     "min_score": "Keep only samples scoring at least this.",
+    "system": "System prompt for the policy (e.g. how to lay out its reasoning); kept in the output records.",
 }

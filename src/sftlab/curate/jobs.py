@@ -73,6 +73,7 @@ class BestOfKJob(CurationJob):
     policy: str = Field("smollm2-135m-instruct", description=BEST_OF_K["policy"])
     reward: str = Field("gsm8k", description=BEST_OF_K["reward"])
     judge: str = Field("smollm2-135m-instruct", description=BEST_OF_K["judge"])
+    system: str | None = Field(None, description=BEST_OF_K["system"])
     k: int = Field(4, description=BEST_OF_K["k"])
     select: str = Field("best", description=BEST_OF_K["select"])
     min_score: float | None = Field(None, description=BEST_OF_K["min_score"])
@@ -123,7 +124,7 @@ def run_best_of_k(job: BestOfKJob, console: Console) -> CurationSummary:
     params = _sampling(job, "k", job.k, job.temperature, job.top_p)
     gid = engine_id(job.policy, job.adapter, job.base_url)
     reward_id = reward_identity(job.reward, job.judge, job.base_url)
-    check_output(job.out, best_of_k_settings(gid, params, reward_id, job.select, job.min_score),
+    check_output(job.out, best_of_k_settings(gid, params, reward_id, job.select, job.min_score, job.system),
                  inputs=[job.prompts])
     convs = _prompts(job, console)
     fn = make_reward(job.reward, judge=job.judge, base_url=job.base_url, api_key_env=job.api_key_env)
@@ -131,7 +132,7 @@ def run_best_of_k(job: BestOfKJob, console: Console) -> CurationSummary:
                           api_key_env=job.api_key_env, vllm=engine_options)
     stats = best_of_k(convs, gen, fn, job.out, params, reward_name=job.reward, select=job.select,
                       min_score=job.min_score, cache=_cache(job), batch_size=job.batch_size, console=console,
-                      generator_id=gid, reward_id=reward_id, inputs=[job.prompts])
+                      generator_id=gid, reward_id=reward_id, inputs=[job.prompts], system_prompt=job.system)
     return _summary(job.out, stats)
 
 
