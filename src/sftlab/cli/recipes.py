@@ -17,7 +17,8 @@ def _print_recipes(folder: Path) -> None:
 
     table = Table("recipe", "command", "what it measures")
     for path in list_recipes(folder):
-        table.add_row(load_recipe(path).name, f"sftlab run {path}", load_recipe(path).description)
+        recipe = load_recipe(path)
+        table.add_row(recipe.name, f"sftlab run {path}", recipe.description)
     console.print(table)
 
 

@@ -4,7 +4,6 @@ recipe end to end in seconds and a recipe cannot rot. Numbers from a quick run m
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 from typing import Any
 
 from sftlab.errors import ConfigError
@@ -92,6 +91,3 @@ def apply_quick(raw: dict[str, Any], source: str) -> dict[str, Any]:
         _set_dotted(raw, key, value, source)
     return raw
 
-
-def quick_folder(out: Path) -> Path:
-    return out.with_name(out.name + "-quick")

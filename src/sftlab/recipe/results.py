@@ -103,15 +103,15 @@ def run_results(names: list[str], quick: bool, out: Path, store: Path, console: 
     """Run the chosen recipes (all by default), keep each result in `store`, write `out` from the whole store."""
     from sftlab.recipe.runner import run_recipe
 
-    paths = list_recipes(folder)
-    chosen = [p for p in paths if not names or p.stem in names or load_recipe(p).name in names]
-    missing = set(names) - {p.stem for p in chosen} - {load_recipe(p).name for p in chosen}
+    recipes = {path: load_recipe(path) for path in list_recipes(folder)}  # each read once
+    chosen = [p for p, r in recipes.items() if not names or p.stem in names or r.name in names]
+    missing = set(names) - {p.stem for p in chosen} - {recipes[p].name for p in chosen}
     if missing:
         raise SftlabError(f"no recipe named {', '.join(sorted(missing))} in {folder} "
-                          f"(have {', '.join(p.stem for p in paths)})")
-    chosen.sort(key=lambda p: len(load_recipe(p).requires))  # a recipe reading another's run goes after it
+                          f"(have {', '.join(p.stem for p in recipes)})")
+    chosen.sort(key=lambda p: len(recipes[p].requires))  # a recipe reading another's run goes after it
     for path in chosen:
-        name = load_recipe(path).name
+        name = recipes[path].name
         try:
             run = run_recipe(path, quick=quick, console=console)
             _store_run(name, run.run_dir / "result.json", store, None)
