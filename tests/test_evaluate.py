@@ -265,3 +265,23 @@ def test_judge_references_need_rubric_mode_and_replies(tmp_path, tiny_model_dir,
         suite = make_suite({"evaluators": [{"type": "judge", "judge": str(tiny_model_dir), "references": True, **ev}]})
         with pytest.raises(ConfigError, match=needle):
             eval_judge(suite.evaluators[0], subjects, 4)
+
+
+def test_the_judge_sees_which_answers_were_cut_off(tiny_model_dir, tuned_tiny):
+    from sftlab.evaluate.runner import CUT_OFF, eval_judge, judged_text
+    from sftlab.evaluate.subjects import load_subjects
+    from sftlab.generation.base import Generation
+
+    assert judged_text(Generation("Paris.", 2, finished=True)) == "Paris."
+    assert judged_text(Generation("Paris is the capital of", 5, finished=False)).endswith(CUT_OFF)
+    seen = []
+
+    def judge(prompt, a, b):
+        seen.extend([a, b])
+        return "tie"
+
+    subjects = load_subjects(str(tiny_model_dir), adapter=tuned_tiny[0])
+    suite = make_suite({"evaluators": [{"type": "judge", "judge": "unused:judge", "prompts": ["hi", "bye"]}]})
+    out = eval_judge(suite.evaluators[0], subjects, 3, judge=judge)  # 3 tokens: a random model never ends
+    assert len(seen) == 8 and all(x.endswith(CUT_OFF) for x in seen)
+    assert out["samples"][0]["tuned"].endswith(CUT_OFF)  # the report shows what the judge read

@@ -68,6 +68,22 @@ def test_rerun_skips_finished_stages_and_a_change_reruns_what_follows(in_tmp, ti
                                                                               "eval": "ran"}
 
 
+
+def test_a_scoring_only_change_reruns_the_eval_without_generating_again(in_tmp, tiny_model_dir, monkeypatch):
+    from sftlab.generation.transformers_backend import TransformersGenerator
+
+    raw = _recipe(tiny_model_dir)
+    path = _write(in_tmp, raw)
+    run_recipe(path, console=QUIET)
+    calls, generate = [], TransformersGenerator.generate
+    monkeypatch.setattr(TransformersGenerator, "generate",
+                        lambda self, prompts, params: calls.append(len(prompts)) or generate(self, prompts, params))
+    raw["stages"][-1]["suite"]["evaluators"][0]["name"] = "Nemo"  # scored differently, generated the same
+    _write(in_tmp, raw)
+    assert _statuses(run_recipe(path, console=QUIET))["eval"] == "ran"
+    assert calls == [] and (in_tmp / "runs/toy/generations.sqlite").exists()
+
+
 FLAKY = '''
 import os
 def prepare(out, *, seed=0, quick=False):

@@ -37,7 +37,7 @@ from sftlab.evaluate.suite import (
     ToolCallEval,
 )
 from sftlab.evaluate.toolcalls import tool_cases
-from sftlab.generation.base import Generator, Messages, SamplingParams, as_messages
+from sftlab.generation.base import Generation, Generator, Messages, SamplingParams, as_messages
 from sftlab.userfn import import_callable
 
 
@@ -208,6 +208,15 @@ def _references(ev: JudgeEval, convs: list[Conversation]) -> dict[str, str] | No
     return refs
 
 
+CUT_OFF = "\n[cut off: this answer had not ended when it reached the length limit]"
+
+
+def judged_text(g: Generation) -> str:
+    """What the judge reads: the reply, marked when it ran out of tokens (a judge that cannot see the cut would
+    grade an answer that never ends as merely long)."""
+    return g.text if g.finished else g.text + CUT_OFF
+
+
 def eval_judge(ev: JudgeEval, subjects: list[Subject], budget: int, judge=None) -> dict[str, Any]:
     if len(subjects) < 2:
         raise ValueError("the judge evaluator compares two models")
@@ -216,8 +225,8 @@ def eval_judge(ev: JudgeEval, subjects: list[Subject], budget: int, judge=None) 
     prompts = [c.prompt_turns[-1].content for c in convs]
     msgs = [as_messages(c) for c in convs]
     references = _references(ev, convs)  # checked before any generation
-    a = [g[0].text for g in _generate(first, msgs, budget)]
-    b = [g[0].text for g in _generate(second, msgs, budget)]
+    a = [judged_text(g[0]) for g in _generate(first, msgs, budget)]
+    b = [judged_text(g[0]) for g in _generate(second, msgs, budget)]
     judge = judge or build_judge(ev, references)
     r = pairwise_winrate(judge, prompts, a, b, labels=(first.label, second.label))
     samples = [{"prompt": p, first.label: x, second.label: y, **v}

@@ -121,7 +121,9 @@ def run_eval(stage, folder: Path, ctx: StageContext, resuming: bool) -> dict[str
     from sftlab.evaluate.suite import JudgeEval, make_suite
 
     suite = make_suite(resolve(stage.suite, ctx), f"stage {stage.id}")
-    cache, made, pairs = folder / "generations.sqlite", {}, {}
+    # run-level: a rerun after a scoring-only change (judge, rubric, metric) regenerates nothing; the keys hold
+    # each model's weights fingerprint, template, dtype, prompt and sampling parameters
+    cache, made, pairs = ctx.run_dir / "generations.sqlite", {}, {}
     for model in stage.models:
         subjects = _subjects(ctx.outputs[model], cache, stage.batch_size, stage.dtype)
         res = run_suite(suite, subjects, log=ctx.console.print)

@@ -13,7 +13,7 @@ from sftlab.data.writers import write_json
 from sftlab.errors import ConfigError, DataError
 from sftlab.recipe.preparers.pools import QUICK_RECORDS
 
-AUC_SCORERS = ("heuristics", "length", "perplexity", "ifd", "judge", "judge_logprob")
+AUC_SCORERS = ("heuristics", "length", "perplexity", "ifd", "judge", "judge_logprob", "rubric")
 
 
 def _label(rec: Any, source: str, location: str) -> bool:
@@ -67,6 +67,12 @@ def _quality_scores(name: str, convs: list[Conversation], model: str, max_length
         return [0.0 if check(last_prompt(c), c.last_response or "", rules) else 1.0 for c in convs], True, None
     if name == "length":
         return [float(len(c.last_response or "")) for c in convs], True, None
+    if name == "rubric":  # the evaluation's judge: each answer graded alone, 1-5 (AUC = pairwise agreement)
+        from sftlab.evaluate.judge import RubricJudge
+        from sftlab.models.loading import load_lm
+
+        judge = RubricJudge(*load_lm(model), max_length=max_length)
+        return judge.grade_many([(last_prompt(c), c.last_response or "") for c in convs]), True, None
     settings = ScorerSettings(type=name, model=model, max_length=max_length, batch_size=4)
     if name in ("ifd", "perplexity"):  # one pass gives both: IFD = conditional NLL / NLL of the reply alone
         if not lm_pass:
