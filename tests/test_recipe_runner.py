@@ -84,6 +84,21 @@ def test_a_scoring_only_change_reruns_the_eval_without_generating_again(in_tmp, 
     assert calls == [] and (in_tmp / "runs/toy/generations.sqlite").exists()
 
 
+
+def test_a_recipe_reuses_the_generations_of_the_runs_it_requires(in_tmp, tiny_model_dir, monkeypatch):
+    from sftlab.generation.transformers_backend import TransformersGenerator
+
+    run_recipe(_write(in_tmp, _recipe(tiny_model_dir)), console=QUIET)
+    before = (in_tmp / "runs/toy/generations.sqlite").read_bytes()
+    calls, generate = [], TransformersGenerator.generate
+    monkeypatch.setattr(TransformersGenerator, "generate",
+                        lambda self, prompts, params: calls.append(len(prompts)) or generate(self, prompts, params))
+    later = {**_recipe(tiny_model_dir, lr=2e-3), "name": "later", "requires": ["toy"]}
+    run_recipe(_write(in_tmp, later), console=QUIET)
+    assert sum(calls) == 2  # the new model's two prompts; the base model's replies came from the toy run
+    assert (in_tmp / "runs/toy/generations.sqlite").read_bytes() == before  # read, never written
+
+
 FLAKY = '''
 import os
 def prepare(out, *, seed=0, quick=False):

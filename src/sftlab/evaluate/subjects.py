@@ -15,11 +15,12 @@ __all__ = ["load_subjects", "weights_fingerprint"]
 
 def load_subjects(model: str, *, adapter: str | Path | None = None, tuned: str | Path | None = None,
                   cache_path: Path | None = None, batch_size: int = 8, dtype: str = "float32",
-                  device: str | None = "auto") -> list[Subject]:
+                  device: str | None = "auto", reuse: list[Path] = ()) -> list[Subject]:
     """[base, tuned]. With an adapter the tuned model is base + adapter and the base is the same weights with
     the adapter disabled (one copy in memory). `dtype` bfloat16 halves the weights each decoding step reads
     (about 2x faster generation on a CPU with bf16 support); the cache keys include it. `device` "auto": the GPU
-    when there is one. Both models use the tuned model's tokenizer and chat template."""
+    when there is one. Both models use the tuned model's tokenizer and chat template. `reuse`: other generation
+    caches read on a miss (see GenerationCache)."""
     from sftlab.generation.transformers_backend import TransformersGenerator
     from sftlab.models.causal_lm import load_causal_lm
 
@@ -28,7 +29,7 @@ def load_subjects(model: str, *, adapter: str | Path | None = None, tuned: str |
     options = {"tokenizer_from": adapter or tuned, "chat_template": None, "dtype": dtype, "device": device}
     base = load_causal_lm(model, adapter=adapter, merge_adapter=False, **options)
     tok = base.tokenizer
-    cache = GenerationCache(cache_path) if cache_path else None
+    cache = GenerationCache(cache_path, also_read=reuse) if cache_path else None
 
     template = hashlib.sha256(str(tok.chat_template).encode()).hexdigest()[:8]  # same weights, new template: new key
 

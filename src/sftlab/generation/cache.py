@@ -6,6 +6,8 @@ puts the cache in front of any engine, prompt by prompt, so a rerun with one new
 
 from __future__ import annotations
 
+import json
+import sqlite3
 from pathlib import Path
 
 from sftlab.generation.base import Generation, Generator, Messages, SamplingParams
@@ -15,13 +17,23 @@ __all__ = ["CachedGenerator", "GenerationCache", "stable_key"]
 
 
 class GenerationCache(SqliteKV):
-    def __init__(self, path: str | Path) -> None:
+    """`also_read`: other caches consulted (read-only) on a miss, e.g. the run a recipe builds on; a hit there is
+    copied here, so this cache stays complete on its own."""
+
+    def __init__(self, path: str | Path, also_read: list[Path] = ()) -> None:
         super().__init__(path, "gen")
         self.path = Path(path)
         self.hits = self.misses = 0
+        self.others = [_read_only(p) for p in also_read if Path(p).is_file() and Path(p) != self.path]
 
     def get(self, key: str) -> list[Generation] | None:
         value = self.get_many([key]).get(key)
+        for other in self.others if value is None else []:
+            row = other.execute("select value from gen where key = ?", (key,)).fetchone()
+            if row:
+                value = json.loads(row[0])
+                self.put_many({key: value})
+                break
         if value is None:
             self.misses += 1
             return None
@@ -30,6 +42,10 @@ class GenerationCache(SqliteKV):
 
     def put(self, key: str, gens: list[Generation]) -> None:
         self.put_many({key: [g.to_dict() for g in gens]})
+
+
+def _read_only(path: Path) -> sqlite3.Connection:
+    return sqlite3.connect(f"file:{Path(path).resolve()}?mode=ro", uri=True, check_same_thread=False)
 
 
 class CachedGenerator:

@@ -70,7 +70,7 @@ def run_recipe(path: str | Path, out: Path | None = None, from_stage: str | None
     run_dir = out or run_folder(recipe.name, quick)
     first_forced = _check_from(recipe, from_stage)
     _claim_run_dir(run_dir)
-    ctx = StageContext(run_dir, {}, recipe.seed, quick, console)
+    ctx = StageContext(run_dir, {}, recipe.seed, quick, console, recipe.requires)
     run, keys, t0 = RecipeRun(recipe, run_dir, 0.0), {}, time.time()
     for i, stage in enumerate(recipe.stages):
         spec = stage.model_dump()

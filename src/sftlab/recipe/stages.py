@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import gc
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ class StageContext:
     seed: int
     quick: bool
     console: Console
+    requires: list[str] = field(default_factory=list)  # recipes whose runs this one reads
 
     def folder(self, stage_id: str) -> Path:
         return self.run_dir / stage_id
@@ -107,11 +108,14 @@ def run_train(stage, folder: Path, ctx: StageContext, resuming: bool) -> dict[st
             "run_dir": str(result.run_dir), "metrics": result.metrics}
 
 
-def _subjects(train_out: dict[str, Any], cache: Path, batch_size: int, dtype: str) -> list:
+def _subjects(train_out: dict[str, Any], cache: Path, stage, ctx: StageContext) -> list:
+    """[base, tuned]; generations already made by the runs this recipe requires are reused."""
     from sftlab.evaluate.subjects import load_subjects
 
     weights = {"adapter" if train_out["method"] == "lora" else "tuned": train_out["final_dir"]}
-    return load_subjects(train_out["base_model"], cache_path=cache, batch_size=batch_size, dtype=dtype, **weights)
+    reuse = [run_folder(name, ctx.quick) / "generations.sqlite" for name in ctx.requires]
+    return load_subjects(train_out["base_model"], cache_path=cache, batch_size=stage.batch_size, dtype=stage.dtype,
+                         reuse=reuse, **weights)
 
 
 def run_eval(stage, folder: Path, ctx: StageContext, resuming: bool) -> dict[str, Any]:
@@ -125,7 +129,7 @@ def run_eval(stage, folder: Path, ctx: StageContext, resuming: bool) -> dict[str
     # each model's weights fingerprint, template, dtype, prompt and sampling parameters
     cache, made, pairs = ctx.run_dir / "generations.sqlite", {}, {}
     for model in stage.models:
-        subjects = _subjects(ctx.outputs[model], cache, stage.batch_size, stage.dtype)
+        subjects = _subjects(ctx.outputs[model], cache, stage, ctx)
         res = run_suite(suite, subjects, log=ctx.console.print)
         made[model] = str(write_result(res, folder / model)[0])
         print_suite(res, ctx.console, samples=3)
@@ -135,7 +139,7 @@ def run_eval(stage, folder: Path, ctx: StageContext, resuming: bool) -> dict[str
     if stage.head_to_head and not judges:
         raise ConfigError(f"stage {stage.id}: head_to_head needs a judge evaluator in the suite")
     for a, b in stage.head_to_head:
-        pair = [_subjects(ctx.outputs[m], cache, stage.batch_size, stage.dtype)[1] for m in (b, a)]
+        pair = [_subjects(ctx.outputs[m], cache, stage, ctx)[1] for m in (b, a)]
         pair[0].label, pair[1].label = b, a  # the cache keys stay those of the vs-base run: no new generations
         res = run_suite(suite.model_copy(update={"evaluators": judges}), pair, log=ctx.console.print)
         pairs[f"{a}_vs_{b}"] = str(write_result(res, folder / f"{a}_vs_{b}")[0])
