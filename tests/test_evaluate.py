@@ -232,6 +232,8 @@ def test_demo_pipeline_on_tiny_model(tiny_model_dir, tmp_path):
     pw = saved["evaluators"]["judge"]["pairwise"]
     assert pw["kind"] == "RubricJudge" and pw["n"] == len(heldout_prompts("general"))
     assert pw["order_consistency"] == 1.0  # each answer graded alone: no position to be biased by
+    grades = saved["evaluators"]["judge"]["samples"][0]["grades"]
+    assert set(grades) == {"base", "tuned"} and all(1 <= g <= 5 for g in grades.values())
     train_rows = [json.loads(x) for x in (tmp_path / "demo/data/train.jsonl").read_text().splitlines()]
     prompts = {_prompt_key(r["messages"][-2]["content"]) for r in train_rows}
     assert not prompts & {_prompt_key(p) for p in held}  # eval prompts never leak into training

@@ -231,6 +231,9 @@ def eval_judge(ev: JudgeEval, subjects: list[Subject], budget: int, judge=None) 
     r = pairwise_winrate(judge, prompts, a, b, labels=(first.label, second.label))
     samples = [{"prompt": p, first.label: x, second.label: y, **v}
                for p, x, y, v in zip(prompts, a, b, r.pop("verdicts"), strict=True)]
+    if isinstance(judge, RubricJudge):  # the grades behind each verdict, for reading why a pair tied
+        for s, p, x, y in zip(samples, prompts, a, b, strict=True):
+            s["grades"] = {first.label: round(judge.grades[(p, x)], 2), second.label: round(judge.grades[(p, y)], 2)}
     kind = type(judge).__name__ if isinstance(judge, AnyJudge) else "function"
     return {"type": "judge", "pairwise": {"judge": ev.judge, "kind": kind, "labels": [first.label, second.label], **r},
             "samples": samples}
