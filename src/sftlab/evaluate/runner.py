@@ -232,8 +232,10 @@ def eval_judge(ev: JudgeEval, subjects: list[Subject], budget: int, judge=None) 
     samples = [{"prompt": p, first.label: x, second.label: y, **v}
                for p, x, y, v in zip(prompts, a, b, r.pop("verdicts"), strict=True)]
     if isinstance(judge, RubricJudge):  # the grades behind each verdict, for reading why a pair tied
-        for s, p, x, y in zip(samples, prompts, a, b, strict=True):
-            s["grades"] = {first.label: round(judge.grades[(p, x)], 2), second.label: round(judge.grades[(p, y)], 2)}
+        ga = judge.grade_many(list(zip(prompts, a, strict=True)))  # already graded: read from the judge's cache
+        gb = judge.grade_many(list(zip(prompts, b, strict=True)))
+        for s, x, y in zip(samples, ga, gb, strict=True):
+            s["grades"] = {first.label: round(x, 2), second.label: round(y, 2)}
     kind = type(judge).__name__ if isinstance(judge, AnyJudge) else "function"
     return {"type": "judge", "pairwise": {"judge": ev.judge, "kind": kind, "labels": [first.label, second.label], **r},
             "samples": samples}

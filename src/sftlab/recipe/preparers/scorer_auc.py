@@ -57,30 +57,30 @@ def _oriented(values: list[float | None], higher_is_better: bool) -> tuple[list[
 
 
 def _quality_scores(name: str, convs: list[Conversation], model: str, max_length: int,
-                    lm_pass: dict[str, list[float | None]]) -> tuple[list[float | None], bool, int | None]:
-    """One scorer's raw scores, whether higher is better, and its unparseable judgements (judge only)."""
+                    shared: dict[str, Any]) -> tuple[list[float | None], bool, int | None]:
+    """One scorer's raw scores, whether higher is better, and its unparseable judgements (judge only). `shared`
+    keeps the scoring model and its perplexity/IFD pass for the scorers after the first."""
     from sftlab.curate.filter.heuristics import HeuristicSettings, check
     from sftlab.curate.filter.scorers import Scorer, ScorerSettings, perplexity_and_ifd
+    from sftlab.models.loading import load_lm
 
     if name == "heuristics":
         rules = HeuristicSettings()
         return [0.0 if check(last_prompt(c), c.last_response or "", rules) else 1.0 for c in convs], True, None
     if name == "length":
         return [float(len(c.last_response or "")) for c in convs], True, None
+    if name in ("rubric", "ifd", "perplexity") and "lm" not in shared:
+        shared["lm"] = load_lm(model)  # loaded once for all three
     if name == "rubric":  # the evaluation's judge: each answer graded alone, 1-5 (AUC = pairwise agreement)
         from sftlab.evaluate.judge import RubricJudge
-        from sftlab.models.loading import load_lm
 
-        judge = RubricJudge(*load_lm(model), max_length=max_length)
+        judge = RubricJudge(*shared["lm"], max_length=max_length)
         return judge.grade_many([(last_prompt(c), c.last_response or "") for c in convs]), True, None
     settings = ScorerSettings(type=name, model=model, max_length=max_length, batch_size=4)
     if name in ("ifd", "perplexity"):  # one pass gives both: IFD = conditional NLL / NLL of the reply alone
-        if not lm_pass:
-            from sftlab.models.loading import load_lm
-
-            ppl, ifd = perplexity_and_ifd(*load_lm(model), convs, max_length, batch_size=4)
-            lm_pass.update(perplexity=ppl, ifd=ifd)
-        return lm_pass[name], settings.higher_is_better, None
+        if name not in shared:
+            shared["perplexity"], shared["ifd"] = perplexity_and_ifd(*shared["lm"], convs, max_length, batch_size=4)
+        return shared[name], settings.higher_is_better, None
     scorer = Scorer(settings)
     values = scorer.score(convs)
     return values, settings.higher_is_better, getattr(scorer._state, "unparseable", None)
@@ -103,10 +103,10 @@ def scorer_auc(out: Path, *, seed: int = 0, quick: bool = False, source: str | d
     max_length = min(max_length, 256) if quick else max_length
     scores: dict[str, list[float]] = {}
     seconds, unscored, unparseable = {}, {}, {}
-    lm_pass: dict[str, list[float | None]] = {}
+    shared: dict[str, Any] = {}  # the scoring model and its perplexity/IFD pass, made once
     for name in scorers:
         t = time.time()
-        raw, higher_is_better, bad_judgements = _quality_scores(name, convs, model, max_length, lm_pass)
+        raw, higher_is_better, bad_judgements = _quality_scores(name, convs, model, max_length, shared)
         scores[name], missing = _oriented(raw, higher_is_better)
         seconds[name] = round(time.time() - t, 1)
         if missing:
