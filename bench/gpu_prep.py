@@ -75,7 +75,7 @@ def summary(results: Path) -> None:
         for method, res in report.get("throughput", {}).items():
             trl = res.get("trl")
             for tool in TOOLS:
-                print(_row(shape, method, tool, res.get(tool), trl, "runs" in res))
+                print(_row(shape, method, tool, res.get(tool), trl, tool in res.get("failed", [])))
     print("MFU: useful model FLOP/s (steady state) over the datasheet bf16 peak (--peak-tflops); in brackets "
           "without it: the share of the bf16 matmul rate measured in each run. Peak MB: allocated GPU memory on a "
           "GPU, resident memory on a CPU")
@@ -84,10 +84,11 @@ def summary(results: Path) -> None:
 TOOLS = ("sftlab", "trl", "trl+liger")
 
 
-def _row(shape: str, method: str, tool: str, s: dict | list | None, trl: dict | None, cut: bool) -> str:
-    """One tool's line; a tool without a summary failed (e.g. out of memory) or its stage hit the time limit."""
+def _row(shape: str, method: str, tool: str, s: dict | None, trl: dict | None, failed: bool) -> str:
+    """One tool's line; a tool without a summary failed (e.g. out of memory), was not asked for, or its stage
+    hit the time limit first."""
     if not isinstance(s, dict) or "tokens_per_s" not in s:
-        why = "stage cut by its time limit" if cut else "failed or not run (see the stage's log)"
+        why = "failed (see stages.log)" if failed else "not run (not asked for, or the stage's time limit came first)"
         return f"| {shape} | {method} | {tool} | {why} | | | | | |"
     mfu = f"{100 * s['mfu']:.1f}%" if s.get("mfu") is not None else f"({100 * s['fraction_of_bf16_peak']:.1f}%)"
     ok = isinstance(trl, dict) and "tokens_per_s" in trl

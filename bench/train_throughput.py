@@ -301,6 +301,17 @@ def summarize(rs: list[dict], shape: dict, method: str, peak_tflops: float | Non
         "runs": rs}
 
 
+def method_report(runs: dict[str, list[dict]], failed: list[str], shape: dict, method: str,
+                  peak_tflops: float | None) -> dict:
+    """Each finished tool's summary, its ratios to TRL, and the tools whose run failed."""
+    summary = {kind: summarize(rs, shape, method, peak_tflops) for kind, rs in runs.items() if rs}
+    ratios = {kind: {"speed_ratio": s["tokens_per_s"] / summary["trl"]["tokens_per_s"],
+                     "steady_speed_ratio": s["steady_tokens_per_s"] / summary["trl"]["steady_tokens_per_s"],
+                     "memory_ratio": s["peak_mb"] / summary["trl"]["peak_mb"]}
+              for kind, s in summary.items() if kind != "trl" and "trl" in summary}
+    return {**summary, "ratios": ratios, "failed": failed}
+
+
 def worker_call(kind: str, spec: dict, optional: bool = False) -> dict | None:
     """Run one configuration in its own process; an optional one (e.g. TRL + Liger) that fails is reported and
     skipped instead of ending the benchmark."""
@@ -458,6 +469,7 @@ def main() -> None:
         kinds = [k for k in ["sftlab", *(["sftlab+gc"] if a.sftlab_gc else []), "trl",
                              *(["trl+liger"] if a.trl_liger else [])] if k.split("+")[0] in a.tools.split(",")]
         runs: dict[str, list[dict]] = {k: [] for k in kinds}
+        failed: list[str] = []
         for rep in range(a.repeats):
             for kind in (kinds if rep % 2 == 0 else kinds[::-1]):
                 # no length grouping unless --sftlab-grouped: every tool sees the same batches in the same order
@@ -471,27 +483,22 @@ def main() -> None:
                 if result is not None:
                     runs[kind].append(result)
                     samples += result["matmul_gflops_samples"]
-                report["throughput"][method] = {"runs": runs}
+                else:
+                    failed.append(kind)
+                # summarised after every run: a stage cut by a time limit still leaves the tools it finished
+                report["throughput"][method] = method_report(runs, failed, shape, method, a.peak_tflops)
                 save()
-        summary = {}
-        for kind, rs in runs.items():
-            if not rs:
-                continue
-            summary[kind] = s = summarize(rs, shape, method, a.peak_tflops)
-            print(fmt_row([method, kind, f"{s['tokens_per_s']:.1f}", f"{s['steady_tokens_per_s']:.1f}",
-                           f"{s['wall_s']:.1f}", f"{s['peak_mb']:.0f}", f"{s['final_loss']:.4f}",
-                           f"{s['peak_gflops']:.0f}", f"{100 * s['fraction_of_bf16_peak']:.1f}%",
-                           f"{100 * s['fraction_of_bf16_peak_e2e']:.1f}%"], widths))
-        ratios = {}
-        for kind in ([k for k in summary if k != "trl"] if "trl" in summary else []):
-            ratio = summary[kind]["tokens_per_s"] / summary["trl"]["tokens_per_s"]
-            steady = summary[kind]["steady_tokens_per_s"] / summary["trl"]["steady_tokens_per_s"]
-            mem = summary[kind]["peak_mb"] / summary["trl"]["peak_mb"]
-            print(f"{method}: {kind}/TRL tokens/s = {ratio:.2f}x whole run, {steady:.2f}x steady state; "
-                  f"peak memory {kind}/TRL = {mem:.2f}")
-            ratios[kind] = {"speed_ratio": ratio, "steady_speed_ratio": steady, "memory_ratio": mem}
-        report["throughput"][method] = {**summary, "ratios": ratios}
-        save()
+        res = report["throughput"][method]
+        for kind in runs:
+            if kind in res:
+                s = res[kind]
+                print(fmt_row([method, kind, f"{s['tokens_per_s']:.1f}", f"{s['steady_tokens_per_s']:.1f}",
+                               f"{s['wall_s']:.1f}", f"{s['peak_mb']:.0f}", f"{s['final_loss']:.4f}",
+                               f"{s['peak_gflops']:.0f}", f"{100 * s['fraction_of_bf16_peak']:.1f}%",
+                               f"{100 * s['fraction_of_bf16_peak_e2e']:.1f}%"], widths))
+        for kind, r in res["ratios"].items():
+            print(f"{method}: {kind}/TRL tokens/s = {r['speed_ratio']:.2f}x whole run, "
+                  f"{r['steady_speed_ratio']:.2f}x steady state; peak memory {kind}/TRL = {r['memory_ratio']:.2f}")
     if samples:
         report["bf16_matmul_gflops"] = {"median": statistics.median(samples), "min": min(samples),
                                         "max": max(samples), "samples": samples}

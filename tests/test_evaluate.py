@@ -112,6 +112,9 @@ def test_suite_yaml_errors_name_the_field(tmp_path):
         load_suite(bad)
     with pytest.raises(ConfigError, match="no such evaluation suite"):
         load_suite(tmp_path / "missing.yaml")
+    bad.write_text("evaluators:\n  - type: math\n    data: {path: qa.jsonl}\n    format: '<think>(.+'\n")
+    with pytest.raises(ConfigError, match=r"evaluators.0.math.format.*not a regular expression"):
+        load_suite(bad)
     suite = make_suite({"evaluators": [{"type": "identity", "name": "Orca"}, {"type": "identity", "name": "Bo"},
                                        {"type": "nll", "label": "heldout", "data": {"path": "x.jsonl"}}]})
     assert suite.unique_names() == ["identity", "identity_2", "heldout"]
@@ -170,6 +173,8 @@ def test_full_suite_on_tiny_models_with_cache(tuned_tiny, tiny_model_dir, tmp_pa
          "general_prompts": ["q1"]},
         {"type": "math", "data": {"path": str(qa)}},
         {"type": "math", "data": {"path": str(qa)}, "k": 2, "temperature": 1.0},
+        {"type": "math", "label": "any_format", "data": {"path": str(qa)}, "format": "(?s).*"},
+        {"type": "math", "label": "no_format", "data": {"path": str(qa)}, "format": "(?!)"},
         {"type": "tool_calls", "data": {"path": str(tools)}},
         {"type": "custom", "function": "my_evals:short", "prompts": ["q2", "q3"]},
         {"type": "judge", "judge": str(tiny_model_dir), "prompts": ["q1", "q2"]},
@@ -188,6 +193,9 @@ def test_full_suite_on_tiny_models_with_cache(tuned_tiny, tiny_model_dir, tmp_pa
             assert 0.0 <= m["value"] <= 1.0 and m["n"] > 0 and len(m["ci95"]) == 2, (name, m)
     assert ev["math"]["metrics"]["accuracy"]["base"]["n"] == 3 and ev["tool_calls"]["metrics"][
         "parseable_call"]["base"]["n"] == 1
+    assert "format_followed" not in ev["math"]["metrics"]  # only where a format is asked for
+    for label, want in (("any_format", 1.0), ("no_format", 0.0)):  # the whole reply must match
+        assert [ev[label]["metrics"]["format_followed"][s]["value"] for s in ("base", "tuned")] == [want, want]
     pw = ev["judge"]["pairwise"]
     assert pw["n"] == 2 and pw["unparseable"] == 0 and pw["kind"] == "LogprobJudge"  # a local judge: p(A) vs p(B)
     assert all(v["forward"] in ("A", "B", "tie") for v in ev["judge"]["samples"])

@@ -181,6 +181,15 @@ def test_config_errors_are_clear(tmp_path):
         load_config(path)
 
 
+def test_gradient_checkpointing_auto_is_off_only_for_lora_on_a_cpu(tiny_model_dir, tmp_path, monkeypatch):
+    # measured on an H200: LoRA without it ran 1.08x faster at 5.3x the memory, so only a CPU skips it
+    assert _cfg(tiny_model_dir, tmp_path, method="full").use_gradient_checkpointing
+    assert not _cfg(tiny_model_dir, tmp_path, method="lora").use_gradient_checkpointing
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert _cfg(tiny_model_dir, tmp_path, method="lora").use_gradient_checkpointing
+    assert not _cfg(tiny_model_dir, tmp_path, method="lora", gradient_checkpointing=False).use_gradient_checkpointing
+
+
 def test_export_merges_lora_into_a_plain_checkpoint(tiny_model_dir, tmp_path):
     from peft import PeftModel
     from typer.testing import CliRunner

@@ -140,7 +140,11 @@ def eval_math(ev: MathEval, subject: Subject, budget: int) -> tuple[dict, list]:
     key = "accuracy" if ev.k == 1 else f"pass@{ev.k}"
     samples = [{"prompt": s["question"], "text": s["replies"][0], "reference": s["reference"],
                 "correct": any(s["correct"])} for s in r["samples"]]
-    return {key: metric(r[key], r["n"], r["correct"])}, samples
+    metrics = {key: metric(r[key], r["n"], r["correct"])}
+    if ev.format is not None:
+        follows = [re.fullmatch(ev.format, s["text"].strip()) is not None for s in samples]
+        metrics["format_followed"] = rate_metric(follows)
+    return metrics, samples
 
 
 def eval_tool_calls(ev: ToolCallEval, subject: Subject, budget: int) -> tuple[dict, list]:

@@ -12,6 +12,7 @@ evaluators:
     name: Orca
     author: the sftlab team
   - type: math                     # final-answer accuracy; k > 1 with temperature > 0 gives pass@k
+    format: "(?s)<think>.+</think>\\s*The answer is .+"   # optional: share of replies in the trained format
     data: {path: ../shared/data/gsm8k/test.jsonl, max_records: 50}
   - type: tool_calls               # each first reply: the right call, or no call where none is needed
     data: {path: ../shared/data/glaive_toolcall_en_demo.json, max_records: 20}
@@ -28,10 +29,11 @@ evaluators:
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from sftlab.data.loading import DataSpec
 from sftlab.data.shipped import heldout_prompts
@@ -80,6 +82,19 @@ class MathEval(_Evaluator):
     data: DataSpec
     k: int = Field(1, ge=1, description="Samples per problem; pass@k when > 1.")
     temperature: float = Field(0.0, ge=0.0, description="Sampling temperature of the k samples (0: greedy).")
+    format: str | None = Field(None, description="A regular expression the whole (stripped) first reply must match, "
+                                                 "e.g. a think block then 'The answer is N.': the share that does is "
+                                                 "`format_followed`, whether or not the answer is right.")
+
+    @field_validator("format")
+    @classmethod
+    def _compiles(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                re.compile(v)
+            except re.error as e:
+                raise ValueError(f"not a regular expression: {e}") from None
+        return v
 
 
 class ToolCallEval(_Evaluator):
