@@ -3,6 +3,7 @@ pydantic, and turn the first error into one line that names the file and the fie
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -94,3 +95,12 @@ def validated(cls: type[M], raw: dict[str, Any], source: str) -> M:
         first = e.errors()[0]
         where = ".".join(str(x) for x in first["loc"])
         raise ConfigError(f"{source}: field '{where}': {first['msg']} ({e.error_count()} error(s))") from None
+
+
+def regex_error(pattern: str) -> str | None:
+    """Why `pattern` is not a regular expression (None when it compiles), for config validators' messages."""
+    try:
+        re.compile(pattern)
+    except re.error as e:
+        return str(e)
+    return None

@@ -29,7 +29,6 @@ evaluators:
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -37,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from sftlab.data.loading import DataSpec
 from sftlab.data.shipped import heldout_prompts
-from sftlab.yamlconfig import read_yaml_mapping, validated
+from sftlab.yamlconfig import read_yaml_mapping, regex_error, validated
 
 
 def default_prompts(kind: str) -> list[str]:
@@ -89,11 +88,8 @@ class MathEval(_Evaluator):
     @field_validator("format")
     @classmethod
     def _compiles(cls, v: str | None) -> str | None:
-        if v is not None:
-            try:
-                re.compile(v)
-            except re.error as e:
-                raise ValueError(f"not a regular expression: {e}") from None
+        if v is not None and (why := regex_error(v)):
+            raise ValueError(f"not a regular expression: {why}")
         return v
 
 

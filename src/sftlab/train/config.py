@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from sftlab.data.loading import DataSpec
 from sftlab.errors import ConfigError
-from sftlab.yamlconfig import apply_overrides, read_yaml_mapping
+from sftlab.yamlconfig import apply_overrides, read_yaml_mapping, regex_error
 
 RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
 
@@ -35,11 +35,8 @@ class LoraSettings(BaseModel):
     def _names_or_pattern(cls, v: str | list[str]) -> str | list[str]:
         if isinstance(v, list) and not all(x.strip() for x in v):
             raise ValueError("module names may not be empty")
-        if isinstance(v, str) and v != "all-linear":
-            try:
-                re.compile(v)
-            except re.error as e:
-                raise ValueError(f"{v!r} is not a valid regular expression ({e}); list plain names instead") from None
+        if isinstance(v, str) and v != "all-linear" and (why := regex_error(v)):
+            raise ValueError(f"{v!r} is not a valid regular expression ({why}); list plain names instead")
         return v
 
 
