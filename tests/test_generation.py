@@ -34,6 +34,19 @@ def test_stops_at_end_of_turn_token(tiny_model_dir, tiny_tokenizer):
     assert all(g[0].finished and g[0].n_tokens == 0 and g[0].text == "" for g in out)
 
 
+def test_output_head_gets_a_contiguous_input_with_frozen_weights(tiny_model_dir, tiny_tokenizer):
+    """A sliced (non-contiguous) head input with frozen weights made CPU generation copy the head per row."""
+    ensure_chat_template(tiny_tokenizer, "chatml")
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval().requires_grad_(False)
+    gen = TransformersGenerator(model, tiny_tokenizer, batch_size=4)
+    seen: list[bool] = []
+    model.lm_head.register_forward_pre_hook(lambda _m, args: seen.append(args[0].is_contiguous()))
+    gen.generate([as_messages(p) for p in PROMPTS], SamplingParams(max_new_tokens=3))
+    assert len(seen) == 3 and all(seen)
+    TransformersGenerator(model, tiny_tokenizer)  # a second generator on the same model adds no second hook
+    assert len(model.lm_head._forward_pre_hooks) == 2
+
+
 def test_n_samples_per_prompt_are_seeded(tiny_model_dir, tiny_tokenizer):
     ensure_chat_template(tiny_tokenizer, "chatml")
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()

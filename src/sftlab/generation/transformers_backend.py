@@ -7,7 +7,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from sftlab.generation.base import Generation, Messages, SamplingParams, as_messages
 from sftlab.models.causal_lm import stop_ids_of
-from sftlab.models.scoring import left_pad
+from sftlab.models.scoring import contiguous_head_input, left_pad
 from sftlab.templates.masking import prompt_ids
 
 
@@ -22,6 +22,7 @@ class TransformersGenerator:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
         self.model_id = model_id or str(getattr(model, "name_or_path", "") or model.config.name_or_path)
         self.context_window = getattr(model.config, "max_position_embeddings", None)
+        contiguous_head_input(model)
 
     def encode(self, prompt) -> list[int]:
         """The prompt's ids as training saw them; message text never becomes special tokens (generate, serve, chat)."""

@@ -67,16 +67,29 @@ def single_token_ids(tokenizer, texts: list[str], what: str) -> list[int]:
     return [x[0] for x in ids]
 
 
+def contiguous_head_input(model) -> None:
+    """Hand the output head a contiguous input. generate() feeds it a slice (the last position of each prompt);
+    with frozen weights (a PEFT model, a merged adapter) PyTorch's CPU matmul then copies the whole head weight
+    once per row: 12.8 s instead of 36 ms for gemma-3's 262k-token head at batch 16, about half of all generation
+    time in the demo's evaluation."""
+    head = model.get_output_embeddings()
+    if head is None or getattr(head, "_sftlab_contiguous_input", False):
+        return
+    head.register_forward_pre_hook(lambda _module, args: (args[0].contiguous(), *args[1:]))
+    head._sftlab_contiguous_input = True
+
+
 @torch.no_grad()
 def next_token_probs(model, rows: list[list[int]], candidates: list[int], pad_id: int = 0,
                      batch_size: int = 8) -> torch.Tensor:
     """[len(rows), len(candidates)]: the model's next-token distribution after each row, renormalised over the
     candidate tokens (a rating digit, an "A"/"B" verdict). One forward pass per row, no generation."""
     device = next(model.parameters()).device
+    contiguous_head_input(model)
     out = []
     for i in range(0, len(rows), batch_size):
-        ids, mask = left_pad(rows[i:i + batch_size], pad_id)
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[:, -1]
+        ids, mask = left_pad(rows[i:i + batch_size], pad_id)  # the last position is every row's next token
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), logits_to_keep=1).logits[:, -1]
         out.append(torch.softmax(logits[:, candidates].float(), dim=-1).cpu())
     return torch.cat(out) if out else torch.empty(0, len(candidates))
 
