@@ -18,7 +18,8 @@ from sftlab.recipe.report import metric_text
 from sftlab.recipe.spec import is_recipe, load_recipe
 
 HEADER = ["recipe", "model: method", "student <- teacher", "examples", "metric: base -> tuned (95% interval, n)",
-          "training: time, peak memory", "recipe wall time", "date, machine"]
+          "training: time, peak memory", "stage time, summed (each stage's latest run; notes give full times)",
+          "date, machine"]
 
 
 def list_recipes(folder: Path = Path("recipes")) -> list[Path]:
