@@ -72,7 +72,8 @@ def contiguous_head_input(model) -> None:
     with frozen weights (a PEFT model, a merged adapter) PyTorch's CPU matmul then copies the whole head weight
     once per row: 12.8 s instead of 36 ms for gemma-3's 262k-token head at batch 16, about half of all generation
     time in the demo's evaluation."""
-    head = model.get_output_embeddings()
+    get_head = getattr(model, "get_output_embeddings", None)  # any model with generate() may be served
+    head = get_head() if get_head else None
     if head is None or getattr(head, "_sftlab_contiguous_input", False):
         return
     head.register_forward_pre_hook(lambda _module, args: (args[0].contiguous(), *args[1:]))
