@@ -124,3 +124,18 @@ def test_one_loader_for_training_and_inference(tiny_model_dir):
     train_lm = load_causal_lm(str(tiny_model_dir), training=True, chat_template="chatml", dtype=torch.bfloat16)
     assert train_lm.model.dtype == torch.bfloat16 and train_lm.template == "chatml"
     assert next(train_lm.model.parameters()).device.type == "cpu"  # Trainer places a training model
+
+
+def test_inference_loads_use_the_kv_cache_even_when_the_checkpoint_says_no(tiny_model_dir, tmp_path):
+    """sftlab's full fine-tunes were saved with use_cache false (gradient checkpointing): 6x slower generation."""
+    import shutil
+
+    from sftlab.models.causal_lm import load_causal_lm
+
+    ckpt = tmp_path / "no-cache"
+    shutil.copytree(tiny_model_dir, ckpt)
+    cfg = json.loads((ckpt / "config.json").read_text())
+    (ckpt / "config.json").write_text(json.dumps({**cfg, "use_cache": False}))
+    (ckpt / "generation_config.json").write_text(json.dumps({"use_cache": False}))
+    lm = load_causal_lm(str(ckpt))
+    assert lm.model.config.use_cache and lm.model.generation_config.use_cache

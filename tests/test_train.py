@@ -91,10 +91,13 @@ def test_fast_loss_equals_model_loss(tiny_model_dir, tiny_tokenizer):
 
 @pytest.mark.parametrize("method", ["lora", "full"])
 def test_saved_result_loads_with_plain_transformers_and_peft(tiny_model_dir, tmp_path, method):
-    cfg = _cfg(tiny_model_dir, tmp_path, method=method, max_steps=3)
+    cfg = _cfg(tiny_model_dir, tmp_path, method=method, max_steps=3, gradient_checkpointing=True)
     result = train(cfg)
     final = result.final_dir
-    from transformers import AutoTokenizer, GenerationConfig
+    from transformers import AutoConfig, AutoTokenizer, GenerationConfig
+
+    if method == "full":  # checkpointing turns the KV cache off for training; without it generate() is O(n^2)
+        assert AutoConfig.from_pretrained(final).use_cache and GenerationConfig.from_pretrained(final).use_cache
 
     tok = AutoTokenizer.from_pretrained(final)
     assert tok.chat_template  # the template used in training travels with the model

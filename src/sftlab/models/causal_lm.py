@@ -73,7 +73,16 @@ def load_causal_lm(spec: str, *, training: bool = False, adapter: str | Path | N
         model = model.merge_and_unload() if merge_adapter else model
     if not training:
         model.eval()
+        use_kv_cache(model)
     return LoadedLM(model, tokenizer, path, template, added)
+
+
+def use_kv_cache(model) -> None:
+    """Generate with a KV cache even from a checkpoint saved with `use_cache: false` (gradient checkpointing turns
+    it off; sftlab's full fine-tunes were saved so until 2026-11-30): 6x slower generation without it."""
+    model.config.use_cache = True
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.use_cache = True
 
 
 def load_chat_tokenizer(path: str, chat_template: str | None = "auto") -> tuple[Any, str | None, bool]:

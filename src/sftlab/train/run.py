@@ -271,10 +271,11 @@ def save_final(model, tokenizer, final_dir: Path, base_path: str, cfg: TrainConf
     generation config whose EOS list includes the end-of-turn token, so plain `generate` stops."""
     tmp = final_dir.with_name(final_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base.config.use_cache = True  # off for gradient checkpointing; saved off, every generate() ran without a KV cache
     model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
     tokenizer.save_pretrained(tmp)
     stops = stop_token_ids(tokenizer)
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
     gen = GenerationConfig.from_model_config(base.config)
     gen.eos_token_id = stops
     gen.pad_token_id = tokenizer.pad_token_id
