@@ -187,10 +187,11 @@ def labelled_source(tmp_path: Path) -> Path:
 
 def test_scorer_auc_quick_with_a_tiny_model(tmp_path, tiny_model_dir, one_torch_thread):
     result = scorer_auc(tmp_path, quick=True, source=str(labelled_source(tmp_path)),
-                        scorers=["heuristics", "length", "perplexity", "ifd", "rubric"], model=str(tiny_model_dir))
+                        scorers=["heuristics", "length", "perplexity", "ifd", "rubric", "rubric_reference"],
+                        model=str(tiny_model_dir))
     assert result["n"] == 6 and result["desirable"] == 3
-    assert set(result["auc"]) == {"heuristics", "length", "perplexity", "ifd", "rubric",
-                                  "combined(perplexity+ifd+rubric)"}
+    assert set(result["auc"]) == {"heuristics", "length", "perplexity", "ifd", "rubric", "rubric_reference",
+                                  "combined(perplexity+ifd+rubric+rubric_reference)"}
     assert all(0.0 <= v <= 1.0 for v in result["auc"].values())
     assert result["auc"]["heuristics"] == 1.0  # the boilerplate refusal is what the heuristics catch
     assert result["auc"]["length"] == 0.0  # here the bad replies are the longer ones

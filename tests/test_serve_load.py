@@ -183,7 +183,12 @@ def test_real_generation_leaves_models_endpoint_fast(tiny):
 def test_closing_a_stream_stops_its_generation(tiny):
     model, tokenizer = tiny
     forwards = []  # one forward pass of the real model per generated token
-    hook = model.register_forward_hook(lambda *args: forwards.append(1))
+
+    def count_and_pause(*args) -> None:  # 5 ms a token: on a busy CPU the tiny model ran all 400 tokens before
+        forwards.append(1)  # the server saw the closed connection (a full-suite run failed with 401)
+        time.sleep(0.005)
+
+    hook = model.register_forward_hook(count_and_pause)
     url, srv = _start(create_app(_endless(model, tokenizer), "tiny", max_tokens_limit=400))
     body = {"messages": _msgs("Hello, who are you?"), "max_tokens": 400, "temperature": 0}
     try:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
@@ -20,7 +21,7 @@ from sftlab.artifacts.render import print_suite
 from sftlab.data.shipped import heldout_prompts, resource, write_shipped_mix
 from sftlab.evaluate.runner import SuiteResult, run_suite, write_result
 from sftlab.evaluate.suite import EvalSuite, make_suite
-from sftlab.train.config import make_config
+from sftlab.train.config import TrainConfig, make_config
 from sftlab.train.run import train
 
 TEACHER = "qwen2.5-coder-1.5b-instruct"
@@ -65,6 +66,17 @@ def build_demo_data(out_dir: Path, name: str, author: str, extra_data: list[str]
                     counts)
 
 
+def demo_train_config(model: str, train_path: Path, output_dir: Path, *, method: str = "lora", epochs: float = 2.0,
+                      seed: int = 0, **overrides: Any) -> TrainConfig:
+    """The demo's training run; `scripts/tune_demo.py` compares `overrides` on a dev split of the shipped data."""
+    return make_config({
+        "name": "demo", "model": model, "data": [{"path": str(train_path)}], "method": method,
+        "epochs": epochs, "batch_size": 8, "grad_accum": 1, "learning_rate": 4e-4 if method == "lora" else 3e-5,
+        "lora": {"r": 16, "alpha": 32, "dropout": 0.0}, "max_length": 384, "save_steps": 25,
+        "output_dir": str(output_dir), "seed": seed, **overrides,
+    })
+
+
 def run_demo(name: str = "Orca", author: str = "the sftlab team", model: str = "gemma-3-270m",
              out_dir: Path = Path("runs/demo"), extra_data: list[str] | None = None, epochs: float = 2.0,
              general_examples: int | None = None, method: str = "lora", judge: str | None = TEACHER,
@@ -74,12 +86,7 @@ def run_demo(name: str = "Orca", author: str = "the sftlab team", model: str = "
     console.rule(f"[bold]sftlab demo[/]: {model} base -> instruct model named {name}, built by {author}")
     data = build_demo_data(out_dir, name, author, extra_data, general_examples, seed)
     console.print(f"data: {data.counts} (shipped with sftlab{', plus ' + ', '.join(extra_data) if extra_data else ''})")
-    cfg = make_config({
-        "name": "demo", "model": model, "data": [{"path": str(data.train)}], "method": method,
-        "epochs": epochs, "batch_size": 8, "grad_accum": 1, "learning_rate": 4e-4 if method == "lora" else 3e-5,
-        "lora": {"r": 16, "alpha": 32, "dropout": 0.0}, "max_length": 384, "save_steps": 25,
-        "output_dir": str(out_dir / "train"), "seed": seed,
-    })
+    cfg = demo_train_config(model, data.train, out_dir / "train", method=method, epochs=epochs, seed=seed)
     result = train(cfg, overwrite=True, console=console)
     t_train = time.time()
 

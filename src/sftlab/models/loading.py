@@ -28,9 +28,16 @@ def cache_dir() -> Path:
     return Path(os.environ.get("SFTLAB_CACHE", Path.home() / ".cache" / "sftlab"))
 
 
-def _fingerprint(path: Path) -> str:
-    st = path.stat()
-    return hashlib.sha1(f"{path.resolve()}:{st.st_size}:{int(st.st_mtime)}".encode()).hexdigest()[:12]
+def _fingerprint(path: Path, sample: int = 4 << 20) -> str:
+    """The file's identity from its content (size, first and last 4 MiB), not its path: a reinstalled package or a
+    new virtual environment finds the checkpoint already converted instead of adding another copy."""
+    size = path.stat().st_size
+    digest = hashlib.sha256(str(size).encode())
+    with path.open("rb") as f:
+        digest.update(f.read(sample))
+        f.seek(max(0, size - sample))
+        digest.update(f.read(sample))
+    return digest.hexdigest()[:12]
 
 
 def gguf_to_hf(gguf_path: str | Path, out_root: Path | None = None, dtype: str = "float32",
@@ -40,13 +47,24 @@ def gguf_to_hf(gguf_path: str | Path, out_root: Path | None = None, dtype: str =
     gguf_path = Path(gguf_path)
     if not gguf_path.exists():
         raise ModelError(f"GGUF file not found: {gguf_path}")
-    suffix = "" if dtype == "float32" else f"-{dtype}"  # fp32 checkpoints keep their earlier cache names
-    out = (out_root or cache_dir() / "models") / f"{gguf_path.stem}-{_fingerprint(gguf_path)}{suffix}"
+    out = (out_root or cache_dir() / "models") / f"{gguf_path.stem}-{_fingerprint(gguf_path)}-{dtype}"
     if (out / "config.json").exists() and (out / "model.safetensors").exists():
         return out
     log.info("dequantising %s into %s (once)", gguf_path, out)
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
+    with torch.random.fork_rng(devices=[]):  # a first run must train the same model as later runs
+        _write_plain_checkpoint(gguf_path, tmp, dtype, stop_tokens)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.exists():  # another process won the race
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+    return out
+
+
+def _write_plain_checkpoint(gguf_path: Path, out: Path, dtype: str, stop_tokens: tuple[str, ...]) -> None:
+    """Dequantise into a plain model (random init, then the GGUF's weights: it draws from the global RNG)."""
     try:
         tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
         quant = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name,
@@ -62,15 +80,8 @@ def gguf_to_hf(gguf_path: str | Path, out_root: Path | None = None, dtype: str =
     plain.generation_config = quant.generation_config
     if stop_tokens:
         plain.generation_config.eos_token_id = tok.convert_tokens_to_ids(list(stop_tokens))
-    plain.save_pretrained(tmp, safe_serialization=True)
-    tok.save_pretrained(tmp)
-    del quant, plain
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.exists():  # another process won the race
-        shutil.rmtree(tmp, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
-    return out
+    plain.save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
 
 
 def resolve_model_path(spec: str) -> str:

@@ -13,7 +13,7 @@ from sftlab.data.writers import write_json
 from sftlab.errors import ConfigError, DataError
 from sftlab.recipe.preparers.pools import QUICK_RECORDS
 
-AUC_SCORERS = ("heuristics", "length", "perplexity", "ifd", "judge", "judge_logprob", "rubric")
+AUC_SCORERS = ("heuristics", "length", "perplexity", "ifd", "judge", "judge_logprob", "rubric", "rubric_reference")
 
 
 def _label(rec: Any, source: str, location: str) -> bool:
@@ -69,13 +69,15 @@ def _quality_scores(name: str, convs: list[Conversation], model: str, max_length
         return [0.0 if check(last_prompt(c), c.last_response or "", rules) else 1.0 for c in convs], True, None
     if name == "length":
         return [float(len(c.last_response or "")) for c in convs], True, None
-    if name in ("rubric", "ifd", "perplexity") and "lm" not in shared:
-        shared["lm"] = load_lm(model)  # loaded once for all three
-    if name == "rubric":  # the evaluation's judge: each answer graded alone, 1-5 (AUC = pairwise agreement)
+    if name in ("rubric", "rubric_reference", "ifd", "perplexity") and "lm" not in shared:
+        shared["lm"] = load_lm(model)  # loaded once for all of them
+    if name in ("rubric", "rubric_reference"):  # the evaluation's judge: each answer graded alone, 1-5
         from sftlab.evaluate.judge import RubricJudge
 
-        judge = RubricJudge(*shared["lm"], max_length=max_length)
-        return judge.grade_many([(last_prompt(c), c.last_response or "") for c in convs]), True, None
+        prompts = [last_prompt(c) for c in convs]
+        refs = _own_answers(shared["lm"], prompts) if name == "rubric_reference" else None
+        judge = RubricJudge(*shared["lm"], max_length=max_length, references=refs)
+        return judge.grade_many([(p, c.last_response or "") for p, c in zip(prompts, convs, strict=True)]), True, None
     settings = ScorerSettings(type=name, model=model, max_length=max_length, batch_size=4)
     if name in ("ifd", "perplexity"):  # one pass gives both: IFD = conditional NLL / NLL of the reply alone
         if name not in shared:
@@ -84,6 +86,16 @@ def _quality_scores(name: str, convs: list[Conversation], model: str, max_length
     scorer = Scorer(settings)
     values = scorer.score(convs)
     return values, settings.higher_is_better, getattr(scorer._state, "unparseable", None)
+
+
+def _own_answers(lm: tuple[Any, Any], prompts: list[str], max_new_tokens: int = 256) -> dict[str, str]:
+    """The scoring model's own greedy answer to each prompt: the reference of reference-guided grading."""
+    from sftlab.generation.base import SamplingParams, as_messages
+    from sftlab.generation.transformers_backend import TransformersGenerator
+
+    replies = TransformersGenerator(*lm, batch_size=8).generate([as_messages(p) for p in prompts],
+                                                                 SamplingParams(max_new_tokens=max_new_tokens))
+    return {p: r[0].text for p, r in zip(prompts, replies, strict=True)}
 
 
 def scorer_auc(out: Path, *, seed: int = 0, quick: bool = False, source: str | dict[str, Any], scorers: list[str],
