@@ -18,8 +18,7 @@ import random
 import time
 from pathlib import Path
 
-from sftlab.data.loading import DataSpec, load_conversations
-from sftlab.data.shipped import last_prompt, resource
+from sftlab.data.shipped import last_prompt, shipped_training_sets
 from sftlab.data.writers import write_json, write_jsonl
 from sftlab.demo import demo_train_config
 from sftlab.evaluate.checks import mentions_identity
@@ -42,9 +41,7 @@ VARIANTS: dict[str, dict] = {
 
 def dev_split(out: Path) -> tuple[list, list, list]:
     """(identity train, general train, dev conversations): the same split for every variant and seed."""
-    subs = {"name": NAME, "author": AUTHOR}
-    identity = load_conversations(DataSpec(path=str(resource("identity.jsonl")), substitutions=subs))[0]
-    general = load_conversations(DataSpec(path=str(resource("demo_general.jsonl"))))[0]
+    identity, general = shipped_training_sets(NAME, AUTHOR)
     rng = random.Random(1234)
     dev_i = set(rng.sample(range(len(identity)), DEV_IDENTITY))
     dev_g = set(rng.sample(range(len(general)), DEV_GENERAL))
@@ -79,7 +76,7 @@ def run_variant(out: Path, name: str, overrides: dict, seed: int, split: tuple[l
               if s["kind"] == "identity" and not mentions_identity(s["tuned"]["text"], NAME, AUTHOR)]
     return {"variant": name, "seed": seed, "identity": value["identity_correct"],
             "collapse": value["general_answered_with_identity"], "stopped": value["answered_and_stopped"],
-            "nll": value["response_nll"], "train_s": round(time.time() - t0), "identity_misses": misses}
+            "nll": value["response_nll"], "train_and_eval_s": round(time.time() - t0), "identity_misses": misses}
 
 
 def main() -> None:

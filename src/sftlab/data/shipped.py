@@ -37,18 +37,24 @@ def last_prompt(conv: Conversation) -> str:
     return conv.prompt_turns[-1].content if conv.prompt_turns else ""
 
 
+def shipped_training_sets(name: str, author: str) -> tuple[list[Conversation], list[Conversation]]:
+    """(identity conversations with `name` and `author` filled in, distilled general answers in rank order)."""
+    subs = {"name": name, "author": author}
+    identity = load_conversations(DataSpec(path=str(resource("identity.jsonl")), substitutions=subs))[0]
+    return identity, load_conversations(DataSpec(path=str(resource("demo_general.jsonl"))))[0]
+
+
 def write_shipped_mix(path: Path, name: str, author: str, *, identity_repeats: int = 1,
                       general_examples: int | None = None, extra_data: list[str] | None = None,
                       seed: int = 0) -> dict[str, int]:
     """Write a shuffled training set: the identity set `identity_repeats` times (0: none), the first
     `general_examples` distilled general answers (shipped in diversity-rank order; None: all) and any extra
     sources; every conversation whose prompt is a held-out prompt is left out. Returns the counts."""
-    subs = {"name": name, "author": author}
-    identity = load_conversations(DataSpec(path=str(resource("identity.jsonl")), substitutions=subs))[0]
-    general = load_conversations(DataSpec(path=str(resource("demo_general.jsonl"))))[0]
+    identity, general = shipped_training_sets(name, author)
     general = general[:general_examples] if general_examples else general
     extra: list[Conversation] = []
     for source in extra_data or []:
+        subs = {"name": name, "author": author}
         extra += load_conversations(DataSpec(path=source, substitutions=subs, on_error="skip"))[0]
     held = {prompt_key(p) for p in heldout_prompts("identity") + heldout_prompts("general")}
     mix = identity * identity_repeats + general + extra
