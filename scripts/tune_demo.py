@@ -18,7 +18,7 @@ import random
 import time
 from pathlib import Path
 
-from sftlab.data.shipped import last_prompt, shipped_training_sets
+from sftlab.data.shipped import last_prompt, resource, shipped_training_sets
 from sftlab.data.writers import write_json, write_jsonl
 from sftlab.demo import demo_train_config
 from sftlab.evaluate.checks import mentions_identity
@@ -40,15 +40,20 @@ VARIANTS: dict[str, dict] = {
 
 
 def dev_split(out: Path) -> tuple[list, list, list]:
-    """(identity train, general train, dev conversations): the same split for every variant and seed."""
+    """(identity train, general train, dev conversations): the same split for every variant and seed. Dev identity
+    questions are hand-written ones; the teacher's rewrites of them leave training with them."""
     identity, general = shipped_training_sets(NAME, AUTHOR)
+    rows = [json.loads(x) for x in resource("identity_paraphrases.jsonl").read_text(encoding="utf-8").splitlines()]
+    rewrite_of = {r["messages"][0]["content"]: r["meta"]["paraphrase_of"] for r in rows}
     rng = random.Random(1234)
-    dev_i = set(rng.sample(range(len(identity)), DEV_IDENTITY))
+    dev_i = set(rng.sample(range(len(identity) - len(rows)), DEV_IDENTITY))  # the hand-written ones come first
     dev_g = set(rng.sample(range(len(general)), DEV_GENERAL))
     dev = [identity[i] for i in sorted(dev_i)] + [general[i] for i in sorted(dev_g)]
+    dev_questions = {last_prompt(c) for c in dev[:DEV_IDENTITY]}
     write_jsonl(out / "dev_general.jsonl", [general[i] for i in sorted(dev_g)])
-    return ([c for i, c in enumerate(identity) if i not in dev_i], [c for i, c in enumerate(general) if i not in dev_g],
-            dev)
+    train_identity = [c for i, c in enumerate(identity)
+                      if i not in dev_i and rewrite_of.get(last_prompt(c)) not in dev_questions]
+    return train_identity, [c for i, c in enumerate(general) if i not in dev_g], dev
 
 
 def run_variant(out: Path, name: str, overrides: dict, seed: int, split: tuple[list, list, list]) -> dict:

@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESOURCES = ROOT / "src" / "sftlab" / "resources"
 PROMPTS = ROOT / "data" / "demo" / "prompts.jsonl"
 IDENTITY = RESOURCES / "identity.jsonl"
+PARAPHRASES = RESOURCES / "identity_paraphrases.jsonl"  # the teacher's rewrites of IDENTITY's questions
 OLD_GENERAL = RESOURCES / "general.jsonl"  # the old shipped general set; checked while it exists
 HELDOUT_IDENTITY = RESOURCES / "heldout_identity.jsonl"
 HELDOUT_GENERAL = RESOURCES / "heldout_general.jsonl"
@@ -67,10 +68,13 @@ def identity_pairs() -> list[tuple[str, str]]:
     return [(r["messages"][0]["content"], r["messages"][1]["content"]) for r in read_jsonl(IDENTITY)]
 
 
-def training_prompts() -> dict[str, str]:
-    """Every user prompt the demo may train on, keyed by where it comes from."""
+def training_prompts(rewrites: bool = True) -> dict[str, str]:
+    """Every user prompt the demo may train on, keyed by where it comes from (`rewrites`: with the teacher's
+    rewrites of the identity questions, which are near-duplicates of them by design)."""
     out = {f"{PROMPTS.name}:{r['id']}": r["prompt"] for r in read_jsonl(PROMPTS)}
     out |= {f"{IDENTITY.name}:{i}": q for i, (q, _) in enumerate(identity_pairs(), 1)}
+    if rewrites:
+        out |= {f"{PARAPHRASES.name}:{r['id']}": r["messages"][0]["content"] for r in read_jsonl(PARAPHRASES)}
     if OLD_GENERAL.exists():
         for i, r in enumerate(read_jsonl(OLD_GENERAL), 1):
             out[f"{OLD_GENERAL.name}:{i}"] = (r["instruction"] + "\n" + r.get("input", "")).strip()
@@ -127,6 +131,21 @@ def test_identity_conversations_answer_with_name_and_author():
     assert chinese_share([q for q, _ in identity_pairs()]) >= 0.25
     questions = [normalise(q) for q, _ in identity_pairs()]
     assert len(set(questions)) == len(questions)
+
+
+def test_identity_rewrites_keep_their_originals_answer_and_language():
+    """Each teacher rewrite is a new question, in its original's language, with that original's answer."""
+    answer_of = dict(identity_pairs())
+    rows = read_jsonl(PARAPHRASES)
+    assert len(rows) >= 150
+    seen = {normalise(q) for q in answer_of}
+    for r in rows:
+        (user, assistant), original = r["messages"], r["meta"]["paraphrase_of"]
+        assert assistant["content"] == answer_of[original], r
+        assert bool(CJK.search(user["content"])) == bool(CJK.search(original)), r
+        assert normalise(user["content"]) not in seen, r
+        seen.add(normalise(user["content"]))
+        assert r["meta"]["teacher"] == "qwen2.5-coder-1.5b-instruct" and r["meta"]["params"]["temperature"] == 0
 
 
 def test_identity_file_loads_with_the_demo_substitutions():
@@ -187,7 +206,7 @@ def test_heldout_sets_do_not_repeat_themselves():
 
 
 def test_training_prompts_have_no_near_duplicates():
-    prompts = training_prompts()
+    prompts = training_prompts(rewrites=False)
     assert len({normalise(t) for t in prompts.values()}) == len(prompts)
     pairs = near_pairs({key: grams(text) for key, text in prompts.items()}, TRAINING_MAX_SIMILARITY)
     assert [(a, b, round(s, 2)) for a, b, s in pairs] == []
@@ -195,5 +214,5 @@ def test_training_prompts_have_no_near_duplicates():
 
 def test_package_data_ships_the_resources():
     assert 'sftlab = ["resources/*.jsonl"' in (ROOT / "pyproject.toml").read_text(encoding="utf-8")
-    for path in (IDENTITY, HELDOUT_IDENTITY, HELDOUT_GENERAL):
+    for path in (IDENTITY, PARAPHRASES, HELDOUT_IDENTITY, HELDOUT_GENERAL):
         assert path.parent == RESOURCES and path.suffix == ".jsonl"

@@ -262,6 +262,29 @@ def test_rubric_judge_shows_the_reference_answer_to_the_judge(tiny_model_dir):
     assert 1 <= g_plain <= 5 and 1 <= g_guided <= 5 and g_plain != g_guided  # the judge saw a different question
 
 
+def test_yes_no_judge_reads_p_yes_for_each_answer_alone(tiny_model_dir):
+    import torch
+
+    from sftlab.evaluate.judge import RubricJudge
+    from sftlab.models.loading import load_lm
+
+    model, tok = load_lm(str(tiny_model_dir), dtype="float32")
+    with pytest.raises(ValueError, match="one token for each of"):  # the tiny BPE splits "Yes": it cannot answer
+        RubricJudge(model, tok, scale="yes_no")
+    tok.add_tokens(["Yes", "No"])
+    model.resize_token_embeddings(len(tok))
+    with torch.no_grad():  # distinct random rows: equal ones would read p(Yes) = 0.5 for every answer
+        model.get_output_embeddings().weight[-2:].normal_(generator=torch.Generator().manual_seed(0))
+    judge = RubricJudge(model, tok, scale="yes_no")
+    assert judge.question("2+2?", "4").endswith("Reply Yes or No.") and judge.tie_margin == 0.1
+    grades = judge.grade_many([("2+2?", "4"), ("2+2?", "five"), ("2+2?", "4")])
+    assert all(0 <= g <= 1 for g in grades) and grades[0] == grades[2] and grades[0] != grades[1]
+    with pytest.raises(ValueError, match="no reference"):
+        RubricJudge(model, tok, scale="yes_no", references={"2+2?": "4"})
+    assert make_suite({"evaluators": [{"type": "judge", "mode": "yes_no", "prompts": ["hi"]}]}).evaluators[0].mode \
+        == "yes_no"
+
+
 def test_judge_references_need_rubric_mode_and_replies(tmp_path, tiny_model_dir, tuned_tiny):
     from sftlab.evaluate.runner import eval_judge
     from sftlab.evaluate.subjects import load_subjects
@@ -295,3 +318,19 @@ def test_the_judge_sees_which_answers_were_cut_off(tiny_model_dir, tuned_tiny):
     out = eval_judge(suite.evaluators[0], subjects, 3, judge=judge)  # 3 tokens: a random model never ends
     assert len(seen) == 8 and all(x.endswith(CUT_OFF) for x in seen)
     assert out["samples"][0]["tuned"].endswith(CUT_OFF)  # the report shows what the judge read
+
+
+def test_next_token_probs_are_the_same_in_length_sorted_batches_as_alone(tiny_model_dir):
+    """Rows are batched by length; each row's probabilities must come back in its own place."""
+    import torch
+
+    from sftlab.models.loading import load_lm
+    from sftlab.models.scoring import next_token_probs
+
+    model, tok = load_lm(str(tiny_model_dir), dtype="float32")
+    rows = [tok("a much longer row, " * k)["input_ids"] for k in (5, 1, 3, 8, 2)]
+    candidates = tok("1 2 3")["input_ids"][:3]
+    batched = next_token_probs(model, rows, candidates, batch_size=2)
+    alone = torch.cat([next_token_probs(model, [r], candidates, batch_size=1) for r in rows])
+    assert batched.shape == (5, 3) and torch.allclose(batched, alone, atol=1e-5)
+    assert not torch.allclose(batched[0], batched[3], atol=1e-5)  # different rows: the check can see a swap

@@ -37,10 +37,14 @@ def last_prompt(conv: Conversation) -> str:
     return conv.prompt_turns[-1].content if conv.prompt_turns else ""
 
 
+IDENTITY_FILES = ("identity.jsonl", "identity_paraphrases.jsonl")  # hand-written; the teacher's rewrites of them
+
+
 def shipped_training_sets(name: str, author: str) -> tuple[list[Conversation], list[Conversation]]:
     """(identity conversations with `name` and `author` filled in, distilled general answers in rank order)."""
     subs = {"name": name, "author": author}
-    identity = load_conversations(DataSpec(path=str(resource("identity.jsonl")), substitutions=subs))[0]
+    identity = [c for f in IDENTITY_FILES
+                for c in load_conversations(DataSpec(path=str(resource(f)), substitutions=subs))[0]]
     return identity, load_conversations(DataSpec(path=str(resource("demo_general.jsonl"))))[0]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -78,18 +79,45 @@ RUBRIC_REFERENCE_PROMPT = (
     "answer need not use its words):\n{reference}\n\nAnswer to grade:\n{answer}\n\n" + _GRADES)
 
 
-class RubricJudge:
-    """Grades each answer alone (expected 1-5 grade from the judge's digit probabilities) and compares the grades:
-    with no second answer in the prompt there is no position to be biased by, so both orders agree by
-    construction. A grade difference below `tie_margin` is a tie. `references` (prompt -> a good answer) are shown
-    to the judge beside the prompts they answer (reference-guided grading)."""
+YES_NO_PROMPT = (
+    "Here is a request to an assistant and the assistant's answer.\n\nRequest:\n{prompt}\n\nAnswer:\n{answer}\n\n"
+    "Is this a good answer: correct, on topic, helpful, and ending cleanly (not repeating the request, not running "
+    "on, not cut off)? A short, polite refusal of a harmful request is a good answer. Reply Yes or No.")
 
-    def __init__(self, model, tokenizer, tie_margin: float = 0.25, max_length: int = 2048, batch_size: int = 4,
+
+@dataclass(frozen=True)
+class Scale:
+    """How a single-answer judge is asked and read: its question, the tokens it may answer with and their values."""
+
+    prompt: str
+    tokens: tuple[str, ...]
+    values: tuple[float, ...]
+    tie_margin: float
+    reference_prompt: str | None = None
+
+
+SCALES = {
+    "rubric": Scale(RUBRIC_PROMPT, tuple("12345"), (1, 2, 3, 4, 5), 0.25, RUBRIC_REFERENCE_PROMPT),
+    "yes_no": Scale(YES_NO_PROMPT, ("Yes", "No"), (1, 0), 0.1),
+}
+
+
+class RubricJudge:
+    """Grades each answer alone and compares the grades: with no second answer in the prompt there is no position
+    to be biased by, so both orders agree by construction. `scale` rubric: the expected 1-5 grade from the judge's
+    digit probabilities; yes_no: p("Yes") to "is this a good answer?". A grade difference below the scale's tie
+    margin is a tie. `references` (prompt -> a good answer; rubric only) are shown to the judge beside the prompts
+    they answer (reference-guided grading)."""
+
+    def __init__(self, model, tokenizer, scale: str = "rubric", max_length: int = 2048, batch_size: int = 4,
                  references: dict[str, str] | None = None):
-        self.model, self.tok, self.tie_margin = model, tokenizer, tie_margin
+        self.model, self.tok, self.scale = model, tokenizer, SCALES[scale]
+        self.tie_margin = self.scale.tie_margin
+        if references and self.scale.reference_prompt is None:
+            raise ValueError(f"the {scale} judge takes no reference answers")
         self.references = references or {}
         self.max_length, self.batch_size = max_length, batch_size
-        self.ids = single_token_ids(tokenizer, list("12345"), "the rubric judge")
+        self.ids = single_token_ids(tokenizer, list(self.scale.tokens), f"the {scale} judge")
         self.grades: dict[tuple[str, str], float] = {}
 
     def grade_many(self, pairs: list[tuple[str, str]]) -> list[float]:
@@ -101,7 +129,7 @@ class RubricJudge:
             rows.append(chat_ids(self.tok, msgs)[-self.max_length:])  # answers' special-token text stays text
         if rows:
             probs = next_token_probs(self.model, rows, self.ids, pad_id_of(self.tok), self.batch_size)
-            weights = torch.arange(1, 6, dtype=probs.dtype)
+            weights = torch.tensor(self.scale.values, dtype=probs.dtype)
             for pa, row in zip(todo, probs, strict=True):
                 self.grades[pa] = float((row * weights).sum())
         return [self.grades[pa] for pa in pairs]
@@ -110,8 +138,8 @@ class RubricJudge:
         """The grading request for one answer, with the prompt's reference answer when there is one."""
         ref = self.references.get(prompt)
         if ref is None:
-            return RUBRIC_PROMPT.format(prompt=prompt[:2000], answer=answer[:1000])
-        return RUBRIC_REFERENCE_PROMPT.format(prompt=prompt[:2000], reference=ref[:1000], answer=answer[:1000])
+            return self.scale.prompt.format(prompt=prompt[:2000], answer=answer[:1000])
+        return self.scale.reference_prompt.format(prompt=prompt[:2000], reference=ref[:1000], answer=answer[:1000])
 
     def judge_many(self, triples: list[tuple[str, str, str]]) -> list[Verdict]:
         ga = self.grade_many([(p, a) for p, a, _ in triples])

@@ -188,11 +188,11 @@ PER_MODEL = {"nll": eval_nll, "instruction_following": eval_instruction, "identi
 def build_judge(ev: JudgeEval, references: dict[str, str] | None = None):
     if ":" in ev.judge and not ev.base_url and not Path(ev.judge).exists():
         return import_callable(ev.judge, "judge")
-    if ev.mode in ("logprob", "rubric") or (ev.mode == "auto" and not ev.base_url):
+    if ev.mode in ("logprob", "rubric", "yes_no") or (ev.mode == "auto" and not ev.base_url):
         from sftlab.models.loading import load_lm
 
-        if ev.mode == "rubric":
-            return RubricJudge(*load_lm(ev.judge), references=references)
+        if ev.mode in ("rubric", "yes_no"):
+            return RubricJudge(*load_lm(ev.judge), scale=ev.mode, references=references)
         return LogprobJudge(*load_lm(ev.judge))
     from sftlab.generation.factory import build_generator
 

@@ -87,12 +87,14 @@ def next_token_probs(model, rows: list[list[int]], candidates: list[int], pad_id
     candidate tokens (a rating digit, an "A"/"B" verdict). One forward pass per row, no generation."""
     device = next(model.parameters()).device
     contiguous_head_input(model)
-    out = []
-    for i in range(0, len(rows), batch_size):
-        ids, mask = left_pad(rows[i:i + batch_size], pad_id)  # the last position is every row's next token
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i]))  # batches of similar lengths: less padding
+    out = torch.empty(len(rows), len(candidates))
+    for start in range(0, len(rows), batch_size):
+        idx = order[start:start + batch_size]
+        ids, mask = left_pad([rows[i] for i in idx], pad_id)  # the last position is every row's next token
         logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), logits_to_keep=1).logits[:, -1]
-        out.append(torch.softmax(logits[:, candidates].float(), dim=-1).cpu())
-    return torch.cat(out) if out else torch.empty(0, len(candidates))
+        out[idx] = torch.softmax(logits[:, candidates].float(), dim=-1).cpu()
+    return out
 
 
 @dataclass

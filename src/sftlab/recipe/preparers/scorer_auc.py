@@ -13,7 +13,9 @@ from sftlab.data.writers import write_json
 from sftlab.errors import ConfigError, DataError
 from sftlab.recipe.preparers.pools import QUICK_RECORDS
 
-AUC_SCORERS = ("heuristics", "length", "perplexity", "ifd", "judge", "judge_logprob", "rubric", "rubric_reference")
+AUC_SCORERS = ("heuristics", "length", "perplexity", "ifd", "judge", "judge_logprob", "rubric", "rubric_reference",
+               "yes_no")
+JUDGES = ("rubric", "rubric_reference", "yes_no")  # the evaluation's judges: each answer graded alone
 
 
 def _label(rec: Any, source: str, location: str) -> bool:
@@ -69,14 +71,15 @@ def _quality_scores(name: str, convs: list[Conversation], model: str, max_length
         return [0.0 if check(last_prompt(c), c.last_response or "", rules) else 1.0 for c in convs], True, None
     if name == "length":
         return [float(len(c.last_response or "")) for c in convs], True, None
-    if name in ("rubric", "rubric_reference", "ifd", "perplexity") and "lm" not in shared:
+    if name in (*JUDGES, "ifd", "perplexity") and "lm" not in shared:
         shared["lm"] = load_lm(model)  # loaded once for all of them
-    if name in ("rubric", "rubric_reference"):  # the evaluation's judge: each answer graded alone, 1-5
+    if name in JUDGES:
         from sftlab.evaluate.judge import RubricJudge
 
         prompts = [last_prompt(c) for c in convs]
         refs = _own_answers(shared["lm"], prompts) if name == "rubric_reference" else None
-        judge = RubricJudge(*shared["lm"], max_length=max_length, references=refs)
+        judge = RubricJudge(*shared["lm"], scale="yes_no" if name == "yes_no" else "rubric", max_length=max_length,
+                            references=refs)
         return judge.grade_many([(p, c.last_response or "") for p, c in zip(prompts, convs, strict=True)]), True, None
     settings = ScorerSettings(type=name, model=model, max_length=max_length, batch_size=4)
     if name in ("ifd", "perplexity"):  # one pass gives both: IFD = conditional NLL / NLL of the reply alone
