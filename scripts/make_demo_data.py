@@ -21,7 +21,7 @@ from pathlib import Path
 
 from sftlab.data.shipped import heldout_prompts, prompt_key
 from sftlab.data.writers import write_jsonl
-from sftlab.textutil import words
+from sftlab.textutil import CJK, words
 
 ROOT = Path(__file__).resolve().parents[1]
 BUILD = ROOT / "data" / "demo" / "build"
@@ -45,7 +45,6 @@ PARAPHRASE = {  # the task, in the question's language
           'questions only, one per line.',
     "zh": '用三种不同的说法改写这句对AI助手说的话：“{q}”\n只写改写后的三句话，每行一句，不要回答。'}
 PARAPHRASES_PER_QUESTION = 3
-CJK = re.compile(r"[\u3400-\u9fff]")
 STOPWORDS = {"the", "and", "are", "is", "was", "this", "that", "what", "who", "which", "how", "can", "for", "with"}
 NEAR_HELDOUT = 0.5  # character 5-gram Jaccard to a held-out prompt at or above which a rewrite is dropped (the
 # test that held-out prompts are unseen fails at 0.6)

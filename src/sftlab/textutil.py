@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 import unicodedata
 
-_CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
+CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")  # Chinese characters (CJK ideographs)
 _LATIN = re.compile(r"[A-Za-z]")
 _WORD = re.compile(r"\w+", re.UNICODE)
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
@@ -14,7 +14,7 @@ _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 
 def script(text: str) -> str:
     """'zh' when CJK characters dominate the letters, 'latin' otherwise ('' for no letters)."""
-    cjk, latin = len(_CJK.findall(text)), len(_LATIN.findall(text))
+    cjk, latin = len(CJK.findall(text)), len(_LATIN.findall(text))
     if cjk == latin == 0:
         return ""
     return "zh" if cjk * 2 >= latin else "latin"
@@ -33,7 +33,7 @@ def words(text: str) -> list[str]:
     """Word tokens; each CJK character counts as a word so n-grams work for Chinese too."""
     out = []
     for w in _WORD.findall(unicodedata.normalize("NFKC", text).lower()):
-        if _CJK.search(w):
+        if CJK.search(w):
             out.extend(w)
         else:
             out.append(w)

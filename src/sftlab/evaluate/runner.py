@@ -23,7 +23,7 @@ from sftlab.data.schema import Conversation, Turn
 from sftlab.data.writers import write_text
 from sftlab.errors import ConfigError
 from sftlab.evaluate.checks import mentions_identity, same_language, wilson_interval
-from sftlab.evaluate.judge import AnyJudge, LogprobJudge, ModelJudge, RubricJudge, pairwise_winrate
+from sftlab.evaluate.judge import SCALES, AnyJudge, LogprobJudge, ModelJudge, RubricJudge, pairwise_winrate
 from sftlab.evaluate.nll import heldout_response_nll
 from sftlab.evaluate.numeric_answers import final_answer_accuracy
 from sftlab.evaluate.suite import (
@@ -188,10 +188,10 @@ PER_MODEL = {"nll": eval_nll, "instruction_following": eval_instruction, "identi
 def build_judge(ev: JudgeEval, references: dict[str, str] | None = None):
     if ":" in ev.judge and not ev.base_url and not Path(ev.judge).exists():
         return import_callable(ev.judge, "judge")
-    if ev.mode in ("logprob", "rubric", "yes_no") or (ev.mode == "auto" and not ev.base_url):
+    if ev.mode == "logprob" or ev.mode in SCALES or (ev.mode == "auto" and not ev.base_url):
         from sftlab.models.loading import load_lm
 
-        if ev.mode in ("rubric", "yes_no"):
+        if ev.mode in SCALES:  # each answer graded alone
             return RubricJudge(*load_lm(ev.judge), scale=ev.mode, references=references)
         return LogprobJudge(*load_lm(ev.judge))
     from sftlab.generation.factory import build_generator
