@@ -74,7 +74,7 @@ def run_variant(out: Path, name: str, overrides: dict, seed: int, split: tuple[l
          "general_prompts": prompts[DEV_IDENTITY:]},
         {"type": "instruction_following", "prompts": prompts}]})
     tuned = load_subjects(MODEL, adapter=result.final_dir, cache_path=run / "generations.sqlite", batch_size=16,
-                          dtype="bfloat16")[1]
+                          dtype="auto")[1]
     res = run_suite(suite, [tuned]).evaluators
     value = {k: m["tuned"]["value"] for e in res.values() for k, m in e["metrics"].items()}
     misses = [s["prompt"] for s in res["identity"]["samples"]

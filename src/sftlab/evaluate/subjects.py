@@ -18,15 +18,19 @@ def load_subjects(model: str, *, adapter: str | Path | None = None, tuned: str |
                   device: str | None = "auto", reuse: list[Path] = ()) -> list[Subject]:
     """[base, tuned]. With an adapter the tuned model is base + adapter and the base is the same weights with
     the adapter disabled (one copy in memory). `dtype` bfloat16 halves the weights each decoding step reads
-    (about 2x faster generation on a CPU with bf16 support); the cache keys include it. `device` "auto": the GPU
+    (about 2x faster generation on a CPU with bf16 support; "auto" picks it where it is fast); the cache keys
+    include the dtype used. `device` "auto": the GPU
     when there is one. Both models use the tuned model's tokenizer and chat template. `reuse`: other generation
     caches read on a miss (see GenerationCache)."""
     from sftlab.generation.transformers_backend import TransformersGenerator
     from sftlab.models.causal_lm import load_causal_lm
+    from sftlab.models.loading import default_device, resolve_dtype
 
     if (adapter is None) == (tuned is None):
         raise ValueError("give exactly one of an adapter or a tuned model")
-    options = {"tokenizer_from": adapter or tuned, "chat_template": None, "dtype": dtype, "device": device}
+    torch_dtype = resolve_dtype(dtype, default_device() if device == "auto" else device)
+    dtype = str(torch_dtype).removeprefix("torch.")  # the cache keys name the dtype used, "auto" resolved
+    options = {"tokenizer_from": adapter or tuned, "chat_template": None, "dtype": torch_dtype, "device": device}
     base = load_causal_lm(model, adapter=adapter, merge_adapter=False, **options)
     tok = base.tokenizer
     cache = GenerationCache(cache_path, also_read=reuse) if cache_path else None

@@ -9,15 +9,17 @@ from pathlib import Path
 import torch
 from transformers import TrainingArguments
 
+from sftlab.models.loading import fast_bf16
 from sftlab.train.config import TrainConfig
 
 
 def precision_flags(precision: str) -> dict[str, bool]:
-    """bf16 autocast where supported (this CPU multiplies bf16 ~2-4x faster than fp32), master weights fp32."""
+    """bf16 autocast where it is fast (a CPU with AVX512-BF16/AMX multiplies bf16 ~2-4x faster than fp32; one
+    without emulates it, 4x slower), master weights fp32."""
     if precision == "auto" and torch.cuda.is_available():
         precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     elif precision == "auto":
-        precision = "bf16"  # CPU autocast: fast with AVX512-BF16/AMX, correct (if slower) elsewhere
+        precision = "bf16" if fast_bf16("cpu") else "fp32"
     return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
 
 

@@ -150,6 +150,8 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, conso
     run_dir = on_main_process(prepare_run_dir, cfg, resume, overwrite)  # process 0 writes the run folder
     set_seed(cfg.seed)
     flags = precision_flags(cfg.precision)
+    if cfg.precision == "auto" and not any(flags.values()):
+        console.print("precision: fp32 (no fast bf16 here: the CPU has neither AVX512-BF16 nor AMX)")
     bf16_base = lora_base_in_bf16(cfg, flags)
     model, tok = setup_model(cfg, bf16_base)
     dataset = setup_data(cfg, tok, run_dir, console)

