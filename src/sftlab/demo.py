@@ -4,8 +4,9 @@ Data, all shipped in sftlab/resources (no other data needed): identity conversat
 {{author}}") and general answers distilled from the packaged Qwen2.5-Coder-1.5B-Instruct teacher, then filtered
 and diversity-ranked (`scripts/make_demo_data.py` regenerates them). Held-out prompts (identity paraphrases and
 general prompts in no training file) and the teacher's answers to them are shipped too. Training: LoRA with bf16
-autocast on the CPU. Check: greedy generations of base vs tuned on the held-out prompts (held-out response NLL,
-identity and collapse, answered-and-stopped, a teacher-judged win-rate), then an HTML + Markdown report.
+autocast where the CPU has fast bf16 (else fp32). Check: greedy generations of base vs tuned on the held-out
+prompts (held-out response NLL, identity and collapse, answered-and-stopped, a teacher-judged win-rate), then an
+HTML + Markdown report.
 """
 
 from __future__ import annotations

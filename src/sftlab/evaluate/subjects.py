@@ -19,8 +19,8 @@ def load_subjects(model: str, *, adapter: str | Path | None = None, tuned: str |
     """[base, tuned]. With an adapter the tuned model is base + adapter and the base is the same weights with
     the adapter disabled (one copy in memory). `dtype` bfloat16 halves the weights each decoding step reads
     (about 2x faster generation on a CPU with bf16 support; "auto" picks it where it is fast); the cache keys
-    include the dtype used. `device` "auto": the GPU when there is one. Both models use the tuned model's tokenizer and chat template. `reuse`: other generation
-    caches read on a miss (see GenerationCache)."""
+    include the dtype used. `device` "auto": the GPU when there is one. Both models use the tuned model's
+    tokenizer and chat template. `reuse`: other generation caches read on a miss (see GenerationCache)."""
     from sftlab.generation.transformers_backend import TransformersGenerator
     from sftlab.models.causal_lm import load_causal_lm
     from sftlab.models.loading import default_device, resolve_dtype
