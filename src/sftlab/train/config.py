@@ -71,7 +71,8 @@ class TrainConfig(BaseModel):
     max_grad_norm: float = Field(1.0, gt=0, description="Gradients are clipped to this global norm.")
     seed: int = Field(42, ge=0, le=2**32 - 1, description="Seeds weight init (LoRA), data order and dropout.")
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
-        "auto", description="auto: bf16 autocast where the hardware supports it (CPU included), fp32 master weights.")
+        "auto", description="auto: bf16 autocast where it is fast (a GPU; a CPU with AVX512-BF16 or AMX), else fp32 "
+                           "(fp16 on a GPU without bf16); fp32 master weights.")
     lora_base_dtype: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="dtype of the frozen base weights under LoRA (LoRA weights stay fp32); auto: bf16 when "
                             "training in bf16.")
