@@ -313,7 +313,7 @@ def test_fsdp_lora_checkpoints_resumes_and_saves_an_adapter_peft_loads(setup, tw
     loss_diff, weight_diff = _compare(two_processes[0], run)
     print(f"FSDP LoRA 2 processes (resumed at step 2) vs DDP: max abs diff loss {loss_diff:.3g}, "
           f"adapter {weight_diff:.3g}")
-    assert loss_diff < 1e-5 and weight_diff < 1e-6
+    assert loss_diff < 1e-5 and weight_diff < 1e-5  # fp32 reduction order: 1.5e-6 on an AVX-512 CPU without bf16
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     ids = torch.tensor([[5, 6, 7, 8]])
     before = base(input_ids=ids).logits
