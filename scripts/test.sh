@@ -6,6 +6,6 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 .venv/bin/ruff check src tests bench
 if [ "${SFTLAB_FAST:-0}" = "1" ]; then
-  exec .venv/bin/python -m pytest -q -m "not slow" "$@"
+  exec .venv/bin/python -m pytest -q --durations=25 -m "not slow" "$@"
 fi
-exec .venv/bin/python -m pytest -q "$@"
+exec .venv/bin/python -m pytest -q --durations=25 "$@"
