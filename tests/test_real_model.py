@@ -25,9 +25,11 @@ def test_gemma_lora_loss_drops_and_adapter_reloads(tmp_path):
              for q in ("Who are you?", "What is your name?", "Introduce yourself.", "Who built you?")]
     data = tmp_path / "id.jsonl"
     write_jsonl(data, convs)
+    # eager: compiling gemma's layers added 100 s to this test on a 2-core CPU; test_train checks that compiled
+    # layers train like eager ones
     cfg = make_config({"model": "gemma-3-270m", "data": [str(data)], "output_dir": str(tmp_path / "run"),
                        "max_steps": 6, "batch_size": 4, "grad_accum": 1, "learning_rate": 1e-3,
-                       "warmup_ratio": 0.0, "save_steps": 100, "seed": 0})
+                       "warmup_ratio": 0.0, "save_steps": 100, "seed": 0, "compile": False, "compile_loss": False})
     result = train(cfg)
     base_path = resolve_model_path("gemma-3-270m")
     assert json.loads((result.final_dir / "sftlab.json").read_text())["chat_template"] == "gemma"
