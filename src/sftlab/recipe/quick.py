@@ -13,6 +13,7 @@ TRAIN = {"max_steps": 2, "batch_size": 2, "grad_accum": 1, "save_steps": 1, "max
          "report_to": ["none"], "logging_steps": 1}
 JOB_CAPS = {"max_prompts": 3, "max_new_tokens": 8, "batch_size": 4, "k": 2, "n": 1}
 PROMPT_LISTS = ("prompts", "identity_prompts", "general_prompts")
+POOL_RECORDS = 40
 
 
 def tiny_model() -> str:
@@ -48,6 +49,15 @@ def _shrink_suite(suite: dict[str, Any]) -> None:
             ev["data"]["max_records"] = min(ev["data"].get("max_records") or 3, 3)
 
 
+def _capped(source: Any) -> Any:
+    """A pool source read only up to POOL_RECORDS records (scoring and embedding a whole pool took most of a
+    quick run)."""
+    source = {"path": source} if isinstance(source, str) else source
+    if isinstance(source, dict):
+        source["max_records"] = min(source.get("max_records") or POOL_RECORDS, POOL_RECORDS)
+    return source
+
+
 def _shrink(stage: dict[str, Any]) -> None:
     kind = stage.get("type")
     if kind == "train" and isinstance(stage.get("config"), dict):
@@ -60,6 +70,7 @@ def _shrink(stage: dict[str, Any]) -> None:
             job["keep_unfinished"] = True  # a tiny random teacher never ends its turn
     elif kind == "filter" and isinstance(stage.get("config"), dict):
         stage["config"]["target_size"] = min(stage["config"].get("target_size") or 4, 4)
+        stage["config"]["pool"] = [_capped(source) for source in stage["config"].get("pool") or []]
     elif kind == "eval" and isinstance(stage.get("suite"), dict):
         _shrink_suite(stage["suite"])
         stage["batch_size"] = 4
