@@ -54,10 +54,19 @@ def test_split_counts_disjoint_by_first_message_and_seeded(glaive, split, tmp_pa
     assert all(c.tools is None for c in train) and sum(c.tools is not None for c in held) > 30
     source = {c.id: c for c in load_conversations(str(glaive))[0]}
     assert all(c.tools == (source[c.id].tools or None) for c in held)  # the evaluator validates against these
+    trained = {call["name"] for c in train for t in c.turns for call in t.tool_calls or []}
+    expected = [c.turns[next(i for i, t in enumerate(c.turns) if t.role == "assistant")].tool_calls for c in held]
+    assert all(e[0]["name"] in trained for e in expected if e)  # never a tool the model could not have learnt
+    assert counts["heldout_calls_to_untrained_tools_skipped"] > 0  # Glaive has such calls: the split avoided them
     again = toolcall_split(tmp_path / "again", source=str(glaive), seed=0)
     assert again == counts and (tmp_path / "again" / "train.jsonl").read_bytes() == (out / "train.jsonl").read_bytes()
     toolcall_split(tmp_path / "other", source=str(glaive), seed=1)
     assert (tmp_path / "other" / "heldout.jsonl").read_bytes() != (out / "heldout.jsonl").read_bytes()
+
+
+def test_split_refuses_more_held_out_calls_than_trained_tools_allow(glaive, tmp_path):
+    with pytest.raises(ConfigError, match="heldout=150 needs .* a tool that the training data also calls"):
+        toolcall_split(tmp_path, source=str(glaive), heldout=150)
 
 
 def test_rendered_training_text_has_no_tool_schema(glaive, split, tiny_tokenizer):

@@ -12,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from sftlab.cli import app
+from sftlab.recipe.report import cpu_model, machine
 from sftlab.recipe.results import list_recipes
 from sftlab.recipe.spec import load_recipe
 
@@ -47,4 +48,15 @@ def test_every_recipe_runs_quick_and_fills_results(tmp_path, monkeypatch, one_to
             missing = [m for m in row["metrics"] if "missing" in m]
             assert not missing, (spec.name, missing)
             assert f"| {spec.name} | {row['model']}: " in page
+            assert row["machine"] == machine() and "cores, " in row["machine"]  # which CPU, and its precision
         assert set(stored["measures"]) == set(spec.result.measures)
+
+
+def test_cpu_model_names_the_cpu_or_none(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 7B13\nflags\t\t: avx2\n\n"
+                    "processor\t: 1\nmodel name\t: AMD EPYC 7B13\n")
+    assert cpu_model(info) == "AMD EPYC 7B13"
+    info.write_text("processor\t: 0\nflags\t\t: avx2\n")  # no model name (some ARM kernels)
+    assert cpu_model(info) is None
+    assert cpu_model(tmp_path / "absent") is None

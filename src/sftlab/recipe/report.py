@@ -17,12 +17,26 @@ from sftlab.data.writers import write_json, write_text
 
 
 def machine() -> str:
-    """Where the numbers came from: the CPU (or GPU) and its core count."""
+    """Where the numbers came from: the GPU, or the CPU's model, core count and whether it has fast bf16 (times differ
+    2x between CPUs of the same core count)."""
     import torch
+
+    from sftlab.models.loading import fast_bf16
 
     if torch.cuda.is_available():
         return f"{torch.cuda.get_device_name(0)} x{torch.cuda.device_count()}"
-    return f"{platform.machine()} CPU, {os.cpu_count()} cores"
+    precision = "fast bf16" if fast_bf16("cpu") else "no fast bf16"
+    return f"{cpu_model() or platform.machine() + ' CPU'}, {os.cpu_count()} cores, {precision}"
+
+
+def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str | None:
+    """The CPU's marketing name from /proc/cpuinfo (Linux), e.g. "AMD EPYC"; None where it is not readable."""
+    try:
+        lines = cpuinfo.read_text(errors="replace").splitlines()
+    except OSError:
+        return None
+    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name") and ":" in line]
+    return names[0] if names and names[0] else None
 
 
 def _examples(train_out: dict[str, Any]) -> int | None:
