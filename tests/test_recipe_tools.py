@@ -140,6 +140,18 @@ def test_arguments_checked_against_the_schema_of_the_function_called(reply, righ
     assert s["correct"] is (right and valid) and error in s["error"]
 
 
+@pytest.mark.parametrize(("reply", "names", "parsed"), [
+    ('<tool_call>{"name": "get_weather", "arguments": {"city": "Oslo"}, "arguments": {"c', True, False),  # cut off
+    ('<tool_call>{"name": "get_weather", "arguments": {"city": 1000000000000000000000', True, False),
+    ('<tool_call>{"name": "get_weather", "arguments": {"city": "Oslo"}}</tool_call>', True, True),
+    ('<tool_call>{"name": "get_city_weather", "arguments": {"city": "Oslo"}}</tool_call>', False, True),
+    ('I would call get_weather for Oslo.', False, False),  # a name in prose is not a call
+])
+def test_naming_the_function_is_scored_apart_from_a_parseable_call(reply, names, parsed):
+    s = score_tool_call(reply, {"name": "get_weather", "arguments": {"city": "Oslo"}}, WEATHER)
+    assert (s["names_function"], s["parsed"], s["right_function"]) == (names, parsed, names and parsed)
+
+
 def test_no_call_cases_and_a_broken_schema():
     assert score_no_call("It is sunny in Oslo.") == {"parsed": False, "no_call": True, "error": ""}
     s = score_no_call('<tool_call>{"name": "get_weather", "arguments": {"city": "Oslo"}}</tool_call>')
@@ -201,8 +213,9 @@ def test_suite_with_and_without_descriptions(tmp_path, tiny_model_dir, one_torch
     res = run_suite(suite, subjects)
     assert list(res.evaluators) == ["with_descriptions", "without_descriptions"]
     for name, ev in res.evaluators.items():
-        for key, n in [("tool_call_correct", 1), ("right_function", 1), ("args_valid", 1), ("parseable_call", 1),
-                       ("same_arguments", 1), ("no_call_when_none_needed", 2)]:
+        for key, n in [("tool_call_correct", 1), ("right_function", 1), ("names_right_function", 1),
+                       ("args_valid", 1), ("parseable_call", 1), ("same_arguments", 1),
+                       ("no_call_when_none_needed", 2), ("stopped_at_end_of_turn", 3)]:
             for label in ("base", "tuned"):
                 m = ev["metrics"][key][label]
                 assert m["n"] == n and 0.0 <= m["value"] <= 1.0 and len(m["ci95"]) == 2, (name, key, m)

@@ -159,8 +159,10 @@ def eval_tool_calls(ev: ToolCallEval, subject: Subject, budget: int) -> tuple[di
                 **s} for g, c, s in zip(gens, cases, scores, strict=True)]
     metrics = {key: rate_metric([s[flag] for s in calls]) for key, flag in (
         ("tool_call_correct", "correct"), ("parseable_call", "parsed"), ("right_function", "right_function"),
-        ("args_valid", "args_valid"), ("same_arguments", "same_arguments"))}
-    return {**metrics, "no_call_when_none_needed": rate_metric([s["no_call"] for s in none_needed])}, samples
+        ("names_right_function", "names_function"), ("args_valid", "args_valid"),
+        ("same_arguments", "same_arguments"))}
+    return {**metrics, "no_call_when_none_needed": rate_metric([s["no_call"] for s in none_needed]),
+            "stopped_at_end_of_turn": rate_metric([g[0].finished for g in gens])}, samples
 
 
 def eval_custom(ev: CustomEval, subject: Subject, budget: int) -> tuple[dict, list]:

@@ -14,6 +14,7 @@ from sftlab.data.schema import Conversation
 
 _TAGGED = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.S)
 _FENCED = re.compile(r"```(?:json)?\s*(.*?)```", re.S)
+_NAME = re.compile(r'"name"\s*:\s*"([^"]*)"')
 
 
 def _json_objects(text: str):
@@ -78,13 +79,15 @@ def argument_error(call: dict[str, Any], expected: dict[str, Any], tools: list[d
 
 
 def score_tool_call(reply: str, expected: dict[str, Any], tools: list[dict[str, Any]] | None) -> dict[str, Any]:
-    """{"parsed", "right_function", "args_valid", "same_arguments", "correct", "error"} for a reply that should
-    call `expected`. correct: the right function with valid arguments; args_valid: the arguments satisfy the
-    schema of the function called (see `argument_error`); same_arguments: the right function with exactly the
-    expected arguments."""
+    """{"parsed", "right_function", "names_function", "args_valid", "same_arguments", "correct", "error"} for a
+    reply that should call `expected`. correct: the right function with valid arguments; names_function: the first
+    `"name": "..."` in the reply is the right function, whether or not the call parses (knowing the tool apart from
+    writing valid JSON); args_valid: the arguments satisfy the schema of the function called (see
+    `argument_error`); same_arguments: the right function with exactly the expected arguments."""
     call = parse_tool_call(reply)
+    named = _NAME.search(reply)
     out = {"parsed": call is not None, "right_function": False, "args_valid": False, "same_arguments": False,
-           "correct": False, "error": ""}
+           "correct": False, "error": "", "names_function": bool(named) and named.group(1) == expected["name"]}
     if call is None:
         out["error"] = "no parseable tool call"
         return out
