@@ -9,7 +9,7 @@ import pytest
 from sftlab.data.loading import load_conversations
 from sftlab.data.schema import Conversation, Turn
 from sftlab.errors import ConfigError, DataError
-from sftlab.evaluate.toolcalls import expects_call, score_no_call, score_tool_call, tool_cases
+from sftlab.evaluate.toolcalls import expects_call, first_reply_index, score_no_call, score_tool_call, tool_cases
 from sftlab.recipe.preparers.tools import toolcall_split, without_tool_descriptions
 from sftlab.textutil import normalize
 
@@ -55,7 +55,7 @@ def test_split_counts_disjoint_by_first_message_and_seeded(glaive, split, tmp_pa
     source = {c.id: c for c in load_conversations(str(glaive))[0]}
     assert all(c.tools == (source[c.id].tools or None) for c in held)  # the evaluator validates against these
     trained = {call["name"] for c in train for t in c.turns for call in t.tool_calls or []}
-    expected = [c.turns[next(i for i, t in enumerate(c.turns) if t.role == "assistant")].tool_calls for c in held]
+    expected = [c.turns[first_reply_index(c)].tool_calls for c in held]
     assert all(e[0]["name"] in trained for e in expected if e)  # never a tool the model could not have learnt
     assert counts["heldout_calls_to_untrained_tools_skipped"] > 0  # Glaive has such calls: the split avoided them
     again = toolcall_split(tmp_path / "again", source=str(glaive), seed=0)

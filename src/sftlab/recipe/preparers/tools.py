@@ -100,16 +100,18 @@ def _split(groups: dict[str, list[Conversation]], n_heldout: int, rng: random.Ra
     no_calls = set(candidates[False][:n_heldout - n_call])
     trained = Counter(name for k in keys if k not in no_calls for name in _called(groups[k]))  # groups calling each
     calls: list[str] = []
+    skipped = 0
     for k in candidates[True]:
         if len(calls) == n_call:
             break
         if trained[_first_call_name(groups[k][0])] > 1:  # another group, left in training, calls it too
             calls.append(k)
             trained.subtract(_called(groups[k]))
+        else:
+            skipped += 1
     if len(calls) < n_call:
         raise ConfigError(f"toolcall_split: heldout={n_heldout} needs {n_call} conversations whose first reply calls "
                           f"a tool that the training data also calls; {spec.path} has {len(calls)}: ask for fewer")
-    skipped = candidates[True].index(calls[-1]) + 1 - len(calls) if calls else 0
     chosen = no_calls | set(calls)
     held = [groups[k][0] for k in keys if k in chosen]
     train = [c for k in keys if k not in chosen for c in groups[k]]
