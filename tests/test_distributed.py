@@ -130,6 +130,15 @@ def _train_worker(config: str, *phases: str) -> None:
             train(load_config(config), resume=True)
 
 
+def _cli_worker(*args: str) -> None:
+    """`sftlab ARGS` as `python -m sftlab` runs it, then whether the process group is still open (it must not
+    be: left to interpreter exit, gloo's threads once aborted a finished process and failed the launch)."""
+    from sftlab.cli import app
+
+    app(list(args), standalone_mode=False)
+    print(f"process group open after sftlab: {torch.distributed.is_initialized()}")
+
+
 # ---------------------------------------------------------------- the tests
 
 
@@ -215,7 +224,7 @@ def two_processes(setup):
     """LoRA on 2 processes of one machine, accumulation 1 (the shipped DDP config)."""
     folder, write_config = setup
     out = _launch("--config_file", str(RECIPES / "ddp.yaml"), "--num_processes", "2",
-                  "-m", "sftlab", "train", str(write_config("ddp2")), "--overwrite")
+                  __file__, "cli", "train", str(write_config("ddp2")), "--overwrite")
     return folder / "ddp2", out
 
 
@@ -238,6 +247,7 @@ def test_two_processes_equal_one_process_with_accumulation(setup, two_processes,
     assert (m2["tokens_seen"], m2["trained_tokens_seen"]) == (m1["tokens_seen"], m1["trained_tokens_seen"])
     # process 0 alone wrote the run folder, the log and the progress bar
     assert output.count("data: 16 examples") == 1 and output.count("saved lora result") == 1
+    assert output.count("process group open after sftlab: False") == 2  # closed by both processes
     assert len(list((two / "tb").iterdir())) == 1
     steps = [json.loads(x)["step"] for x in (two / "metrics.jsonl").read_text().splitlines()]
     assert steps == [*range(1, STEPS + 1), STEPS]  # every step once, then the summary row
@@ -370,4 +380,4 @@ def test_deepspeed_zero2_lora_and_zero3_full_fine_tuning(setup, two_processes, o
 
 
 if __name__ == "__main__":
-    {"grad": _gradient_worker, "train": _train_worker}[sys.argv[1]](*sys.argv[2:])
+    {"grad": _gradient_worker, "train": _train_worker, "cli": _cli_worker}[sys.argv[1]](*sys.argv[2:])

@@ -46,12 +46,14 @@ def train_cmd(config: Path = typer.Argument(..., help="YAML config (see recipes/
     """SFT any causal LM (full or LoRA) on any dataset."""
     quiet()
     from sftlab.train.config import load_config
+    from sftlab.train.distributed import end_processes
     from sftlab.train.run import train
     from sftlab.yamlconfig import parse_set_items
 
     try:
         cfg = load_config(config, parse_set_items(set_))
         train(cfg, resume=resume, overwrite=overwrite, console=console)
+        end_processes()
     except SftlabError as e:
         fail(e)
 

@@ -84,6 +84,14 @@ def on_main_process(fn: Callable[..., Any], *args, **kwargs) -> Any:
     return value
 
 
+def end_processes() -> None:
+    """Waits for every process, then closes the process group: left to interpreter exit, its gloo threads can
+    abort a process that has finished its work ("terminate called without an active exception")."""
+    if _several():
+        torch.distributed.barrier()
+        process_state().destroy_process_group()
+
+
 def warn_if_sharding_ignored(trainer, console: Console) -> None:
     """accelerate turns an FSDP config into FSDP only on GPU-like devices: on CPU processes it runs DDP (every
     process holds the whole model) without a word."""
