@@ -89,6 +89,49 @@ def test_fast_loss_equals_model_loss(tiny_model_dir, tiny_tokenizer):
     fast.backward()  # and it is differentiable
 
 
+def test_fast_loss_trains_the_tied_template_token_rows_like_the_model_loss(tiny_model_dir, tiny_tokenizer):
+    """A head tied to an embedding whose template-token rows PEFT trains: the fast path must use and train those
+    rows (at the start they equal the frozen ones, so the loss check alone would not see them missing)."""
+    from sftlab.models.lora import attach_lora
+    from sftlab.templates.chat_templates import ensure_chat_template, template_token_ids
+    from sftlab.templates.masking import tokenize_conversation
+    from sftlab.train.config import LoraSettings
+    from sftlab.train.dataset import PadCollator
+    from sftlab.train.loss import reference_nll, response_nll
+
+    ensure_chat_template(tiny_tokenizer, "chatml")
+    rows = template_token_ids(tiny_tokenizer)
+    assert tiny_tokenizer.convert_ids_to_tokens(rows) == ["<|im_start|>", "<|im_end|>"]
+    tied = AutoModelForCausalLM.from_pretrained(tiny_model_dir, tie_word_embeddings=True)
+    model = attach_lora(tied, LoraSettings(dropout=0.0), new_token_ids=rows)
+    delta = next(p for n, p in model.named_parameters() if "trainable_tokens_delta" in n)
+    with torch.no_grad():
+        delta.add_(torch.randn_like(delta))  # trained rows that differ from the frozen ones
+    exs = [tokenize_conversation(tiny_tokenizer, Conversation([Turn("user", "q" * k), Turn("assistant", "a b " * k)]))
+           for k in (1, 3)]
+    batch = PadCollator(0)([{"input_ids": e.input_ids, "labels": e.labels} for e in exs])
+    grads = []
+    for nll in (response_nll, reference_nll):
+        model.zero_grad()
+        loss, _ = nll(model, batch["input_ids"], batch["attention_mask"], batch["labels"], chunk_size=3) \
+            if nll is response_nll else nll(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+        loss.backward()
+        grads.append((loss.detach(), delta.grad.clone()))
+    (fast, fast_grad), (ref, ref_grad) = grads
+    assert torch.allclose(fast, ref, rtol=1e-5)
+    assert ref_grad.abs().sum() > 0 and torch.allclose(fast_grad, ref_grad, rtol=1e-4, atol=1e-6)
+
+
+def test_lora_trains_and_saves_the_template_token_rows_when_asked(tiny_model_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    result = train(_cfg(tiny_model_dir, tmp_path, max_steps=2, lora={"train_template_tokens": True}))
+    saved = load_file(result.final_dir / "adapter_model.safetensors")
+    rows = [k for k in saved if "trainable_tokens" in k]
+    assert rows and saved[rows[0]].shape[0] == 2  # the template's two turn markers
+    assert json.loads((result.run_dir / "train_metrics.json").read_text())["fast_loss"] is True
+
+
 @pytest.mark.parametrize("method", ["lora", "full"])
 def test_saved_result_loads_with_plain_transformers_and_peft(tiny_model_dir, tmp_path, method):
     cfg = _cfg(tiny_model_dir, tmp_path, method=method, max_steps=3, gradient_checkpointing=True)

@@ -57,6 +57,12 @@ NAMED_TEMPLATES: dict[str, tuple[str, list[str]]] = {
 }
 
 
+def template_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """Ids of the special tokens the tokenizer's chat template writes as literal text (its turn markers)."""
+    template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else ""
+    return sorted(i for i, t in tokenizer.added_tokens_decoder.items() if t.special and t.content in template)
+
+
 def default_template_for(tokenizer: PreTrainedTokenizerBase) -> str:
     """Gemma's own turn markers when the vocabulary has them, else ChatML."""
     vocab = tokenizer.get_vocab()

@@ -29,6 +29,11 @@ class LoraSettings(BaseModel):
                                                 "module names (q_proj, v_proj...) or one regular expression matched "
                                                 "against full module names. Checked against the model before "
                                                 "training.")
+    train_template_tokens: bool = Field(
+        False, description="Also train the embedding rows of the special tokens the chat template writes (its turn "
+                           "markers), and so the tied output rows; saved in the adapter. A base model never saw "
+                           "them: their rows are untrained, almost the same as hundreds of unused tokens', and "
+                           "LoRA alone learns slowly to end a turn with them.")
 
     @field_validator("target_modules")
     @classmethod

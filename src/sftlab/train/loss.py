@@ -93,10 +93,14 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
     it is trained) formed in the same pass: only one chunk of logits ever exists, instead of full-vocabulary
     fp32 logits for every response token kept alive until backward (the largest tensor of a small model with
     a 262k vocabulary). Same matmuls as the plain way, no recomputation. The softmax over each chunk is one
-    fused compiled kernel when `compile` is true (falls back to eager)."""
+    fused compiled kernel when `compile` is true (falls back to eager).
+
+    `rows`/`row_weight`: only the rows `rows` of W are trained, as `row_weight` (PEFT's trainable token rows;
+    `weight` already holds their values): their gradient alone is formed, not the whole W's."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, chunk_size: int, softcap: float | None, compile: bool = False):
+    def forward(ctx, hidden, weight, targets, chunk_size: int, softcap: float | None, compile: bool = False,
+                rows: torch.Tensor | None = None, row_weight: torch.Tensor | None = None):
         device = hidden.device.type
         dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
         with torch.autocast(device, enabled=False):
@@ -104,6 +108,7 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
             grad_h = torch.empty_like(hidden, dtype=dtype)
             acc = torch.promote_types(dtype, torch.float32)
             grad_w = torch.zeros_like(weight, dtype=acc) if weight.requires_grad else None
+            grad_rows = torch.zeros_like(row_weight, dtype=acc) if row_weight is not None else None
             total = torch.zeros((), dtype=acc, device=hidden.device)
             for i in range(0, targets.numel(), chunk_size):
                 h = hidden[i:i + chunk_size].to(dtype)
@@ -125,17 +130,20 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
                 grad_h[i:i + chunk_size] = grad @ w
                 if grad_w is not None:  # bf16 product added into the fp32 sum, as autocast does for weights
                     grad_w += grad.t() @ h
-        ctx.save_for_backward(grad_h, grad_w)
-        ctx.dtypes = (hidden.dtype, weight.dtype)
+                if grad_rows is not None:
+                    grad_rows += grad[:, rows].t() @ h
+        ctx.save_for_backward(grad_h, grad_w, grad_rows)
+        ctx.dtypes = (hidden.dtype, weight.dtype, row_weight.dtype if row_weight is not None else None)
         return total
 
     @staticmethod
     def backward(ctx, grad_out):
-        grad_h, grad_w = ctx.saved_tensors
-        h_dtype, w_dtype = ctx.dtypes
+        grad_h, grad_w, grad_rows = ctx.saved_tensors
+        h_dtype, w_dtype, rows_dtype = ctx.dtypes
         dh = grad_h.mul_(grad_out).to(h_dtype)  # in place: these buffers are not needed again
         dw = grad_w.mul_(grad_out).to(w_dtype) if grad_w is not None else None
-        return dh, dw, None, None, None, None
+        drows = grad_rows.mul_(grad_out).to(rows_dtype) if grad_rows is not None else None
+        return dh, dw, None, None, None, None, None, drows
 
 
 def response_nll(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -153,15 +161,31 @@ def response_nll(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask
     keep = target != IGNORE_INDEX
     h = hidden[:, :-1][keep]
     y = target[keep]
-    head = lm.get_output_embeddings()
+    head, rows, row_weight = _head_and_trained_rows(lm.get_output_embeddings())
     if getattr(head, "bias", None) is not None or not isinstance(head, torch.nn.Linear):
         raise TypeError("fast loss supports a bias-free linear output layer")
     cap = getattr(lm.config, "final_logit_softcapping", None)
     chunk_size = chunk_size or (256 if h.device.type == "cpu" else 1024)
     weight = _full_head_weight(head)
+    if rows is not None:
+        weight = weight.detach().index_copy(0, rows, row_weight.detach().to(weight.dtype))
     total = ChunkedLinearCrossEntropy.apply(h, weight, y, chunk_size, cap,
-                                            should_compile(compile, weight.shape[0], h.device.type))
+                                            should_compile(compile, weight.shape[0], h.device.type), rows, row_weight)
     return total, keep.sum()
+
+
+def _head_and_trained_rows(head: torch.nn.Module) -> tuple[torch.nn.Module, torch.Tensor | None,
+                                                            torch.Tensor | None]:
+    """(output layer, indices of its trained rows, their weights): a head tied to an embedding whose token rows
+    PEFT trains (`trainable_token_indices`) is wrapped; its rows are trained as a separate parameter."""
+    adapter = getattr(head, "token_adapter", None)
+    if adapter is None or len(adapter.active_adapters) > 1:
+        return head, None, None
+    if adapter.disable_adapters or adapter.merged or not adapter.active_adapters:
+        return adapter.base_layer, None, None  # the base layer alone, or with the rows merged into it
+    name = adapter.active_adapters[0]
+    rows = torch.tensor(adapter.token_indices[name], device=adapter.base_layer.weight.device)
+    return adapter.base_layer, rows, adapter.trainable_tokens_delta[name]
 
 
 def _full_head_weight(head: torch.nn.Linear) -> torch.Tensor:

@@ -28,6 +28,7 @@ from sftlab.models.causal_lm import load_causal_lm
 from sftlab.models.compile import compile_layers, should_compile_layers
 from sftlab.models.loading import default_device
 from sftlab.models.lora import attach_lora, check_lora_targets, set_adapter_input_casts
+from sftlab.templates.chat_templates import template_token_ids
 from sftlab.templates.masking import stop_token_ids
 from sftlab.train.args import precision_flags, training_arguments
 from sftlab.train.callbacks import (
@@ -236,7 +237,9 @@ def setup_lora(cfg: TrainConfig, model: torch.nn.Module, tok: TokenizerSetup, bf
         model.config.use_cache = False
     if cfg.method == "lora":
         check_lora_targets(model, cfg.lora.target_modules, cfg.model)
-        model = attach_lora(model, cfg.lora, new_token_ids=_added_ids(tok.tokenizer) if tok.added_tokens else None)
+        rows = set(_added_ids(tok.tokenizer) if tok.added_tokens else [])
+        rows |= set(template_token_ids(tok.tokenizer) if cfg.lora.train_template_tokens else [])
+        model = attach_lora(model, cfg.lora, new_token_ids=sorted(rows))
         if bf16_base:
             freeze_base_in(model, torch.bfloat16)  # e.g. rows of new tokens: anything frozen not yet bf16
             if flags["bf16"]:  # autocast decides the matmul dtype; without it PEFT's cast is needed
