@@ -110,14 +110,15 @@ def test_fast_loss_trains_the_tied_template_token_rows_like_the_model_loss(tiny_
     exs = [tokenize_conversation(tiny_tokenizer, Conversation([Turn("user", "q" * k), Turn("assistant", "a b " * k)]))
            for k in (1, 3)]
     batch = PadCollator(0)([{"input_ids": e.input_ids, "labels": e.labels} for e in exs])
-    grads = []
-    for nll in (response_nll, reference_nll):
+    args = (model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+
+    def loss_and_row_grad(loss: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         model.zero_grad()
-        loss, _ = nll(model, batch["input_ids"], batch["attention_mask"], batch["labels"], chunk_size=3) \
-            if nll is response_nll else nll(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
         loss.backward()
-        grads.append((loss.detach(), delta.grad.clone()))
-    (fast, fast_grad), (ref, ref_grad) = grads
+        return loss.detach(), delta.grad.clone()
+
+    fast, fast_grad = loss_and_row_grad(response_nll(*args, chunk_size=3)[0])
+    ref, ref_grad = loss_and_row_grad(reference_nll(*args)[0])
     assert torch.allclose(fast, ref, rtol=1e-5)
     assert ref_grad.abs().sum() > 0 and torch.allclose(fast_grad, ref_grad, rtol=1e-4, atol=1e-6)
 
