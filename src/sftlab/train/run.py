@@ -237,8 +237,9 @@ def setup_lora(cfg: TrainConfig, model: torch.nn.Module, tok: TokenizerSetup, bf
         model.config.use_cache = False
     if cfg.method == "lora":
         check_lora_targets(model, cfg.lora.target_modules, cfg.model)
-        rows = set(_added_ids(tok.tokenizer) if tok.added_tokens else [])
-        rows |= set(template_token_ids(tok.tokenizer) if cfg.lora.train_template_tokens else [])
+        rows = set(_added_ids(tok.tokenizer)) if tok.added_tokens else set()
+        if cfg.lora.train_template_tokens:
+            rows |= set(template_token_ids(tok.tokenizer))
         model = attach_lora(model, cfg.lora, new_token_ids=sorted(rows))
         if bf16_base:
             freeze_base_in(model, torch.bfloat16)  # e.g. rows of new tokens: anything frozen not yet bf16
