@@ -334,3 +334,48 @@ def test_next_token_probs_are_the_same_in_length_sorted_batches_as_alone(tiny_mo
     alone = torch.cat([next_token_probs(model, [r], candidates, batch_size=1) for r in rows])
     assert batched.shape == (5, 3) and torch.allclose(batched, alone, atol=1e-5)
     assert not torch.allclose(batched[0], batched[3], atol=1e-5)  # different rows: the check can see a swap
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_tuned_subject_generates_with_its_token_rows_merged_then_restores_them(tiny_model_dir, tmp_path, tied):
+    """Unmerged, PEFT copies the whole embedding on every forward (2.6x slower generation on gemma-3-270m); merged
+    for the tuned model's calls, the replies must be the same and the base's rows untouched afterwards."""
+    import shutil
+
+    import torch
+    from peft.tuners.trainable_tokens.layer import TrainableTokensLayer
+    from transformers import AutoModelForCausalLM
+
+    from sftlab.evaluate.subjects import load_subjects
+    from sftlab.generation.base import SamplingParams
+    from sftlab.train.config import make_config
+    from sftlab.train.run import train
+
+    model_dir = tiny_model_dir
+    if tied:
+        model_dir = tmp_path / "tied"
+        AutoModelForCausalLM.from_pretrained(tiny_model_dir, tie_word_embeddings=True).save_pretrained(model_dir)
+        for f in tiny_model_dir.glob("*token*"):
+            shutil.copy(f, model_dir / f.name)
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"q{i}", "completion": f"answer {i}"}) + "\n" for i in range(8)))
+    cfg = make_config({"model": str(model_dir), "data": [str(data)], "max_steps": 3, "batch_size": 4, "grad_accum": 1,
+                       "precision": "fp32", "learning_rate": 0.05, "output_dir": str(tmp_path / "run"),
+                       "lora": {"train_template_tokens": True}})
+    base, tuned = load_subjects(str(model_dir), adapter=train(cfg, overwrite=True).final_dir)
+    layers = [m for m in tuned.model.modules() if isinstance(m, TrainableTokensLayer)]
+    assert len(layers) == (2 if tied else 1)
+    embed = layers[0].base_layer.weight
+    original = embed.detach().clone()
+    rows = layers[0].token_indices["default"]
+    assert not torch.allclose(layers[0].trainable_tokens_delta["default"], original[rows])  # the rows were trained
+
+    msgs, params = [[{"role": "user", "content": f"q{i}"}] for i in range(3)], SamplingParams(max_new_tokens=8)
+    unmerged = tuned.generator.generate(msgs, params)
+    with tuned.context():
+        assert all(layer.merged for layer in layers)
+        merged = tuned.generator.generate(msgs, params)
+    assert [r[0].text for r in merged] == [r[0].text for r in unmerged]
+    assert not any(layer.merged for layer in layers) and torch.equal(embed, original)
+    fresh = AutoModelForCausalLM.from_pretrained(model_dir).get_input_embeddings().weight
+    assert torch.equal(layers[0].base_layer.weight, fresh)

@@ -24,6 +24,7 @@ def load_subjects(model: str, *, adapter: str | Path | None = None, tuned: str |
     from sftlab.generation.transformers_backend import TransformersGenerator
     from sftlab.models.causal_lm import load_causal_lm
     from sftlab.models.loading import default_device, resolve_dtype
+    from sftlab.models.lora import merged_token_rows
 
     if (adapter is None) == (tuned is None):
         raise ValueError("give exactly one of an adapter or a tuned model")
@@ -44,6 +45,7 @@ def load_subjects(model: str, *, adapter: str | Path | None = None, tuned: str |
 
     if adapter:
         return [subject("base", base, model, base.path, context=base.model.disable_adapter),
-                subject("tuned", base, f"{model}+{adapter}", f"{base.path}|{weights_fingerprint(adapter)}")]
+                subject("tuned", base, f"{model}+{adapter}", f"{base.path}|{weights_fingerprint(adapter)}",
+                        context=lambda: merged_token_rows(base.model))]
     tuned_lm = load_causal_lm(str(tuned), **options)
     return [subject("base", base, model, base.path), subject("tuned", tuned_lm, str(tuned), tuned)]

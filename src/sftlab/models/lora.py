@@ -6,10 +6,13 @@ Kept here (not in train/) so DPO or online RL can reuse the same layers and adap
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
+from peft.tuners.trainable_tokens.layer import TrainableTokensLayer
 from peft.tuners.tuners_utils import BaseTunerLayer
 from transformers import PreTrainedModel
 
@@ -41,6 +44,22 @@ def load_adapter(base: PreTrainedModel, adapter_dir: str | Path, trainable: bool
 
     require_safetensors(adapter_dir, "adapter")
     return PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=trainable)
+
+
+@contextmanager
+def merged_token_rows(model: torch.nn.Module) -> Iterator[None]:
+    """Write an adapter's trained token rows into the embedding (and tied head) while inside, restored on exit.
+    Unmerged, PEFT copies the whole embedding matrix on every forward, twice on a tied model: gemma-3-270m's
+    262k x 640 rows per decoded token made generation 2.6x slower (16 replies of 64 tokens: 44.5 s vs 17.3 s)."""
+    layers = [m for m in model.modules() if isinstance(m, TrainableTokensLayer) and not m.merged]
+    for layer in layers:
+        layer.merge()
+    try:
+        yield
+    finally:
+        for layer in layers:
+            if layer.merged:
+                layer.unmerge()
 
 
 def is_adapter_dir(path: str | Path) -> bool:
