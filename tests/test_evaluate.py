@@ -230,7 +230,7 @@ def test_demo_pipeline_on_tiny_model(tiny_model_dir, tmp_path):
     from sftlab.demo import run_demo
 
     res = run_demo(model=str(tiny_model_dir), out_dir=tmp_path / "demo", epochs=0.25, general_examples=24,
-                   judge=str(tiny_model_dir))
+                   judge=str(tiny_model_dir), train_template_tokens=True)
     saved = json.loads((tmp_path / "demo/eval/eval.json").read_text())
     assert saved == res.to_dict() and set(saved["subjects"]) == {"base", "tuned"}
     held = heldout_prompts("identity") + heldout_prompts("general")
@@ -245,7 +245,10 @@ def test_demo_pipeline_on_tiny_model(tiny_model_dir, tmp_path):
     train_rows = [json.loads(x) for x in (tmp_path / "demo/data/train.jsonl").read_text().splitlines()]
     prompts = {_prompt_key(r["messages"][-2]["content"]) for r in train_rows}
     assert not prompts & {_prompt_key(p) for p in held}  # eval prompts never leak into training
-    assert (tmp_path / "demo/train/final/adapter_model.safetensors").exists()
+    from safetensors.torch import load_file
+
+    adapter = load_file(tmp_path / "demo/train/final/adapter_model.safetensors")
+    assert any("trainable_tokens" in k for k in adapter)  # --train-template-tokens reached the training run
     assert (tmp_path / "demo/report/report.html").exists() and (tmp_path / "demo/report/training_curves.png").exists()
 
 

@@ -68,12 +68,13 @@ def build_demo_data(out_dir: Path, name: str, author: str, extra_data: list[str]
 
 
 def demo_train_config(model: str, train_path: Path, output_dir: Path, *, method: str = "lora", epochs: float = 2.0,
-                      seed: int = 0, **overrides: Any) -> TrainConfig:
+                      seed: int = 0, train_template_tokens: bool = False, **overrides: Any) -> TrainConfig:
     """The demo's training run; `scripts/tune_demo.py` compares `overrides` on a dev split of the shipped data."""
     return make_config({
         "name": "demo", "model": model, "data": [{"path": str(train_path)}], "method": method,
         "epochs": epochs, "batch_size": 8, "grad_accum": 1, "learning_rate": 4e-4 if method == "lora" else 3e-5,
-        "lora": {"r": 16, "alpha": 32, "dropout": 0.0}, "max_length": 384, "save_steps": 25,
+        "lora": {"r": 16, "alpha": 32, "dropout": 0.0, "train_template_tokens": train_template_tokens},
+        "max_length": 384, "save_steps": 25,
         "output_dir": str(output_dir), "seed": seed, **overrides,
     })
 
@@ -81,13 +82,14 @@ def demo_train_config(model: str, train_path: Path, output_dir: Path, *, method:
 def run_demo(name: str = "Orca", author: str = "the sftlab team", model: str = "gemma-3-270m",
              out_dir: Path = Path("runs/demo"), extra_data: list[str] | None = None, epochs: float = 2.0,
              general_examples: int | None = None, method: str = "lora", judge: str | None = TEACHER,
-             seed: int = 0, console: Console | None = None) -> SuiteResult:
+             seed: int = 0, train_template_tokens: bool = False, console: Console | None = None) -> SuiteResult:
     console = console or Console()
     t0 = time.time()
     console.rule(f"[bold]sftlab demo[/]: {model} base -> instruct model named {name}, built by {author}")
     data = build_demo_data(out_dir, name, author, extra_data, general_examples, seed)
     console.print(f"data: {data.counts} (shipped with sftlab{', plus ' + ', '.join(extra_data) if extra_data else ''})")
-    cfg = demo_train_config(model, data.train, out_dir / "train", method=method, epochs=epochs, seed=seed)
+    cfg = demo_train_config(model, data.train, out_dir / "train", method=method, epochs=epochs, seed=seed,
+                            train_template_tokens=train_template_tokens)
     result = train(cfg, overwrite=True, console=console)
     t_train = time.time()
 

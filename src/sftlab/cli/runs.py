@@ -22,7 +22,9 @@ def demo(name: str = typer.Option("Orca", help="Identity name the model should l
                                                          "rank order); default all."),
          method: str = typer.Option("lora", help="lora or full"), seed: int = typer.Option(0),
          judge: str = typer.Option("qwen2.5-coder-1.5b-instruct",
-                                   help="Judge for the tuned-vs-base win-rates ('' skips).")
+                                   help="Judge for the tuned-vs-base win-rates ('' skips)."),
+         train_template_tokens: bool = typer.Option(False, help="LoRA also trains the embedding rows of the chat "
+                                                    "template's turn markers (lora.train_template_tokens).")
          ) -> None:
     """Base model -> instruct model with a new identity: train, evaluate base vs tuned, write the run report."""
     quiet()
@@ -31,7 +33,7 @@ def demo(name: str = typer.Option("Orca", help="Identity name the model should l
     try:
         run_demo(name=name, author=author, model=model, out_dir=out, extra_data=extra_data, epochs=epochs,
                  general_examples=general_examples, method=method, judge=judge or None, seed=seed,
-                 console=console)
+                 train_template_tokens=train_template_tokens, console=console)
     except SftlabError as e:
         fail(e)
 
