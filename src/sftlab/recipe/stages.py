@@ -39,7 +39,7 @@ def run_folder(recipe_name: str, quick: bool) -> Path:
 
 
 def _other_run(name: str, ctx: StageContext) -> str:
-    """`${run:NAME}`: the folder of another recipe's finished run (e.g. full-vs-lora reads reasoning's data)."""
+    """`${run:NAME}`: the folder of another recipe's finished run (e.g. training on another recipe's curated data)."""
     folder = run_folder(name, ctx.quick)
     if not (folder / "result.json").exists():
         raise ConfigError(f"this recipe reads the run of recipe '{name}' in {folder}, which has not finished: "
