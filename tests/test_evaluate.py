@@ -365,7 +365,7 @@ def test_tuned_subject_generates_with_its_token_rows_merged_then_restores_them(t
     cfg = make_config({"model": str(model_dir), "data": [str(data)], "max_steps": 3, "batch_size": 4, "grad_accum": 1,
                        "precision": "fp32", "learning_rate": 0.05, "output_dir": str(tmp_path / "run"),
                        "lora": {"train_template_tokens": True}})
-    base, tuned = load_subjects(str(model_dir), adapter=train(cfg, overwrite=True).final_dir)
+    _, tuned = load_subjects(str(model_dir), adapter=train(cfg, overwrite=True).final_dir)
     layers = [m for m in tuned.model.modules() if isinstance(m, TrainableTokensLayer)]
     assert len(layers) == (2 if tied else 1)
     embed = layers[0].base_layer.weight
