@@ -132,15 +132,20 @@ def test_shipped_suites_are_valid():
 @pytest.fixture(scope="module")
 def tuned_tiny(tiny_model_dir, tmp_path_factory):
     """A tiny model LoRA-trained for a few steps on known answers."""
+    tmp = tmp_path_factory.mktemp("tuned")
+    return _train_tiny(tiny_model_dir, tmp, learning_rate=0.01), tmp / "d.jsonl"
+
+
+def _train_tiny(model_dir, tmp, **settings):
+    """A LoRA adapter trained for 3 steps on "q{i}" -> "answer {i}"; returns its folder."""
     from sftlab.train.config import make_config
     from sftlab.train.run import train
 
-    tmp = tmp_path_factory.mktemp("tuned")
     data = tmp / "d.jsonl"
     data.write_text("".join(json.dumps({"prompt": f"q{i}", "completion": f"answer {i}"}) + "\n" for i in range(8)))
-    cfg = make_config({"model": str(tiny_model_dir), "data": [str(data)], "max_steps": 3, "batch_size": 4,
-                       "grad_accum": 1, "precision": "fp32", "learning_rate": 0.01, "output_dir": str(tmp / "run")})
-    return train(cfg, overwrite=True).final_dir, data
+    cfg = make_config({"model": str(model_dir), "data": [str(data)], "max_steps": 3, "batch_size": 4,
+                       "grad_accum": 1, "precision": "fp32", "output_dir": str(tmp / "run"), **settings})
+    return train(cfg, overwrite=True).final_dir
 
 
 def _eval_files(tmp_path):
@@ -351,8 +356,6 @@ def test_tuned_subject_generates_with_its_token_rows_merged_then_restores_them(t
 
     from sftlab.evaluate.subjects import load_subjects
     from sftlab.generation.base import SamplingParams
-    from sftlab.train.config import make_config
-    from sftlab.train.run import train
 
     model_dir = tiny_model_dir
     if tied:
@@ -360,12 +363,8 @@ def test_tuned_subject_generates_with_its_token_rows_merged_then_restores_them(t
         AutoModelForCausalLM.from_pretrained(tiny_model_dir, tie_word_embeddings=True).save_pretrained(model_dir)
         for f in tiny_model_dir.glob("*token*"):
             shutil.copy(f, model_dir / f.name)
-    data = tmp_path / "d.jsonl"
-    data.write_text("".join(json.dumps({"prompt": f"q{i}", "completion": f"answer {i}"}) + "\n" for i in range(8)))
-    cfg = make_config({"model": str(model_dir), "data": [str(data)], "max_steps": 3, "batch_size": 4, "grad_accum": 1,
-                       "precision": "fp32", "learning_rate": 0.05, "output_dir": str(tmp_path / "run"),
-                       "lora": {"train_template_tokens": True}})
-    _, tuned = load_subjects(str(model_dir), adapter=train(cfg, overwrite=True).final_dir)
+    adapter = _train_tiny(model_dir, tmp_path, learning_rate=0.05, lora={"train_template_tokens": True})
+    _, tuned = load_subjects(str(model_dir), adapter=adapter)
     layers = [m for m in tuned.model.modules() if isinstance(m, TrainableTokensLayer)]
     assert len(layers) == (2 if tied else 1)
     embed = layers[0].base_layer.weight
