@@ -98,7 +98,7 @@ def run_demo(name: str = "Orca", author: str = "the sftlab team", model: str = "
     console.print("evaluating base and tuned model (greedy, same prompts and template)...")
     subjects = load_subjects(result.base_model, **({"adapter": result.final_dir} if method == "lora"
                                                    else {"tuned": result.final_dir}),
-                             cache_path=out_dir / "eval" / "generations.sqlite", batch_size=16, dtype="auto")
+                             cache_path=out_dir / "eval" / "generations.sqlite", dtype="auto")
     res = run_suite(demo_suite(name, author, data, judge), subjects, log=console.print)
     js, md = write_result(res, out_dir / "eval")
     t_eval = time.time()

@@ -7,6 +7,7 @@ import hashlib
 from pathlib import Path
 
 from sftlab.evaluate.runner import Subject
+from sftlab.generation.base import GENERATION_BATCH
 from sftlab.generation.cache import CachedGenerator, GenerationCache
 from sftlab.models.fingerprint import weights_fingerprint
 
@@ -14,7 +15,7 @@ __all__ = ["load_subjects", "weights_fingerprint"]
 
 
 def load_subjects(model: str, *, adapter: str | Path | None = None, tuned: str | Path | None = None,
-                  cache_path: Path | None = None, batch_size: int = 8, dtype: str = "float32",
+                  cache_path: Path | None = None, batch_size: int = GENERATION_BATCH, dtype: str = "float32",
                   device: str | None = "auto", reuse: list[Path] = ()) -> list[Subject]:
     """[base, tuned]. With an adapter the tuned model is base + adapter and the base is the same weights with
     the adapter disabled (one copy in memory). `dtype` bfloat16 halves the weights each decoding step reads

@@ -31,6 +31,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from sftlab.errors import ConfigError
+from sftlab.generation.base import GENERATION_BATCH
 from sftlab.yamlconfig import read_yaml_mapping, validated
 
 REF = re.compile(r"\$\{([A-Za-z0-9_-]+)\}")
@@ -77,7 +78,7 @@ class EvalStage(_Stage):
     suite: dict[str, Any] = Field(description="An evaluation suite (see evals/): every evaluator on base and tuned.")
     head_to_head: list[tuple[str, str]] = Field(
         default_factory=list, description="Pairs of train stages compared with the suite's judge evaluators only.")
-    batch_size: int = Field(16, ge=1, description="Generation batch size.")
+    batch_size: int = Field(GENERATION_BATCH, ge=1, description="Generation batch size.")
     dtype: str = Field("auto", description="Weights dtype for generation; auto: bf16 where it is fast (~2x faster "
                                            "on a CPU with AVX512-BF16/AMX), else fp32.")
 
