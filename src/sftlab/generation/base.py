@@ -11,8 +11,8 @@ Messages = list[dict[str, Any]]
 
 # Greedy decoding reads every weight once per step for the whole batch, so larger batches are nearly free until
 # compute binds: the demo's 88 held-out replies from gemma-3-270m (fp32, 2 CPU cores) took 286-332 s for the base
-# and 80-91 s for the tuned model in batches of 16, 165 s and 54 s in batches of 44, 185 s and 56 s in one of 88;
-# the replies were the same at 16 and 88.
+# and 80-91 s for the tuned model in batches of 16, 165-202 s and 54-69 s in batches of 44-48, 185 s and 56 s in
+# one of 88; the replies at 48 and 88 were those at 16.
 GENERATION_BATCH = 48
 
 
