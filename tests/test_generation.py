@@ -19,6 +19,18 @@ def test_batched_equals_unbatched_greedy(tiny_model_dir, tiny_tokenizer):
     single = TransformersGenerator(model, tiny_tokenizer, batch_size=1).generate(prompts, params)
     assert [g[0].text for g in batched] == [g[0].text for g in single]
     assert all(len(g) == 1 and g[0].n_tokens == 12 and not g[0].finished for g in batched)  # random: never stops
+    budgeted = TransformersGenerator(model, tiny_tokenizer, batch_size=4, max_batch_tokens=1)  # each prompt alone
+    assert [g[0].text for g in budgeted.generate(prompts, params)] == [g[0].text for g in single]
+
+
+def test_a_long_prompt_does_not_pad_a_whole_batch_to_its_length():
+    from sftlab.generation.transformers_backend import length_batches
+
+    lengths = [30, 5000, 10, 20, 40, 50]  # a held-out set with one very long prompt
+    assert length_batches(lengths, 48, 16384, 100) == [[2, 3, 0, 4, 5], [1]]
+    assert length_batches(lengths, 2, 16384, 100) == [[2, 3], [0, 4], [5, 1]]  # at most 2 prompts
+    assert length_batches(lengths, 48, 400, 100) == [[2, 3, 0], [4, 5], [1]]  # (n + 1) * (len + 100) <= 400
+    assert length_batches([], 48, 16384, 100) == []
 
 
 def test_stops_at_end_of_turn_token(tiny_model_dir, tiny_tokenizer):

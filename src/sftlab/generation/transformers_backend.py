@@ -5,19 +5,35 @@ from __future__ import annotations
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from sftlab.generation.base import Generation, Messages, SamplingParams, as_messages
+from sftlab.generation.base import GENERATION_TOKENS, Generation, Messages, SamplingParams, as_messages
 from sftlab.models.causal_lm import stop_ids_of
 from sftlab.models.scoring import contiguous_head_input, left_pad
 from sftlab.templates.masking import prompt_ids
 
 
+def length_batches(lengths: list[int], max_prompts: int, max_tokens: int, new_tokens: int) -> list[list[int]]:
+    """Prompt indices, shortest first, in batches of at most `max_prompts` prompts whose padded rows (longest
+    prompt + new tokens, one per prompt) hold at most `max_tokens` tokens; a prompt longer than that goes alone."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    batches: list[list[int]] = []
+    for i in order:  # ascending: the prompt being added is the batch's longest
+        last = batches[-1] if batches else None
+        if last and len(last) < max_prompts and (len(last) + 1) * (lengths[i] + new_tokens) <= max_tokens:
+            last.append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
 class TransformersGenerator:
-    """Generate replies for chat prompts, `batch_size` prompts at a time, grouped by length (shortest first)
-    so padding stays small; outputs come back in prompt order."""
+    """Generate replies for chat prompts in batches of similar length (shortest first) so padding stays small:
+    at most `batch_size` prompts and `max_batch_tokens` padded tokens each; outputs come back in prompt order."""
 
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, batch_size: int = 8,
-                 stop_ids: list[int] | None = None, model_id: str | None = None) -> None:
+                 stop_ids: list[int] | None = None, model_id: str | None = None,
+                 max_batch_tokens: int = GENERATION_TOKENS) -> None:
         self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
+        self.max_batch_tokens = max_batch_tokens
         self.stop_ids = stop_ids or stop_ids_of(model, tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
         self.model_id = model_id or str(getattr(model, "name_or_path", "") or model.config.name_or_path)
@@ -32,12 +48,12 @@ class TransformersGenerator:
     def generate(self, prompts: list[Messages], params: SamplingParams | None = None) -> list[list[Generation]]:
         params = params or SamplingParams()
         encoded = [self.encode(p) for p in prompts]
-        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
         results: list[list[Generation]] = [[] for _ in encoded]
         device = next(self.model.parameters()).device
         sample = params.temperature > 0
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start:start + self.batch_size]
+        start = 0  # the batch's first position in length order: its sampling seed
+        for idx in length_batches([len(e) for e in encoded], self.batch_size, self.max_batch_tokens,
+                                  params.max_new_tokens):
             ids, mask = left_pad([encoded[i] for i in idx], self.pad_id)  # every prompt ends where generation starts
             longest = ids.shape[1]
             if sample:
@@ -50,6 +66,7 @@ class TransformersGenerator:
             for row, i in enumerate(idx):
                 for j in range(params.n):
                     results[i].append(self._decode(out[row * params.n + j, longest:].tolist()))
+            start += len(idx)
         return results
 
     def _decode(self, new_ids: list[int]) -> Generation:
