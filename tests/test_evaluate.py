@@ -381,3 +381,29 @@ def test_tuned_subject_generates_with_its_token_rows_merged_then_restores_them(t
     assert not any(layer.merged for layer in layers) and torch.equal(embed, original)
     fresh = AutoModelForCausalLM.from_pretrained(model_dir).get_input_embeddings().weight
     assert torch.equal(layers[0].base_layer.weight, fresh)
+
+
+def test_parse_grade_reads_the_last_grade_of_a_critique():
+    from sftlab.evaluate.judge import parse_grade
+
+    assert parse_grade("Correct and short.\nGrade: 5") == 5.0
+    assert parse_grade("It repeats the request, which is graded 1 by the rubric.\nGrade: **2**") == 2.0
+    assert parse_grade("Grade: 3 at first sight; on reflection\nGrade: 4/5") == 4.0
+    assert parse_grade("Good answer, I would give it full marks.") is None
+    assert parse_grade("Grade: 7") is None  # off the 1-5 scale
+
+
+def test_critique_judge_counts_critiques_without_a_grade(tiny_model_dir, tuned_tiny):
+    from sftlab.evaluate.judge import CRITIQUE_PROMPT, RUBRIC_PROMPT
+    from sftlab.evaluate.runner import eval_judge
+    from sftlab.evaluate.subjects import load_subjects
+
+    assert CRITIQUE_PROMPT.split("Grade from")[0] == RUBRIC_PROMPT.split("Grade from")[0]  # the same rubric
+    subjects = load_subjects(str(tiny_model_dir), adapter=tuned_tiny[0])
+    suite = make_suite({"evaluators": [{"type": "judge", "judge": str(tiny_model_dir), "mode": "critique",
+                                        "prompts": ["q1", "q2"]}]})
+    out = eval_judge(suite.evaluators[0], subjects, 3)
+    pw = out["pairwise"]  # a random tiny model never writes "Grade: N": every comparison is unparseable, counted
+    assert pw["kind"] == "CritiqueJudge" and pw["unparseable"] == 2 and pw["n"] == 0
+    sample = out["samples"][0]
+    assert sample["grades"] == {"tuned": None, "base": None} and set(sample["critiques"]) == {"tuned", "base"}

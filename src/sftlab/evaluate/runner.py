@@ -23,7 +23,16 @@ from sftlab.data.schema import Conversation, Turn
 from sftlab.data.writers import write_text
 from sftlab.errors import ConfigError
 from sftlab.evaluate.checks import mentions_identity, same_language, wilson_interval
-from sftlab.evaluate.judge import SCALES, AnyJudge, LogprobJudge, ModelJudge, RubricJudge, pairwise_winrate
+from sftlab.evaluate.judge import (
+    SCALES,
+    AnyJudge,
+    CritiqueJudge,
+    GradingJudge,
+    LogprobJudge,
+    ModelJudge,
+    RubricJudge,
+    pairwise_winrate,
+)
 from sftlab.evaluate.nll import heldout_response_nll
 from sftlab.evaluate.numeric_answers import final_answer_accuracy
 from sftlab.evaluate.suite import (
@@ -37,7 +46,7 @@ from sftlab.evaluate.suite import (
     ToolCallEval,
 )
 from sftlab.evaluate.toolcalls import tool_cases
-from sftlab.generation.base import Generation, Generator, Messages, SamplingParams, as_messages
+from sftlab.generation.base import GENERATION_BATCH, Generation, Generator, Messages, SamplingParams, as_messages
 from sftlab.userfn import import_callable
 
 
@@ -198,7 +207,8 @@ def build_judge(ev: JudgeEval, references: dict[str, str] | None = None):
         return LogprobJudge(*load_lm(ev.judge))
     from sftlab.generation.factory import build_generator
 
-    return ModelJudge(build_generator(ev.judge, base_url=ev.base_url))
+    generator = build_generator(ev.judge, base_url=ev.base_url, batch_size=GENERATION_BATCH)
+    return CritiqueJudge(generator) if ev.mode == "critique" else ModelJudge(generator)
 
 
 def _references(ev: JudgeEval, convs: list[Conversation]) -> dict[str, str] | None:
@@ -237,11 +247,13 @@ def eval_judge(ev: JudgeEval, subjects: list[Subject], budget: int, judge=None) 
     r = pairwise_winrate(judge, prompts, a, b, labels=(first.label, second.label))
     samples = [{"prompt": p, first.label: x, second.label: y, **v}
                for p, x, y, v in zip(prompts, a, b, r.pop("verdicts"), strict=True)]
-    if isinstance(judge, RubricJudge):  # the grades behind each verdict, for reading why a pair tied
-        ga = judge.grade_many(list(zip(prompts, a, strict=True)))  # already graded: read from the judge's cache
-        gb = judge.grade_many(list(zip(prompts, b, strict=True)))
-        for s, x, y in zip(samples, ga, gb, strict=True):
-            s["grades"] = {first.label: round(x, 2), second.label: round(y, 2)}
+    if isinstance(judge, GradingJudge):  # the grades behind each verdict, for reading why a pair tied
+        for s, p, x, y in zip(samples, prompts, a, b, strict=True):
+            gx, gy = judge.grade_many([(p, x), (p, y)])  # already graded: read from the judge's cache
+            s["grades"] = {first.label: gx if gx is None else round(gx, 2), second.label: gy if gy is None
+                           else round(gy, 2)}
+            if isinstance(judge, CritiqueJudge):
+                s["critiques"] = {first.label: judge.critiques[p, x], second.label: judge.critiques[p, y]}
     kind = type(judge).__name__ if isinstance(judge, AnyJudge) else "function"
     return {"type": "judge", "pairwise": {"judge": ev.judge, "kind": kind, "labels": [first.label, second.label], **r},
             "samples": samples}

@@ -107,12 +107,13 @@ class JudgeEval(_Prompted):
                                                             "taking (prompt, answer_a, answer_b) -> 'A'|'B'|'tie'.")
     base_url: str | list[str] | None = Field(None, description="OpenAI-compatible endpoint serving the judge; a "
                                                                "list: several serving it, least-loaded first.")
-    mode: Literal["auto", "generate", "logprob", "rubric", "yes_no"] = Field(
+    mode: Literal["auto", "generate", "logprob", "rubric", "yes_no", "critique"] = Field(
         "auto", description="logprob: p('A') vs p('B') from a local judge (never unparseable); generate: parse the "
                             "judge's reply (any engine); rubric: grade each answer alone, 1-5, from a local judge's "
                             "digit probabilities (no position bias); yes_no: ask a local judge whether each answer "
-                            "alone is good, read p('Yes'); auto: logprob for a local model, generate for an "
-                            "endpoint.")
+                            "alone is good, read p('Yes'); critique: the rubric, but the judge writes a short "
+                            "critique of each answer alone, then 'Grade: N' (any engine); auto: logprob for a local "
+                            "model, generate for an endpoint.")
     references: bool = Field(False, description="Rubric mode with `data`: show the judge each record's reply as a "
                                                 "reference answer (reference-guided grading).")
 
