@@ -10,7 +10,7 @@ Each single-answer judge grades both; the share of pairs where the teacher's ans
 tie margin is that judge's separation. The agreement with people (ROC AUC on kto_en_demo.json) is measured by
 examples/filter_scorer_auc.py.
 
-    .venv/bin/python scripts/judge_dev.py                       # all judges and probes, about 25 min on 2 cores
+    .venv/bin/python scripts/judge_dev.py     # all judges and probes: about 65 min on 2 cores in fp32, 43 critiquing
     .venv/bin/python scripts/judge_dev.py --judges critique --probes runon
 
 Writes (merges its rows into) data/demo/judge_dev_results.json.

@@ -248,10 +248,10 @@ def eval_judge(ev: JudgeEval, subjects: list[Subject], budget: int, judge=None) 
     samples = [{"prompt": p, first.label: x, second.label: y, **v}
                for p, x, y, v in zip(prompts, a, b, r.pop("verdicts"), strict=True)]
     if isinstance(judge, GradingJudge):  # the grades behind each verdict, for reading why a pair tied
+        labels = (first.label, second.label)
         for s, p, x, y in zip(samples, prompts, a, b, strict=True):
-            gx, gy = judge.grade_many([(p, x), (p, y)])  # already graded: read from the judge's cache
-            s["grades"] = {first.label: gx if gx is None else round(gx, 2), second.label: gy if gy is None
-                           else round(gy, 2)}
+            grades = judge.grade_many([(p, x), (p, y)])  # already graded: read from the judge's cache
+            s["grades"] = {k: g if g is None else round(g, 2) for k, g in zip(labels, grades, strict=True)}
             if isinstance(judge, CritiqueJudge):
                 s["critiques"] = {first.label: judge.critiques[p, x], second.label: judge.critiques[p, y]}
     kind = type(judge).__name__ if isinstance(judge, AnyJudge) else "function"
