@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from sftlab.evaluate.checks import wilson_interval
-from sftlab.generation.base import Generator, SamplingParams
+from sftlab.generation.base import Generator, SamplingParams, as_messages
 from sftlab.models.scoring import next_token_probs, pad_id_of, single_token_ids
 from sftlab.templates.masking import chat_ids
 
@@ -146,9 +146,7 @@ class RubricJudge:
         return self.scale.reference_prompt.format(prompt=prompt[:2000], reference=ref[:1000], answer=answer[:1000])
 
     def judge_many(self, triples: list[tuple[str, str, str]]) -> list[Verdict]:
-        ga = self.grade_many([(p, a) for p, a, _ in triples])
-        gb = self.grade_many([(p, b) for p, _, b in triples])
-        return ["tie" if abs(x - y) < self.tie_margin else ("A" if x > y else "B") for x, y in zip(ga, gb, strict=True)]
+        return compare_grades(self, triples)
 
 
 _GRADE = re.compile(r"grade\W{0,6}([1-5])\b", re.I)
@@ -176,8 +174,7 @@ class CritiqueJudge:
         """Each (prompt, answer)'s grade, None where the critique gave none; each pair is critiqued once."""
         todo = [pa for pa in dict.fromkeys(pairs) if pa not in self.grades]
         if todo:
-            asks = [[{"role": "user", "content": CRITIQUE_PROMPT.format(prompt=p[:2000], answer=a[:1000])}]
-                    for p, a in todo]
+            asks = [as_messages(CRITIQUE_PROMPT.format(prompt=p[:2000], answer=a[:1000])) for p, a in todo]
             outs = self.generator.generate(asks, SamplingParams(max_new_tokens=self.max_new_tokens))
             for pa, out in zip(todo, outs, strict=True):
                 self.critiques[pa] = out[0].text
@@ -185,13 +182,19 @@ class CritiqueJudge:
         return [self.grades[pa] for pa in pairs]
 
     def judge_many(self, triples: list[tuple[str, str, str]]) -> list[Verdict]:
-        ga = self.grade_many([(p, a) for p, a, _ in triples])
-        gb = self.grade_many([(p, b) for p, _, b in triples])
-        return [None if x is None or y is None else "tie" if abs(x - y) < self.tie_margin else ("A" if x > y else "B")
-                for x, y in zip(ga, gb, strict=True)]
+        return compare_grades(self, triples)
 
 
 GradingJudge = RubricJudge | CritiqueJudge
+
+
+def compare_grades(judge: GradingJudge, triples: list[tuple[str, str, str]]) -> list[Verdict]:
+    """A single-answer judge's verdicts: each answer's grade against the other's, a tie within the judge's margin,
+    None where either answer is ungraded."""
+    ga = judge.grade_many([(p, a) for p, a, _ in triples])
+    gb = judge.grade_many([(p, b) for p, _, b in triples])
+    return [None if x is None or y is None else "tie" if abs(x - y) < judge.tie_margin else ("A" if x > y else "B")
+            for x, y in zip(ga, gb, strict=True)]
 AnyJudge = ModelJudge | LogprobJudge | RubricJudge | CritiqueJudge
 
 

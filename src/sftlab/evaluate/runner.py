@@ -253,7 +253,7 @@ def eval_judge(ev: JudgeEval, subjects: list[Subject], budget: int, judge=None) 
             grades = judge.grade_many([(p, x), (p, y)])  # already graded: read from the judge's cache
             s["grades"] = {k: g if g is None else round(g, 2) for k, g in zip(labels, grades, strict=True)}
             if isinstance(judge, CritiqueJudge):
-                s["critiques"] = {first.label: judge.critiques[p, x], second.label: judge.critiques[p, y]}
+                s["critiques"] = dict(zip(labels, (judge.critiques[p, x], judge.critiques[p, y]), strict=True))
     kind = type(judge).__name__ if isinstance(judge, AnyJudge) else "function"
     return {"type": "judge", "pairwise": {"judge": ev.judge, "kind": kind, "labels": [first.label, second.label], **r},
             "samples": samples}
