@@ -326,6 +326,29 @@ def test_the_judge_sees_which_answers_were_cut_off(tiny_model_dir, tuned_tiny):
     out = eval_judge(suite.evaluators[0], subjects, 3, judge=judge)  # 3 tokens: a random model never ends
     assert len(seen) == 8 and all(x.endswith(CUT_OFF) for x in seen)
     assert out["samples"][0]["tuned"].endswith(CUT_OFF)  # the report shows what the judge read
+    assert out["pairwise"]["one_cut_off"]["n"] == 0  # both answers cut off on every prompt
+
+
+def test_cut_off_check_counts_a_judge_that_prefers_answers_that_never_end():
+    from sftlab.artifacts.render import pairwise_sentence
+    from sftlab.evaluate.judge import cut_off_check, pairwise_winrate
+
+    prompts = ["p1", "p2", "p3", "p4"]
+    tuned = ["Short.", "Long long long [cut off]", "Fine.", "Also fine."]
+    base = ["Long long long [cut off]", "Ok.", "Also long [cut off]", "Ends too."]
+    ended = [("cut off" not in a, "cut off" not in b) for a, b in zip(tuned, base, strict=True)]
+
+    def longer(prompt, a, b):  # a length-biased judge
+        return "A" if len(a) > len(b) else "B"
+
+    r = pairwise_winrate(longer, prompts, tuned, base)
+    outcomes = [v["outcome"] for v in r["verdicts"]]
+    assert outcomes == ["base", "tuned", "base", "tuned"]
+    c = cut_off_check(outcomes, ended, ("tuned", "base"))
+    assert c == {"n": 3, "ended_preferred": 0, "cut_off_preferred": 3, "tie": 0, "unparseable": 0}
+    assert cut_off_check([None, "tie", "tuned", "base"], ended, ("tuned", "base"))["unparseable"] == 1
+    text = pairwise_sentence("judge", {**r, "judge": "f", "labels": ["tuned", "base"], "one_cut_off": c})
+    assert text.endswith("Where only one answer ended (n=3) the judge preferred it 0 times, the cut-off one 3, tied 0.")
 
 
 def test_next_token_probs_are_the_same_in_length_sorted_batches_as_alone(tiny_model_dir):

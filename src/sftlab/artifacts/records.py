@@ -75,6 +75,7 @@ class Pairwise(TypedDict, total=False):
     ci95: list[float] | None
     inconsistent_orders: int
     unparseable: int
+    one_cut_off: dict[str, int]  # pairs where only one answer ended: whom the judge preferred
 
 
 class EvaluatorResult(TypedDict, total=False):

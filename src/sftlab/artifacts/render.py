@@ -54,7 +54,16 @@ def pairwise_sentence(name: str, p: Pairwise, style: Style = "markdown") -> str:
     return (f"{bold(name)} (judge {code(str(p['judge']))}, both orders, n={num('n')}): {esc(a)} wins "
             f"{num(f'{a}_win_rate')}, {esc(b)} wins {num(f'{b}_win_rate')}, ties {num('tie_rate')}; "
             f"{esc(a)} score {p[f'{a}_score']} (ties count half), CI95 {p['ci95']}; "
-            f"{p['inconsistent_orders']} order-inconsistent, {p['unparseable']} unparseable.")
+            f"{p['inconsistent_orders']} order-inconsistent, {p['unparseable']} unparseable.{cut_off_text(p)}")
+
+
+def cut_off_text(p: Pairwise) -> str:
+    """The judge's choices where only one answer ended (the rubric grades a cut-off answer 1); empty when none."""
+    c = p.get("one_cut_off")
+    if not c or not c["n"]:
+        return ""
+    return (f" Where only one answer ended (n={c['n']}) the judge preferred it {c['ended_preferred']} times, "
+            f"the cut-off one {c['cut_off_preferred']}, tied {c['tie']}.")
 
 
 def side_by_side_samples(res: SuiteResult, limit: int) -> list[dict[str, Any]]:

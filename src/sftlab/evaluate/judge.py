@@ -204,6 +204,22 @@ def _judge_many(judge: AnyJudge | PairJudge, triples: list[tuple[str, str, str]]
     return [judge(*t) for t in triples]
 
 
+def cut_off_check(outcomes: list[str | None], ended: list[tuple[bool, bool]], labels: tuple[str, str]) -> dict:
+    """On the pairs where exactly one answer ended within the budget, whom the judge preferred: the rubric grades a
+    cut-off answer 1, so a judge that follows it prefers the ended answer on every such pair (a judge blind to
+    run-on answers does not)."""
+    counts = {"n": 0, "ended_preferred": 0, "cut_off_preferred": 0, "tie": 0, "unparseable": 0}
+    for outcome, (ended_a, ended_b) in zip(outcomes, ended, strict=True):
+        if ended_a == ended_b:
+            continue
+        counts["n"] += 1
+        winner = labels[0] if ended_a else labels[1]
+        key = ("unparseable" if outcome is None else "tie" if outcome == "tie"
+               else "ended_preferred" if outcome == winner else "cut_off_preferred")
+        counts[key] += 1
+    return counts
+
+
 def pairwise_winrate(judge: AnyJudge | PairJudge, prompts: list[str], first: list[str],
                      second: list[str], labels: tuple[str, str] = ("tuned", "base")) -> dict[str, Any]:
     """Judge every prompt twice (first as A, then first as B). A model wins a prompt only when both orders

@@ -31,6 +31,7 @@ from sftlab.evaluate.judge import (
     LogprobJudge,
     ModelJudge,
     RubricJudge,
+    cut_off_check,
     pairwise_winrate,
 )
 from sftlab.evaluate.nll import heldout_response_nll
@@ -241,10 +242,14 @@ def eval_judge(ev: JudgeEval, subjects: list[Subject], budget: int, judge=None) 
     prompts = [c.prompt_turns[-1].content for c in convs]
     msgs = [as_messages(c) for c in convs]
     references = _references(ev, convs)  # checked before any generation
-    a = [judged_text(g[0]) for g in _generate(first, msgs, budget)]
-    b = [judged_text(g[0]) for g in _generate(second, msgs, budget)]
+    gen_a = [g[0] for g in _generate(first, msgs, budget)]
+    gen_b = [g[0] for g in _generate(second, msgs, budget)]
+    a, b = [judged_text(g) for g in gen_a], [judged_text(g) for g in gen_b]
     judge = judge or build_judge(ev, references)
     r = pairwise_winrate(judge, prompts, a, b, labels=(first.label, second.label))
+    r["one_cut_off"] = cut_off_check([v["outcome"] for v in r["verdicts"]],
+                                     [(x.finished, y.finished) for x, y in zip(gen_a, gen_b, strict=True)],
+                                     (first.label, second.label))
     samples = [{"prompt": p, first.label: x, second.label: y, **v}
                for p, x, y, v in zip(prompts, a, b, r.pop("verdicts"), strict=True)]
     if isinstance(judge, GradingJudge):  # the grades behind each verdict, for reading why a pair tied

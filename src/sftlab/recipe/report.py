@@ -12,7 +12,7 @@ from typing import Any
 
 from sftlab.artifacts.layout import RunFolder
 from sftlab.artifacts.records import DataStats, SuiteResult, read_record
-from sftlab.artifacts.render import ci_text, pairwise_sentence, suite_markdown, value_text
+from sftlab.artifacts.render import ci_text, cut_off_text, pairwise_sentence, suite_markdown, value_text
 from sftlab.data.writers import write_json, write_text
 
 
@@ -103,7 +103,8 @@ def metric_text(m: dict[str, Any], label: str) -> str:
         p = m["pairwise"]
         a, b = p["labels"]
         return (f"{a} wins {p.get(f'{a}_win_rate')}, {b} wins {p.get(f'{b}_win_rate')}, ties {p.get('tie_rate')} "
-                f"(n={p.get('n')}, {p.get('inconsistent_orders')} order-inconsistent)") if label != "base" else ""
+                f"(n={p.get('n')}, {p.get('inconsistent_orders')} order-inconsistent){cut_off_text(p)}") \
+            if label != "base" else ""
     x = m.get(label)
     return f"{value_text(x)} {ci_text(x)} n={x.get('n')}" if x else "-"
 
