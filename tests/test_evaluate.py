@@ -430,3 +430,25 @@ def test_critique_judge_counts_critiques_without_a_grade(tiny_model_dir, tuned_t
     assert pw["kind"] == "CritiqueJudge" and pw["unparseable"] == 2 and pw["n"] == 0
     sample = out["samples"][0]
     assert sample["grades"] == {"tuned": None, "base": None} and set(sample["critiques"]) == {"tuned", "base"}
+
+
+def test_comparisons_that_share_judges_grade_each_answer_once(tiny_model_dir, tuned_tiny):
+    """A recipe's eval stage compares each model with the base, then head to head: with the judges shared, the
+    second comparison of the same answers costs the judge no forward pass and gives the same verdicts."""
+    from sftlab.evaluate.runner import run_suite
+    from sftlab.evaluate.subjects import load_subjects
+
+    subjects = load_subjects(str(tiny_model_dir), adapter=tuned_tiny[0])
+    suite = make_suite({"max_new_tokens": 4, "evaluators": [
+        {"type": "judge", "judge": str(tiny_model_dir), "mode": "rubric", "prompts": ["q1", "q2", "q3"]}]})
+    judges: dict = {}
+    first = run_suite(suite, subjects, judges=judges)
+    (judge,) = judges.values()
+    calls = []
+    judge.model.register_forward_hook(lambda *args: calls.append(1))
+    again = run_suite(suite, subjects, judges=judges)
+    assert list(judges.values()) == [judge] and calls == []
+    assert again.evaluators["judge"] == first.evaluators["judge"]
+    judge.grades.clear()  # forgotten grades: the same judge must read the answers again
+    run_suite(suite, subjects, judges=judges)
+    assert calls

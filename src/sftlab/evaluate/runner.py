@@ -234,7 +234,11 @@ def judged_text(g: Generation) -> str:
     return g.text if g.finished else g.text + CUT_OFF
 
 
-def eval_judge(ev: JudgeEval, subjects: list[Subject], budget: int, judge=None) -> dict[str, Any]:
+def eval_judge(ev: JudgeEval, subjects: list[Subject], budget: int, judge=None,
+               judges: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Tuned (last subject) vs base (first), judged in both orders. `judges` (evaluator config -> its judge, filled
+    here) lets several comparisons share one judge and the grades it has given: an answer seen before is not
+    graded again."""
     if len(subjects) < 2:
         raise ValueError("the judge evaluator compares two models")
     first, second = subjects[-1], subjects[0]  # the tuned model (last) against the base (first)
@@ -245,7 +249,11 @@ def eval_judge(ev: JudgeEval, subjects: list[Subject], budget: int, judge=None) 
     gen_a = [g[0] for g in _generate(first, msgs, budget)]
     gen_b = [g[0] for g in _generate(second, msgs, budget)]
     a, b = [judged_text(g) for g in gen_a], [judged_text(g) for g in gen_b]
-    judge = judge or build_judge(ev, references)
+    if judge is None:
+        key = ev.model_dump_json()
+        judge = (judges or {}).get(key) or build_judge(ev, references)
+        if judges is not None:
+            judges[key] = judge
     r = pairwise_winrate(judge, prompts, a, b, labels=(first.label, second.label))
     r["one_cut_off"] = cut_off_check([v["outcome"] for v in r["verdicts"]],
                                      [(x.finished, y.finished) for x, y in zip(gen_a, gen_b, strict=True)],
@@ -265,14 +273,15 @@ def eval_judge(ev: JudgeEval, subjects: list[Subject], budget: int, judge=None) 
 
 
 def run_suite(suite: EvalSuite, subjects: list[Subject], log: Callable[[str], None] = lambda s: None,
-              judge=None) -> SuiteResult:
-    """Every evaluator on every subject, in suite order. `judge` overrides the judge evaluators' judge."""
+              judge=None, judges: dict[str, Any] | None = None) -> SuiteResult:
+    """Every evaluator on every subject, in suite order. `judge` overrides the judge evaluators' judge; `judges`
+    shares them with other runs (see eval_judge)."""
     result = SuiteResult(suite=suite.name, subjects={s.label: s.generator.model_id for s in subjects})
     for name, ev in zip(suite.unique_names(), suite.evaluators, strict=True):
         budget = ev.max_new_tokens or suite.max_new_tokens
         if isinstance(ev, JudgeEval):
             log(f"eval {name}: judging {subjects[-1].label} vs {subjects[0].label} (both orders)")
-            result.evaluators[name] = eval_judge(ev, subjects, budget, judge)
+            result.evaluators[name] = eval_judge(ev, subjects, budget, judge, judges)
             continue
         entry: dict[str, Any] = {"type": ev.type, "metrics": {}, "samples": []}
         per_subject_samples = {}

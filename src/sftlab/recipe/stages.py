@@ -128,20 +128,22 @@ def run_eval(stage, folder: Path, ctx: StageContext, resuming: bool) -> dict[str
     # run-level: a rerun after a scoring-only change (judge, rubric, metric) regenerates nothing; the keys hold
     # each model's weights fingerprint, template, dtype, prompt and sampling parameters
     cache, made, pairs = ctx.run_dir / "generations.sqlite", {}, {}
+    judges: dict[str, Any] = {}  # one judge per judge evaluator for the whole stage: the base's answers graded once
     for model in stage.models:
         subjects = _subjects(ctx.outputs[model], cache, stage, ctx)
-        res = run_suite(suite, subjects, log=ctx.console.print)
+        res = run_suite(suite, subjects, log=ctx.console.print, judges=judges)
         made[model] = str(write_result(res, folder / model)[0])
         print_suite(res, ctx.console, samples=3)
         del subjects
         gc.collect()
-    judges = [ev for ev in suite.evaluators if isinstance(ev, JudgeEval)]
-    if stage.head_to_head and not judges:
+    judge_evals = [ev for ev in suite.evaluators if isinstance(ev, JudgeEval)]
+    if stage.head_to_head and not judge_evals:
         raise ConfigError(f"stage {stage.id}: head_to_head needs a judge evaluator in the suite")
     for a, b in stage.head_to_head:
         pair = [_subjects(ctx.outputs[m], cache, stage, ctx)[1] for m in (b, a)]
         pair[0].label, pair[1].label = b, a  # the cache keys stay those of the vs-base run: no new generations
-        res = run_suite(suite.model_copy(update={"evaluators": judges}), pair, log=ctx.console.print)
+        res = run_suite(suite.model_copy(update={"evaluators": judge_evals}), pair, log=ctx.console.print,
+                        judges=judges)
         pairs[f"{a}_vs_{b}"] = str(write_result(res, folder / f"{a}_vs_{b}")[0])
         print_suite(res, ctx.console, samples=0)
         del pair
