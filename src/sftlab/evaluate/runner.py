@@ -250,10 +250,11 @@ def eval_judge(ev: JudgeEval, subjects: list[Subject], budget: int, judge=None,
     gen_b = [g[0] for g in _generate(second, msgs, budget)]
     a, b = [judged_text(g) for g in gen_a], [judged_text(g) for g in gen_b]
     if judge is None:
+        judges = {} if judges is None else judges
         key = ev.model_dump_json()
-        judge = (judges or {}).get(key) or build_judge(ev, references)
-        if judges is not None:
-            judges[key] = judge
+        if key not in judges:
+            judges[key] = build_judge(ev, references)
+        judge = judges[key]
     r = pairwise_winrate(judge, prompts, a, b, labels=(first.label, second.label))
     r["one_cut_off"] = cut_off_check([v["outcome"] for v in r["verdicts"]],
                                      [(x.finished, y.finished) for x, y in zip(gen_a, gen_b, strict=True)],
