@@ -195,6 +195,8 @@ def compare_grades(judge: GradingJudge, triples: list[tuple[str, str, str]]) -> 
     gb = judge.grade_many([(p, b) for p, _, b in triples])
     return [None if x is None or y is None else "tie" if abs(x - y) < judge.tie_margin else ("A" if x > y else "B")
             for x, y in zip(ga, gb, strict=True)]
+
+
 AnyJudge = ModelJudge | LogprobJudge | RubricJudge | CritiqueJudge
 
 
