@@ -262,6 +262,18 @@ def test_sql_literal_with_colon_word_is_not_a_bind_parameter(tmp_path):
     assert [t.content for t in convs[0].turns] == ["a :foo b", "time 10:30 is 100%"]
 
 
+def test_bad_row_of_a_sqlite_file_names_the_file(tmp_path):
+    db = tmp_path / "pool.sqlite"
+    con = sqlite3.connect(db)
+    con.execute("create table t (instruction text, output blob)")
+    con.execute("insert into t values ('q', x'ff00')")
+    con.commit()
+    con.close()
+    with pytest.raises(DataError) as e:
+        load_conversations(DataSpec(path=str(db), type="sql", query="select * from t"))
+    assert str(e.value).startswith(f"{db}, row 0, field 'output': expected a string")  # was "<database url>, ..."
+
+
 # ---------------------------------------------------------------- empty sources
 
 @pytest.mark.parametrize(("name", "content"), [

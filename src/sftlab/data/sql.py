@@ -66,9 +66,11 @@ def _hide_password(message: str, url: str) -> str:
 
 
 def _redact(url: str) -> str:
-    """Never print a password that came in a database URL."""
+    """Never print a password that came in a database URL (a bare SQLite path has none: it is shown as given)."""
     import sqlalchemy as sa
 
+    if "://" not in url:
+        return url
     try:
         return sa.engine.make_url(url).render_as_string(hide_password=True)
     except Exception:
