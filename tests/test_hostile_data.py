@@ -274,6 +274,14 @@ def test_bad_row_of_a_sqlite_file_names_the_file(tmp_path):
     assert str(e.value).startswith(f"{db}, row 0, field 'output': expected a string")  # was "<database url>, ..."
 
 
+def test_sql_query_naming_a_column_twice_is_an_error(tmp_path):
+    db = tmp_path / "pool.sqlite"
+    sqlite3.connect(db).close()
+    query = "select 'A' as output, 'q' as instruction, 'B' as output"
+    with pytest.raises(DataError, match="the query returns column 'output' twice"):  # was: 'B' won, 'A' lost
+        load_conversations(DataSpec(path=str(db), type="sql", query=query))
+
+
 # ---------------------------------------------------------------- empty sources
 
 @pytest.mark.parametrize(("name", "content"), [

@@ -25,7 +25,13 @@ def read_sql(url: str, query: str) -> Iterator[Record]:
     try:
         with engine.connect() as conn:
             options = conn.execution_options(stream_results=True, no_parameters=True)
-            for i, row in enumerate(options.exec_driver_sql(query).mappings()):
+            result = options.exec_driver_sql(query)
+            names = list(result.keys())
+            twice = next((n for n in names if names.count(n) > 1), None)
+            if twice is not None:  # a row as a mapping would silently keep only the last of them
+                raise DataError(f"the query returns column '{twice}' twice; name each column once (AS ...)",
+                                source=_redact(url), reason="invalid SQL result")
+            for i, row in enumerate(result.mappings()):
                 yield f"row {i}", dict(row)
     except sa.exc.SQLAlchemyError as e:
         raise DataError(_hide_password(f"SQL query failed: {e.__class__.__name__}: {first_line(e)}", url),
