@@ -135,3 +135,17 @@ def test_best_of_k_sends_a_system_prompt_and_a_resume_with_another_is_refused(pr
                            for r in records)
     with pytest.raises(ConfigError):
         run_best_of_k(BestOfKJob.from_mapping({**raw, "system": "Use code."}), console)
+
+
+@pytest.mark.parametrize("command", ["distill", "best-of-k"])
+def test_unreadable_prompt_records_are_counted_in_the_summary(command, tiny_model_dir, tmp_path):
+    """A prompt record that cannot be read is a skip like any other: in the summary file, not only on the console."""
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "Hello there"}\n{"prompt": 5}\nnot json\n')
+    model = ["--teacher"] if command == "distill" else ["--k", "1", "--reward", "exact", "--policy"]
+    out = tmp_path / "o.jsonl"
+    r = CliRunner().invoke(app, ["curate", command, "--prompts", str(prompts), *model, str(tiny_model_dir),
+                                 "--out", str(out), "--max-new-tokens", "2"])
+    assert r.exit_code == 0, r.output
+    skipped = _summary(out)["skipped"]
+    assert skipped["bad prompt record (wrong type)"] == 1 and skipped["bad prompt record (invalid JSON)"] == 1

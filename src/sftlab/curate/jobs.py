@@ -103,13 +103,13 @@ def run_distill(job: DistillJob, console: Console) -> CurationSummary:
     params = _sampling(job, "n", job.n, job.temperature, job.top_p)
     gid = engine_id(job.teacher, job.adapter, job.base_url)
     check_output(job.out, distill_settings(gid, params, job.system, job.keep_unfinished), inputs=[job.prompts])
-    convs = _prompts(job, console)
+    convs, bad_prompts = _prompts(job, console)
     gen = build_generator(job.teacher, adapter=job.adapter, base_url=job.base_url, batch_size=job.batch_size,
                           api_key_env=job.api_key_env, vllm=engine_options)
     stats = distill(convs, gen, job.out, params, system_prompt=job.system, keep_unfinished=job.keep_unfinished,
                     cache=_cache(job), batch_size=job.batch_size, console=console, generator_id=gid,
                     inputs=[job.prompts])
-    return _summary(job.out, stats)
+    return _summary(job.out, stats, bad_prompts)
 
 
 def run_best_of_k(job: BestOfKJob, console: Console) -> CurationSummary:
@@ -126,14 +126,14 @@ def run_best_of_k(job: BestOfKJob, console: Console) -> CurationSummary:
     reward_id = reward_identity(job.reward, job.judge, job.base_url)
     check_output(job.out, best_of_k_settings(gid, params, reward_id, job.select, job.min_score, job.system),
                  inputs=[job.prompts])
-    convs = _prompts(job, console)
+    convs, bad_prompts = _prompts(job, console)
     fn = make_reward(job.reward, judge=job.judge, base_url=job.base_url, api_key_env=job.api_key_env)
     gen = build_generator(job.policy, adapter=job.adapter, base_url=job.base_url, batch_size=job.batch_size,
                           api_key_env=job.api_key_env, vllm=engine_options)
     stats = best_of_k(convs, gen, fn, job.out, params, reward_name=job.reward, select=job.select,
                       min_score=job.min_score, cache=_cache(job), batch_size=job.batch_size, console=console,
                       generator_id=gid, reward_id=reward_id, inputs=[job.prompts], system_prompt=job.system)
-    return _summary(job.out, stats)
+    return _summary(job.out, stats, bad_prompts)
 
 
 def _sampling(job: CurationJob, what: str, n: int, temperature: float, top_p: float) -> SamplingParams:
@@ -148,8 +148,9 @@ def _sampling(job: CurationJob, what: str, n: int, temperature: float, top_p: fl
     return params
 
 
-def _prompts(job: CurationJob, console: Console) -> list[Conversation]:
-    """The prompts to curate; none at all is an error (a wrong path or format, not a finished job)."""
+def _prompts(job: CurationJob, console: Console) -> tuple[list[Conversation], dict[str, int]]:
+    """The prompts to curate and the prompt records skipped (by reason); none at all is an error (a wrong path or
+    format, not a finished job)."""
     from sftlab.data.loading import load_conversations, make_spec
 
     if job.max_prompts is not None and job.max_prompts < 1:
@@ -163,7 +164,7 @@ def _prompts(job: CurationJob, console: Console) -> list[Conversation]:
         raise DataError(f"no prompts to curate (read {report.read} records, skipped {dict(report.skipped)}; "
                         f"first problem: {report.examples[0] if report.examples else 'the source is empty'})",
                         source=job.prompts)
-    return convs
+    return convs, dict(report.skipped)
 
 
 def _cache(job: CurationJob):
@@ -180,11 +181,12 @@ def _cache(job: CurationJob):
         raise SftlabError(f"generation cache {path}: {e}; pass --no-cache or choose another --out") from None
 
 
-def _summary(out: Path, stats: RunStats) -> CurationSummary:
-    """The run summary, kept beside the output."""
+def _summary(out: Path, stats: RunStats, bad_prompts: dict[str, int]) -> CurationSummary:
+    """The run summary, kept beside the output; prompt records that could not be read count among its skips."""
     from sftlab.artifacts.records import CurationSummary, write_record
     from sftlab.curate.store import CurationFiles, write_failed
 
+    stats.skipped.update({f"bad prompt record ({reason})": n for reason, n in bad_prompts.items()})
     summary, path = CurationSummary(**stats.to_dict()), CurationFiles(out).summary
     try:
         write_record(path, summary)
