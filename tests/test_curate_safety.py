@@ -355,6 +355,19 @@ def test_filter_refuses_an_existing_file_it_did_not_write(tmp_path):
 
 
 @pytest.mark.parametrize("flags", [[], ["--overwrite"]])
+def test_filter_never_writes_into_a_report_folder_it_did_not_write(flags, tmp_path):
+    pool, out = _pool(tmp_path / "pool.jsonl"), tmp_path / "sel.jsonl"
+    folder = tmp_path / "sel.report"  # where the report of sel.jsonl goes: here a folder of the user's
+    folder.mkdir()
+    (folder / "decisions.jsonl").write_text("my own decisions\n")
+    r = _filter(pool, out, *flags)
+    assert r.exit_code == 2 and "is not a report written by" in r.output, r.output  # was: decisions.jsonl replaced
+    assert (folder / "decisions.jsonl").read_text() == "my own decisions\n" and not out.exists()
+    (folder / "decisions.jsonl").unlink()
+    assert _filter(pool, out).exit_code == 0 and _filter(pool, out).exit_code == 0  # its own report: re-run fine
+
+
+@pytest.mark.parametrize("flags", [[], ["--overwrite"]])
 def test_filter_output_can_never_be_the_pool(flags, tmp_path):
     pool = _pool(tmp_path / "pool.jsonl")
     before = pool.read_bytes()
