@@ -248,10 +248,28 @@ def test_database_url_password_never_printed_by_the_cli():
     assert r.exit_code == 2 and "unknown database dialect" in r.output and "secret" not in r.output, r.output
 
 
-def test_database_connection_failure_is_a_data_error(tmp_path):
-    url = f"sqlite:///{tmp_path}/no/such/folder/x.db"
-    with pytest.raises(DataError, match="SQL query failed.*unable to open database file"):
+@pytest.mark.parametrize("where", ["no/such/folder/x.db", "new.db"])
+def test_sqlite_url_to_no_file_is_an_error_and_creates_none(tmp_path, where):
+    url = f"sqlite:///{tmp_path}/{where}"
+    with pytest.raises(DataError, match="SQLite file not found"):
         load_conversations(DataSpec(path=url, type="sql", query="select 1"))
+    assert list(tmp_path.iterdir()) == []  # was: an empty new.db
+
+
+@pytest.mark.parametrize("as_url", [False, True])
+def test_a_query_cannot_change_the_users_sqlite_file(tmp_path, as_url):
+    db = tmp_path / "pool.sqlite"
+    con = sqlite3.connect(db)
+    con.execute("create table t (instruction text, output text)")
+    con.execute("insert into t values ('q', 'a')")
+    con.commit()
+    con.close()
+    path = f"sqlite:///{db}" if as_url else str(db)
+    with pytest.raises(DataError, match="readonly database"):  # was: the row deleted
+        load_conversations(DataSpec(path=path, type="sql", query="delete from t returning instruction, output"))
+    assert sqlite3.connect(db).execute("select count(*) from t").fetchone() == (1,)
+    convs, _ = load_conversations(DataSpec(path=path, type="sql", query="select * from t"))
+    assert [t.content for t in convs[0].turns] == ["q", "a"]
 
 
 def test_sql_literal_with_colon_word_is_not_a_bind_parameter(tmp_path):

@@ -18,10 +18,8 @@ def read_sql(url: str, query: str) -> Iterator[Record]:
     import sqlalchemy as sa
 
     if "://" not in url:
-        if not Path(url).exists():
-            raise DataError("SQLite file not found", source=url, reason="missing source")
         url = f"sqlite:///{Path(url).resolve()}"
-    engine = _create_engine(url)
+    engine = _create_engine(_sqlite_read_only(url))
     try:
         with engine.connect() as conn:
             options = conn.execution_options(stream_results=True, no_parameters=True)
@@ -38,6 +36,24 @@ def read_sql(url: str, query: str) -> Iterator[Record]:
                         source=_redact(url), reason="sql error") from None
     finally:
         engine.dispose()
+
+
+def _sqlite_read_only(url: str) -> str:
+    """A SQLite file is opened read-only: a query cannot change the user's database, and a path to no file is an
+    error instead of a new empty database. Other databases get the query as written."""
+    import sqlalchemy as sa
+
+    try:
+        parsed = sa.engine.make_url(url)
+    except sa.exc.ArgumentError:
+        return url  # _create_engine reports it
+    db = parsed.database
+    if parsed.get_backend_name() != "sqlite" or not db or db == ":memory:" or db.startswith("file:"):
+        return url
+    if not Path(db).is_file():
+        raise DataError("SQLite file not found", source=db, reason="missing source")
+    return parsed.set(database=f"file:{Path(db).resolve()}", query={**parsed.query, "mode": "ro", "uri": "true"}
+                      ).render_as_string(hide_password=False)
 
 
 def _create_engine(url: str):
