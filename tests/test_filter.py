@@ -271,6 +271,10 @@ def test_filter_cli_and_config_errors(tmp_path):
     r = CliRunner().invoke(app, ["curate", "filter", "--pool", str(pool), "--out", "x.jsonl", "--set",
                                  "dedup.treshold=0.9"])
     assert r.exit_code == 2 and "dedup.treshold" in r.output
+    r = CliRunner().invoke(app, ["curate", "filter", "--pool", str(pool), "--out", str(tmp_path / "z.jsonl"),
+                                 "--target-size", "0"])
+    assert r.exit_code == 2 and "target_size" in r.output, r.output  # was: 0 read as "not given", 1000 kept
+    assert not (tmp_path / "z.jsonl").exists()
     with pytest.raises(ConfigError, match="field 'output'"):
         make_filter_config({"pool": [str(pool)]})
 

@@ -51,6 +51,17 @@ def test_jsonl_json_csv_parquet_hf_sql_agree(tmp_path):
         assert len({c.id for c in convs}) == 5
 
 
+def test_a_split_the_saved_dataset_lacks_is_named(tmp_path):
+    import datasets
+
+    folder = tmp_path / "hfds"
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(ROWS)}).save_to_disk(str(folder))
+    with pytest.raises(DataError, match=r"no split 'test' \(it has \['train'\]\)"):  # was: KeyError 'test'
+        load_conversations(DataSpec(path=str(folder), split="test"))
+    convs, _ = load_conversations(DataSpec(path=str(folder), split="train"))
+    assert _turns(convs) == _expected()
+
+
 def test_messages_as_json_text_in_csv(tmp_path):
     msgs = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
     with open(tmp_path / "m.csv", "w", newline="") as f:

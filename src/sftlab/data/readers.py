@@ -216,9 +216,13 @@ def read_hf(path_or_id: str, split: str | None = None) -> Iterator[Record]:
     if isinstance(ds, datasets.DatasetDict):
         if split is None and len(ds) != 1:
             raise DataError(f"dataset has splits {list(ds)}; set `split:`", source=path_or_id, reason="no split")
+        if split is not None and split not in ds:
+            raise DataError(f"dataset has no split '{split}' (it has {list(ds)})", source=path_or_id,
+                            reason="no split")
         ds = ds[split or next(iter(ds))]
     for i, rec in enumerate(ds):
         yield f"record {i}", rec
+
 
 def read_records(path: str | None = None, *, type: str | None = None, split: str | None = None,
                  query: str | None = None) -> Iterator[Record]:

@@ -99,7 +99,7 @@ def filter_config_with_options(path: Path | None, overrides: dict[str, Any], poo
         raw["output"] = output
     if output_format:
         raw["output_format"] = output_format
-    if target_size:
+    if target_size is not None:  # 0 is refused by the config, not taken for "not given"
         raw["target_size"] = target_size
     if eval_sets:
         raw.setdefault("decontaminate", {})["eval"] = eval_sets
