@@ -176,3 +176,14 @@ def test_a_changed_input_file_reruns_the_stage_that_reads_it(in_tmp, tiny_model_
     run_recipe(path, console=QUIET)
     extra.write_text(extra.read_text().replace("Hello.", "Hello there."))  # same path, new content
     assert _statuses(run_recipe(path, console=QUIET)) == {"data": "ran", "sft": "ran", "eval": "ran"}
+
+
+def test_a_preparer_parameter_typo_is_one_clear_error_before_anything_runs(in_tmp, tiny_model_dir):
+    raw = _recipe(tiny_model_dir)
+    raw["stages"][0]["params"] = {"general_exampls": 6}
+    path = _write(in_tmp, raw)
+    with pytest.raises(ConfigError, match=r"toy.yaml: stage data: preparer 'shipped_mix'.*general_exampls"):
+        run_recipe(path, console=QUIET)
+    assert not (in_tmp / "runs/toy/data").exists()
+    res = CliRunner().invoke(app, ["run", str(path)])
+    assert res.exit_code == 2 and "general_exampls" in res.output and "Traceback" not in res.output

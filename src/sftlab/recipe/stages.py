@@ -4,6 +4,7 @@ folder, and return what later stages and the report need (as JSON)."""
 from __future__ import annotations
 
 import gc
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib.resources import files
@@ -67,8 +68,20 @@ def resolve(value: Any, ctx: StageContext) -> Any:
     return value
 
 
-def run_prepare(stage, folder: Path, ctx: StageContext, resuming: bool) -> dict[str, Any]:
+def preparer(stage) -> Callable[..., Any]:
+    """A prepare stage's function; a parameter it does not take is a ConfigError (checked before any stage runs)."""
     fn = import_callable(PREPARERS.get(stage.function, stage.function), "preparer")
+    try:
+        inspect.signature(fn).bind(Path(), seed=0, quick=False, **stage.params)
+    except TypeError as e:
+        takes = [p for p in inspect.signature(fn).parameters if p not in ("out", "seed", "quick")]
+        raise ConfigError(f"stage {stage.id}: preparer '{stage.function}': {e} (its params: "
+                          f"{', '.join(takes) or 'none'})") from None
+    return fn
+
+
+def run_prepare(stage, folder: Path, ctx: StageContext, resuming: bool) -> dict[str, Any]:
+    fn = preparer(stage)
     made = fn(folder, seed=ctx.seed, quick=ctx.quick, **resolve(stage.params, ctx))
     return {"made": made}
 
