@@ -187,3 +187,15 @@ def test_a_preparer_parameter_typo_is_one_clear_error_before_anything_runs(in_tm
     assert not (in_tmp / "runs/toy/data").exists()
     res = CliRunner().invoke(app, ["run", str(path)])
     assert res.exit_code == 2 and "general_exampls" in res.output and "Traceback" not in res.output
+
+
+def test_a_metric_name_typo_fails_naming_the_file_and_field_and_keeps_the_stages(in_tmp, tiny_model_dir):
+    raw = _recipe(tiny_model_dir)
+    raw["result"]["metrics"] = ["identity.identity_corect"]
+    path = _write(in_tmp, raw)
+    res = CliRunner().invoke(app, ["run", str(path)])
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert "toy.yaml: result.metrics: evaluator 'identity' has no metric 'identity_corect'" in res.output
+    assert not (in_tmp / "runs/toy/result.json").exists()
+    raw["result"]["metrics"] = ["identity.identity_correct"]  # fixed: nothing runs again
+    assert set(_statuses(run_recipe(_write(in_tmp, raw), console=QUIET)).values()) == {"skipped (done, unchanged)"}

@@ -14,6 +14,7 @@ from sftlab.artifacts.layout import RunFolder
 from sftlab.artifacts.records import DataStats, SuiteResult, read_record
 from sftlab.artifacts.render import ci_text, cut_off_text, pairwise_sentence, suite_markdown, value_text
 from sftlab.data.writers import write_json, write_text
+from sftlab.errors import ConfigError
 
 
 def machine() -> str:
@@ -145,6 +146,9 @@ def _train_reports(run) -> None:
 
 def write_run_report(run, recipe_path: str | Path, quick: bool) -> Path:
     rows = result_rows(run, recipe_path, quick)
+    missing = sorted({m["missing"] for r in rows for m in r["metrics"] if "missing" in m})
+    if missing:  # a typo in result.metrics: the stages stay done, so fixing it reruns nothing
+        raise ConfigError(f"{recipe_path}: result.metrics: {'; '.join(missing)}")
     measures = {m: run.stages[m]["outputs"]["made"] for m in (run.recipe.result.measures if run.recipe.result else [])}
     write_json(run.run_dir / "result.json", {"recipe": run.recipe.name, "rows": rows, "measures": measures,
                                              "command": rows[0]["command"] if rows else f"sftlab run {recipe_path}"})
