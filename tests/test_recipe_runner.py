@@ -199,3 +199,34 @@ def test_a_metric_name_typo_fails_naming_the_file_and_field_and_keeps_the_stages
     assert not (in_tmp / "runs/toy/result.json").exists()
     raw["result"]["metrics"] = ["identity.identity_correct"]  # fixed: nothing runs again
     assert set(_statuses(run_recipe(_write(in_tmp, raw), console=QUIET)).values()) == {"skipped (done, unchanged)"}
+
+
+CHAIN = '''
+import os
+def make(out, *, seed=0, quick=False):
+    if os.environ.get("SFTLAB_TEST_CRASH"):
+        raise RuntimeError("crashed")
+    (out / "x.txt").write_text(os.environ.get("SFTLAB_TEST_VERSION", "1"))
+    return {}
+def copy(out, *, seed=0, quick=False, src=""):
+    (out / "y.txt").write_text((__import__("pathlib").Path(src) / "x.txt").read_text())
+    return {}
+'''
+
+
+def test_a_crash_after_from_still_reruns_the_stages_after_it(in_tmp, monkeypatch):
+    """`--from a` crashed in a; the plain rerun resumes a, so b (its key unchanged) must not keep a's old output."""
+    (in_tmp / "chain_prep.py").write_text(CHAIN)
+    monkeypatch.syspath_prepend(str(in_tmp))
+    path = _write(in_tmp, {"name": "toy", "stages": [
+        {"id": "a", "type": "prepare", "function": "chain_prep:make"},
+        {"id": "b", "type": "prepare", "function": "chain_prep:copy", "params": {"src": "${a}"}}]})
+    run_recipe(path, console=QUIET)
+    monkeypatch.setenv("SFTLAB_TEST_VERSION", "2")
+    monkeypatch.setenv("SFTLAB_TEST_CRASH", "1")
+    with pytest.raises(RuntimeError):
+        run_recipe(path, from_stage="a", console=QUIET)
+    monkeypatch.delenv("SFTLAB_TEST_CRASH")
+    assert _statuses(run_recipe(path, console=QUIET)) == {"a": "resumed", "b": "ran"}
+    assert (in_tmp / "runs/toy/b/y.txt").read_text() == "2"
+    sys.modules.pop("chain_prep", None)

@@ -14,7 +14,7 @@ from sftlab.errors import ConfigError
 from sftlab.fsutil import marker_kind, write_marker
 from sftlab.recipe.spec import Recipe, load_recipe
 from sftlab.recipe.stages import RUNNERS, StageContext, preparer, resolve, run_folder
-from sftlab.recipe.state import STAGE_KIND, StageState, claim_stage_folder, stage_key
+from sftlab.recipe.state import STAGE_KIND, StageState, claim_stage_folder, stage_key, stage_refs
 
 RUN_KIND = "recipe"
 
@@ -78,11 +78,15 @@ def run_recipe(path: str | Path, out: Path | None = None, from_stage: str | None
     _claim_run_dir(run_dir)
     ctx = StageContext(run_dir, {}, recipe.seed, quick, console, recipe.requires)
     run, keys, t0 = RecipeRun(recipe, run_dir, 0.0), {}, time.time()
+    redone: set[str] = set()  # stages that ran or resumed now: a stage reading one runs again (same key or not)
     for i, stage in enumerate(recipe.stages):
         spec = stage.model_dump()
         keys[stage.id] = stage_key(spec, resolve(spec, ctx), keys, quick, recipe.seed)
         console.rule(f"[bold]{recipe.name}[/]: stage {stage.id} ({stage.type})")
-        what, state = _run_stage(stage, ctx, keys[stage.id], i >= first_forced, _inputs(path))
+        forced = i >= first_forced or bool(stage_refs(spec) & redone)
+        what, state = _run_stage(stage, ctx, keys[stage.id], forced, _inputs(path))
+        if not what.startswith("skipped"):
+            redone.add(stage.id)
         ctx.outputs[stage.id] = state.outputs or {}
         run.stages[stage.id] = {"type": stage.type, "status": what, "seconds": round(state.seconds, 1),
                                 "key": keys[stage.id], "outputs": state.outputs}

@@ -42,12 +42,16 @@ def _input_files(value: Any) -> list[Path]:
     return []
 
 
+def stage_refs(spec: dict[str, Any]) -> set[str]:
+    """The earlier stages a stage reads: its `${id}` references, the models it evaluates."""
+    return references(spec) | set(spec.get("models", [])) | {x for p in spec.get("head_to_head", []) for x in p}
+
+
 def stage_key(spec: dict[str, Any], resolved: dict[str, Any], upstream: dict[str, str], quick: bool,
               seed: int) -> str:
     """The key of a stage: its config as written, the keys of the stages it refers to, the content of the files
     its resolved config names (data sources, another run's outputs)."""
-    refs = sorted(references(spec) | set(spec.get("models", [])) | {x for p in spec.get("head_to_head", [])
-                                                                      for x in p})
+    refs = sorted(stage_refs(spec))
     files = {str(p): _file_digest(p) for p in _input_files(resolved)}
     return stable_key(spec, {r: upstream[r] for r in refs}, files, quick, seed)
 
