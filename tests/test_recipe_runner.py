@@ -230,3 +230,20 @@ def test_a_crash_after_from_still_reruns_the_stages_after_it(in_tmp, monkeypatch
     assert _statuses(run_recipe(path, console=QUIET)) == {"a": "resumed", "b": "ran"}
     assert (in_tmp / "runs/toy/b/y.txt").read_text() == "2"
     sys.modules.pop("chain_prep", None)
+
+
+def test_results_never_overwrites_a_file_it_did_not_write(in_tmp, tiny_model_dir):
+    from sftlab.recipe.results import render_results
+
+    (in_tmp / "recipes").mkdir()
+    (in_tmp / "recipes/toy.yaml").write_text(yaml.safe_dump(_recipe(tiny_model_dir)))
+    notes = in_tmp / "notes.md"
+    notes.write_text("my notes")
+    res = CliRunner().invoke(app, ["results", "toy", "--out", "notes.md", "--store", "store"])
+    assert res.exit_code == 2 and "notes.md" in res.output and "sftlab results" in res.output
+    assert notes.read_text() == "my notes" and not (in_tmp / "runs").exists()  # refused before running anything
+    page = in_tmp / "RESULTS.md"
+    page.write_text(render_results(in_tmp / "store"))  # an earlier page of its own is replaced
+    res = CliRunner().invoke(app, ["results", "toy", "--out", "RESULTS.md", "--store", "store"])
+    assert res.exit_code == 0, res.output
+    assert "| toy | sft: lora |" in page.read_text()

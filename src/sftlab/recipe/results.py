@@ -13,13 +13,25 @@ from rich.console import Console
 
 from sftlab.artifacts.records import LOWER_IS_BETTER
 from sftlab.data.writers import write_json, write_text
-from sftlab.errors import SftlabError
+from sftlab.errors import ConfigError, SftlabError
 from sftlab.recipe.report import metric_text
 from sftlab.recipe.spec import is_recipe, load_recipe
 
 HEADER = ["recipe", "model: method", "student <- teacher", "examples", "metric: base -> tuned (95% interval, n)",
           "training: time, peak memory", "stage time, summed (each stage's latest run; notes give full times)",
           "date, machine"]
+
+
+TITLE = "# Results\n\nEvery row was produced by"  # how every page `sftlab results` writes begins
+
+
+def check_results_page(out: Path) -> None:
+    """The page is new or one `sftlab results` wrote: a file of the user's at that path is never replaced."""
+    if out.is_dir():
+        raise ConfigError(f"{out}: is a folder, expected the path of the results page")
+    if out.exists() and not out.read_text(encoding="utf-8", errors="replace").startswith(TITLE):
+        raise ConfigError(f"{out} already exists and was not written by `sftlab results`; move it or choose "
+                          "another --out")
 
 
 def list_recipes(folder: Path = Path("recipes")) -> list[Path]:
@@ -110,6 +122,7 @@ def run_results(names: list[str], quick: bool, out: Path, store: Path, console: 
     if missing:
         raise SftlabError(f"no recipe named {', '.join(sorted(missing))} in {folder} "
                           f"(have {', '.join(p.stem for p in recipes)})")
+    check_results_page(out)
     chosen.sort(key=lambda p: len(recipes[p].requires))  # a recipe reading another's run goes after it
     for path in chosen:
         name = recipes[path].name
