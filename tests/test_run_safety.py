@@ -281,3 +281,24 @@ def test_marker_is_not_written_outside_the_run(tiny_model_dir, tmp_path):
     result = train(_cfg(tiny_model_dir, tmp_path, output_dir=str(tmp_path / "a" / "b")))
     assert (result.run_dir / MARKER).exists() and not (tmp_path / "a" / MARKER).exists()
     assert os.listdir(tmp_path / "a") == ["b"]
+
+
+def test_a_kill_while_removing_a_stage_folder_leaves_its_name_claimable(tmp_path, monkeypatch):
+    import sftlab.fsutil as fsutil
+    from sftlab.recipe.state import claim_stage_folder
+
+    folder = tmp_path / "run" / "sft"
+    claim_stage_folder(folder, keep=[])
+    (folder / "weights.safetensors").write_text("x")
+
+    def killed_midway(path):  # the marker goes first, then the process dies
+        for marker in Path(path).rglob(MARKER):
+            marker.unlink()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fsutil.shutil, "rmtree", killed_midway)
+    with pytest.raises(KeyboardInterrupt):
+        claim_stage_folder(folder, keep=[])
+    monkeypatch.undo()
+    claim_stage_folder(folder, keep=[])  # was: "refusing to remove ...: it holds no sftlab-run.json", every rerun
+    assert [p.name for p in folder.iterdir()] == [MARKER]

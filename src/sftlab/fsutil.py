@@ -89,9 +89,14 @@ def check_removable(folder: str | Path, kind: str, keep: Iterable[str | Path] = 
 
 
 def remove_owned_folder(folder: str | Path, kind: str, keep: Iterable[str | Path] = ()) -> None:
-    """Delete a folder sftlab created as a `kind` output (checked first); anything else is a ConfigError."""
+    """Delete a folder sftlab created as a `kind` output (checked first); anything else is a ConfigError. It is
+    renamed aside first: a kill while deleting leaves a hidden `.NAME.*.old` folder, never a half-deleted one
+    under its name without its marker (which no later run may then remove)."""
     check_removable(folder, kind, keep)
-    shutil.rmtree(folder)
+    folder = Path(folder)
+    aside = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".old"))
+    os.replace(folder, aside / folder.name)
+    shutil.rmtree(aside)
 
 
 def is_empty_folder(folder: str | Path) -> bool:
