@@ -247,3 +247,14 @@ def test_results_never_overwrites_a_file_it_did_not_write(in_tmp, tiny_model_dir
     res = CliRunner().invoke(app, ["results", "toy", "--out", "RESULTS.md", "--store", "store"])
     assert res.exit_code == 0, res.output
     assert "| toy | sft: lora |" in page.read_text()
+
+
+def test_results_refuse_a_store_holding_json_it_did_not_write(in_tmp, tiny_model_dir):
+    (in_tmp / "recipes").mkdir()
+    (in_tmp / "recipes/toy.yaml").write_text(yaml.safe_dump(_recipe(tiny_model_dir)))
+    (in_tmp / "store").mkdir()
+    mine = in_tmp / "store/toy.json"
+    mine.write_text('{"a": 1}')
+    res = CliRunner().invoke(app, ["results", "toy", "--store", "store"])
+    assert res.exit_code == 2 and "store/toy.json" in res.output and "not a recipe result" in res.output, res.output
+    assert mine.read_text() == '{"a": 1}' and not (in_tmp / "runs").exists()  # was: KeyError 'rows' after the run

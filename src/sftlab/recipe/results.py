@@ -12,8 +12,9 @@ from typing import Any
 from rich.console import Console
 
 from sftlab.artifacts.records import LOWER_IS_BETTER
+from sftlab.data.readers import first_line
 from sftlab.data.writers import write_json, write_text
-from sftlab.errors import ConfigError, SftlabError
+from sftlab.errors import ConfigError, DataError, SftlabError
 from sftlab.recipe.report import metric_text
 from sftlab.recipe.spec import is_recipe, load_recipe
 
@@ -83,9 +84,22 @@ def table_lines(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def read_stored(path: Path) -> dict[str, Any]:
+    """One recipe's stored result; a JSON file in the store that `sftlab results` did not write is a DataError."""
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise DataError(f"cannot read it ({first_line(e)})", source=str(path)) from None
+    ours = isinstance(stored, dict) and isinstance(stored.get("recipe"), str) and isinstance(stored.get("rows"), list)
+    if not ours:
+        raise DataError("not a recipe result stored by `sftlab results` (no 'recipe' and 'rows'); move it out of "
+                        "the store folder", source=str(path))
+    return stored
+
+
 def render_results(store: Path) -> str:
     """RESULTS.md from every stored recipe result: the table, then the command that produced each recipe's rows."""
-    stored = [json.loads(p.read_text(encoding="utf-8")) for p in sorted(store.glob("*.json"))]
+    stored = [read_stored(p) for p in sorted(store.glob("*.json"))]
     rows = [row for s in stored for row in s["rows"]]
     commands = sorted({(s["recipe"], s.get("command") or "") for s in stored})
     measures = [f"- {s['recipe']} / {stage}: `{json.dumps(made, ensure_ascii=False)}`"
@@ -123,6 +137,8 @@ def run_results(names: list[str], quick: bool, out: Path, store: Path, console: 
         raise SftlabError(f"no recipe named {', '.join(sorted(missing))} in {folder} "
                           f"(have {', '.join(p.stem for p in recipes)})")
     check_results_page(out)
+    for path in store.glob("*.json"):  # before any recipe runs: a file of the user's is neither read nor replaced
+        read_stored(path)
     chosen.sort(key=lambda p: len(recipes[p].requires))  # a recipe reading another's run goes after it
     for path in chosen:
         name = recipes[path].name
