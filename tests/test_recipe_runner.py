@@ -178,15 +178,29 @@ def test_a_changed_input_file_reruns_the_stage_that_reads_it(in_tmp, tiny_model_
     assert _statuses(run_recipe(path, console=QUIET)) == {"data": "ran", "sft": "ran", "eval": "ran"}
 
 
-def test_a_preparer_parameter_typo_is_one_clear_error_before_anything_runs(in_tmp, tiny_model_dir):
+@pytest.mark.parametrize(("stage", "where", "typo", "message"), [
+    (0, "params", {"general_exampls": 6}, r"stage data: preparer 'shipped_mix'.*general_exampls"),
+    (1, "config", {"learning_rat": 0.1}, r"stage sft.*learning_rat"),
+    (2, "suite", {"evaluators": [{"type": "identiti"}]}, r"stage eval.*identiti"),
+], ids=["prepare", "train", "eval"])
+def test_a_stage_config_typo_is_one_clear_error_before_anything_runs(in_tmp, tiny_model_dir, stage, where, typo,
+                                                                     message):
     raw = _recipe(tiny_model_dir)
-    raw["stages"][0]["params"] = {"general_exampls": 6}
+    raw["stages"][stage][where] = {**raw["stages"][stage][where], **typo}
     path = _write(in_tmp, raw)
-    with pytest.raises(ConfigError, match=r"toy.yaml: stage data: preparer 'shipped_mix'.*general_exampls"):
+    with pytest.raises(ConfigError, match=f"(?s)toy.yaml: {message}"):  # was: a traceback or an error stages later
         run_recipe(path, console=QUIET)
     assert not (in_tmp / "runs/toy/data").exists()
     res = CliRunner().invoke(app, ["run", str(path)])
-    assert res.exit_code == 2 and "general_exampls" in res.output and "Traceback" not in res.output
+    assert res.exit_code == 2 and "toy.yaml" in res.output and "Traceback" not in res.output
+
+
+def test_a_curation_stage_typo_fails_before_anything_runs(in_tmp, tiny_model_dir):
+    raw = _recipe(tiny_model_dir, extra_stage={"id": "gen", "type": "distill", "job": {
+        "prompts": "${data}/train.jsonl", "teacher": str(tiny_model_dir), "max_new_tokns": 4}})
+    with pytest.raises(ConfigError, match="(?s)toy.yaml: stage gen.*max_new_tokns"):
+        run_recipe(_write(in_tmp, raw), console=QUIET)
+    assert not (in_tmp / "runs/toy/data").exists()
 
 
 def test_a_metric_name_typo_fails_naming_the_file_and_field_and_keeps_the_stages(in_tmp, tiny_model_dir):

@@ -13,7 +13,7 @@ from rich.console import Console
 from sftlab.errors import ConfigError
 from sftlab.fsutil import marker_kind, write_marker
 from sftlab.recipe.spec import Recipe, load_recipe
-from sftlab.recipe.stages import RUNNERS, StageContext, preparer, resolve, run_folder
+from sftlab.recipe.stages import RUNNERS, StageContext, check_stage, resolve, run_folder
 from sftlab.recipe.state import STAGE_KIND, StageState, claim_stage_folder, stage_key, stage_refs
 
 RUN_KIND = "recipe"
@@ -69,14 +69,13 @@ def run_recipe(path: str | Path, out: Path | None = None, from_stage: str | None
     recipe = load_recipe(path, quick=quick)
     run_dir = out or run_folder(recipe.name, quick)
     first_forced = _check_from(recipe, from_stage)
-    for stage in recipe.stages:  # a preparer that cannot be imported or called so fails now, not hours in
-        if stage.type == "prepare":
-            try:
-                preparer(stage)
-            except (ConfigError, ValueError) as e:
-                raise ConfigError(f"{path}: {e}") from None
-    _claim_run_dir(run_dir)
     ctx = StageContext(run_dir, {}, recipe.seed, quick, console, recipe.requires)
+    for stage in recipe.stages:
+        try:
+            check_stage(stage, ctx)
+        except (ConfigError, ValueError) as e:
+            raise ConfigError(f"{path}: {e}") from None
+    _claim_run_dir(run_dir)
     run, keys, t0 = RecipeRun(recipe, run_dir, 0.0), {}, time.time()
     redone: set[str] = set()  # stages that ran or resumed now: a stage reading one runs again (same key or not)
     for i, stage in enumerate(recipe.stages):

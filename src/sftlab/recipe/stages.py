@@ -86,35 +86,53 @@ def run_prepare(stage, folder: Path, ctx: StageContext, resuming: bool) -> dict[
     return {"made": made}
 
 
-def run_distill(stage, folder: Path, ctx: StageContext, resuming: bool) -> dict[str, Any]:
-    from sftlab.curate.jobs import DistillJob, run_distill
+def _curation_job(stage, folder: Path, ctx: StageContext):
+    from sftlab.curate.jobs import BestOfKJob, DistillJob
 
-    job = DistillJob.from_mapping({**resolve(stage.job, ctx), "out": str(folder / "data.jsonl")}, f"stage {stage.id}")
-    return {"data": str(folder / "data.jsonl"), "summary": run_distill(job, ctx.console).to_dict()}
+    job = DistillJob if stage.type == "distill" else BestOfKJob
+    return job.from_mapping({**resolve(stage.job, ctx), "out": str(folder / "data.jsonl")}, f"stage {stage.id}")
+
+
+def run_distill(stage, folder: Path, ctx: StageContext, resuming: bool) -> dict[str, Any]:
+    from sftlab.curate.jobs import run_distill
+
+    summary = run_distill(_curation_job(stage, folder, ctx), ctx.console)
+    return {"data": str(folder / "data.jsonl"), "summary": summary.to_dict()}
 
 
 def run_best_of_k(stage, folder: Path, ctx: StageContext, resuming: bool) -> dict[str, Any]:
-    from sftlab.curate.jobs import BestOfKJob, run_best_of_k
+    from sftlab.curate.jobs import run_best_of_k
 
-    job = BestOfKJob.from_mapping({**resolve(stage.job, ctx), "out": str(folder / "data.jsonl")}, f"stage {stage.id}")
-    return {"data": str(folder / "data.jsonl"), "summary": run_best_of_k(job, ctx.console).to_dict()}
+    summary = run_best_of_k(_curation_job(stage, folder, ctx), ctx.console)
+    return {"data": str(folder / "data.jsonl"), "summary": summary.to_dict()}
+
+
+def _filter_config(stage, folder: Path, ctx: StageContext):
+    from sftlab.curate.filter.config import make_filter_config
+
+    return make_filter_config({**resolve(stage.config, ctx), "output": str(folder / "selected.jsonl")},
+                              f"stage {stage.id}")
 
 
 def run_filter(stage, folder: Path, ctx: StageContext, resuming: bool) -> dict[str, Any]:
-    from sftlab.curate.jobs import run_filter_job
+    from sftlab.curate.jobs import run_filter_config
 
-    raw = {**resolve(stage.config, ctx), "output": str(folder / "selected.jsonl")}
-    result = run_filter_job(raw, ctx.console, overwrite=True)
+    result = run_filter_config(_filter_config(stage, folder, ctx), ctx.console, overwrite=True)
     return {"data": str(folder / "selected.jsonl"), "funnel": result.funnel}
+
+
+def _train_config(stage, folder: Path, ctx: StageContext):
+    from sftlab.train.config import make_config
+
+    return make_config({**resolve(stage.config, ctx), "name": stage.id, "output_dir": str(folder / "model")},
+                       f"stage {stage.id}")
 
 
 def run_train(stage, folder: Path, ctx: StageContext, resuming: bool) -> dict[str, Any]:
     from sftlab.artifacts.layout import RunFolder
-    from sftlab.train.config import make_config
     from sftlab.train.run import train
 
-    cfg = make_config({**resolve(stage.config, ctx), "name": stage.id, "output_dir": str(folder / "model")},
-                      f"stage {stage.id}")
+    cfg = _train_config(stage, folder, ctx)
     resume = resuming and any(RunFolder(folder / "model").checkpoints.glob("checkpoint-*"))
     result = train(cfg, resume=resume, overwrite=not resume, console=ctx.console)
     return {"base_model": result.base_model, "final_dir": str(result.final_dir), "method": cfg.method,
@@ -131,13 +149,19 @@ def _subjects(train_out: dict[str, Any], cache: Path, stage, ctx: StageContext) 
                          reuse=reuse, **weights)
 
 
+def _suite(stage, folder: Path, ctx: StageContext):
+    from sftlab.evaluate.suite import make_suite
+
+    return make_suite(resolve(stage.suite, ctx), f"stage {stage.id}")
+
+
 def run_eval(stage, folder: Path, ctx: StageContext, resuming: bool) -> dict[str, Any]:
     """Base vs each trained model on the whole suite; then the head-to-head pairs on its judge evaluators."""
     from sftlab.artifacts.render import print_suite
     from sftlab.evaluate.runner import run_suite, write_result
-    from sftlab.evaluate.suite import JudgeEval, make_suite
+    from sftlab.evaluate.suite import JudgeEval
 
-    suite = make_suite(resolve(stage.suite, ctx), f"stage {stage.id}")
+    suite = _suite(stage, folder, ctx)
     # run-level: a rerun after a scoring-only change (judge, rubric, metric) regenerates nothing; the keys hold
     # each model's weights fingerprint, template, dtype, prompt and sampling parameters
     cache, made, pairs = ctx.run_dir / "generations.sqlite", {}, {}
@@ -167,3 +191,14 @@ def run_eval(stage, folder: Path, ctx: StageContext, resuming: bool) -> dict[str
 RUNNERS: dict[str, Callable[..., dict[str, Any]]] = {
     "prepare": run_prepare, "distill": run_distill, "best_of_k": run_best_of_k, "filter": run_filter,
     "train": run_train, "eval": run_eval}
+
+
+CONFIGS: dict[str, Callable[..., Any]] = {
+    "prepare": lambda stage, folder, ctx: preparer(stage), "distill": _curation_job, "best_of_k": _curation_job,
+    "filter": _filter_config, "train": _train_config, "eval": _suite}
+
+
+def check_stage(stage, ctx: StageContext) -> None:
+    """Validate a stage's config as its runner will, before any stage runs: a typo fails now, not hours in. The
+    files it names need not exist yet (earlier stages make them)."""
+    CONFIGS[stage.type](stage, ctx.folder(stage.id), ctx)
