@@ -105,3 +105,13 @@ def test_report_renders_in_headless_chromium_with_the_json_numbers(run_dir, tmp_
     img = Image.open(shot).convert("L")
     lo, hi = img.getextrema()
     assert img.size == (1200, 2400) and hi - lo > 100  # a real page was painted, not a blank canvas
+
+
+@pytest.mark.parametrize("text", [b"name: [\n", b"- a\n- b\n", b"\xff\xfename: x\n"],
+                         ids=["invalid_yaml", "not_a_mapping", "not_utf8"])
+def test_report_on_a_run_with_a_damaged_config_is_a_clear_error(tmp_path, text):
+    (tmp_path / "config.yaml").write_bytes(text)
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n')
+    r = CliRunner().invoke(app, ["report", str(tmp_path)])
+    assert r.exit_code == 2, r.output
+    assert r.output.startswith("error: ") and "config.yaml" in r.output and "Traceback" not in r.output

@@ -12,8 +12,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from sftlab import plotting as plots
 from sftlab.artifacts.layout import EvalFiles, RunFolder, find_curation, report_files
 from sftlab.artifacts.records import (
@@ -30,6 +28,7 @@ from sftlab.data.writers import write_text
 from sftlab.errors import SftlabError
 from sftlab.report.markdown import render_markdown
 from sftlab.report.page import render_html
+from sftlab.yamlconfig import read_yaml_mapping
 
 CONFIG_KEYS = ["name", "model", "method", "epochs", "max_steps", "batch_size", "grad_accum", "learning_rate",
                "lr_scheduler", "optim", "precision", "max_length", "mask_mode", "seed", "output_dir"]
@@ -58,7 +57,7 @@ def find_inputs(run_dir: Path, eval_path: Path | None = None, curation_path: Pat
 
 
 def _config_summary(path: Path) -> dict[str, Any]:
-    cfg = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    cfg = read_yaml_mapping(path, "run config")
     out = {k: cfg[k] for k in CONFIG_KEYS if k in cfg}
     if cfg.get("method") == "lora" and cfg.get("lora"):
         out["lora"] = cfg["lora"]
