@@ -200,6 +200,23 @@ def test_chat_command_reads_stdin(tiny_model_dir):
     assert r.stdout.count("you> ") == 2 and "assistant> " in r.stdout
 
 
+@pytest.mark.parametrize("option", [["--max-new-tokens", "0"], ["--max-new-tokens", "-3"], ["--temperature", "-1"],
+                                    ["--temperature", "nan"], ["--temperature", "inf"]],
+                         ids=["max_new_tokens_0", "max_new_tokens_negative", "temperature_negative",
+                              "temperature_nan", "temperature_inf"])
+def test_chat_command_refuses_bad_options(tiny_model_dir, option):
+    """Before: --max-new-tokens 0/-3 was a transformers ValueError traceback after loading the model; a negative
+    or NaN temperature silently chatted greedily."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "sftlab.cli", "chat", str(tiny_model_dir), *option],
+                       input="hello\n/exit\n", capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    out = r.stdout + r.stderr
+    assert out.startswith(f"error: {option[0]} ") and "Traceback" not in out and "you> " not in out
+
+
 # ---------------------------------------------------------------------------------------------- hostile requests
 
 def _raw(text: str) -> bytes:

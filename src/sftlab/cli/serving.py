@@ -50,6 +50,7 @@ def chat(model: str = typer.Argument(..., help="Model (packaged name, folder, .g
          max_new_tokens: int = typer.Option(256), temperature: float = typer.Option(0.0)) -> None:
     """Interactive terminal chat with the saved chat template; /reset, /system TEXT, /exit."""
     quiet()
+    import math
     import sys
 
     from sftlab.generation.factory import load_transformers_generator
@@ -69,6 +70,10 @@ def chat(model: str = typer.Argument(..., help="Model (packaged name, folder, .g
         sys.stdout.flush()
 
     try:
+        if max_new_tokens < 1:  # checked before the model loads
+            raise SftlabError(f"--max-new-tokens {max_new_tokens}: must be an integer of at least 1")
+        if not math.isfinite(temperature) or temperature < 0:
+            raise SftlabError(f"--temperature {temperature}: must be a finite number >= 0 (0: greedy)")
         gen = load_transformers_generator(resolve_model_path(model), adapter=adapter, model_id=model)
         chat_loop(gen, read, write, max_new_tokens=max_new_tokens, temperature=temperature)
     except SftlabError as e:
