@@ -452,3 +452,26 @@ def test_comparisons_that_share_judges_grade_each_answer_once(tiny_model_dir, tu
     judge.grades.clear()  # forgotten grades: the same judge must read the answers again
     run_suite(suite, subjects, judges=judges)
     assert calls
+
+
+@pytest.mark.parametrize(("name", "content", "expected"), [
+    ("missing.jsonl", b'{"prompt": "hi"}\n{"text": "no prompt"}\n', "missing.jsonl, line 2, field 'prompt'"),
+    ("not_object.jsonl", b'{"prompt": "hi"}\n\n[1, 2]\n', "not_object.jsonl, line 3, field 'prompt'"),
+    ("number.jsonl", b'{"prompt": 5}\n', "number.jsonl, line 1, field 'prompt'"),
+    ("torn.jsonl", b'{"prompt": "hi"}\n{"prompt": "h\n', "torn.jsonl, line 2: not valid JSON"),
+    ("latin1.txt", "caf\u00e9?\n".encode("latin-1"), "latin1.txt: not UTF-8 text"),
+], ids=["no_prompt_field", "not_an_object", "prompt_not_text", "invalid_json", "not_utf8"])
+def test_eval_prompt_file_problems_name_the_file_and_line(tiny_model_dir, tmp_path, name, content, expected):
+    """Before: a record without `prompt` or a non-object line was a KeyError/TypeError traceback; invalid JSON or
+    non-UTF-8 bytes an error that named neither the file nor the line."""
+    from typer.testing import CliRunner
+
+    from sftlab.cli import app
+
+    prompts = tmp_path / name
+    prompts.write_bytes(content)
+    r = CliRunner().invoke(app, ["eval", str(tiny_model_dir), "--tuned", str(tiny_model_dir), "--prompts", str(prompts),
+                                 "--out", str(tmp_path / "eval")])
+    assert r.exit_code == 2, r.output
+    assert r.output.startswith("error: ") and expected in r.output, r.output
+    assert not (tmp_path / "eval").exists()

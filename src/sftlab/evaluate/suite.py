@@ -36,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from sftlab.data.loading import DataSpec
 from sftlab.data.shipped import heldout_prompts
+from sftlab.errors import DataError
 from sftlab.yamlconfig import read_yaml_mapping, regex_error, validated
 
 
@@ -153,8 +154,26 @@ def load_suite(path: str | Path) -> EvalSuite:
 
 def read_prompt_file(path: Path) -> list[str]:
     """Prompts from a file: one a line, or JSONL records with a `prompt` field."""
-    lines = [x for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
-    return [json.loads(x)["prompt"] if path.suffix == ".jsonl" else x.strip() for x in lines]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"not UTF-8 text (invalid byte at offset {e.start})", source=str(path)) from None
+    prompts = []
+    for i, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        if path.suffix != ".jsonl":
+            prompts.append(line.strip())
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError as e:
+            raise DataError(f"not valid JSON ({e})", source=str(path), record=f"line {i}") from None
+        if not isinstance(record, dict) or not isinstance(record.get("prompt"), str):
+            raise DataError("expected a JSON object with a text `prompt`", source=str(path), record=f"line {i}",
+                            field="prompt")
+        prompts.append(record["prompt"])
+    return prompts
 
 
 def options_suite(prompts: Path | None = None, reference: Path | None = None, name: str | None = None,
