@@ -40,6 +40,22 @@ def test_refusals_before_any_work(tmp_path, adapter_stub, monkeypatch):
     assert notes.read_text() == "my notes"
 
 
+@pytest.mark.parametrize("how", ["--base", "recorded"])
+def test_the_base_gguf_is_never_the_output(tmp_path, adapter_stub, monkeypatch, how):
+    """Before: with --overwrite, exporting onto the GGUF file the adapter's base was read from passed the checks
+    (only the adapter counted as an input), and the converted merge replaced the user's base model."""
+    monkeypatch.setenv(CONVERTER_ENV, str(tmp_path / "no-converter"))
+    base = tmp_path / "base.gguf"
+    base.write_bytes(b"GGUF" + bytes(60))
+    extra = ["--base", str(base)]
+    if how == "recorded":
+        (adapter_stub / "sftlab.json").write_text(json.dumps({"base_model": str(base)}))
+        extra = []
+    r = runner.invoke(app, ["export", str(adapter_stub), str(base), "--format", "gguf", "--overwrite", *extra])
+    assert r.exit_code == 2 and "is the input" in r.output, r.output
+    assert base.read_bytes() == b"GGUF" + bytes(60)
+
+
 @pytest.mark.slow
 def test_gemma_adapter_to_gguf(tmp_path):
     """The GGUF holds the merged weights (not the base's): LoRA with random B on q_proj, converted at f32."""

@@ -50,9 +50,9 @@ def export_gguf(adapter_dir: str | Path, out_file: str | Path, base: str | None 
         raise ConfigError(f"--gguf-type {gguf_type}: expected one of {', '.join(GGUF_TYPES)}")
     if not is_adapter_dir(adapter_dir):
         raise ModelError(f"{adapter_dir} is not a LoRA adapter folder (no adapter_config.json)")
-    _check_gguf_output(out_file, overwrite, [adapter_dir])
-    converter = find_converter()  # before the (slow) merge
     base = base or recorded_base(adapter_dir)
+    _check_gguf_output(out_file, overwrite, [adapter_dir, base])  # the base may be a GGUF file: never replaced
+    converter = find_converter()  # before the (slow) merge
     staged = staging_folder(out_file)
     fd, tmp = tempfile.mkstemp(dir=out_file.parent, prefix=f".{out_file.name}.", suffix=".tmp")
     os.close(fd)
