@@ -222,6 +222,7 @@ def test_curate_filter_set_uses_the_same_parser(tmp_path):
     pytest.param("data", [], "at least 1 item", id="data_empty"),
     pytest.param("lora", {"target_modules": []}, "target_modules", id="target_modules_empty"),
     pytest.param("lora", {"target_modules": "q_proj["}, "not a valid regular expression", id="target_regex"),
+    pytest.param("eval_data", ["held.jsonl"], "unknown key", id="eval_data_was_accepted_and_never_used"),
 ])
 def test_bad_config_values_are_config_errors_naming_file_and_field(tmp_path, field, value, expected):
     import yaml

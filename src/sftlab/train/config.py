@@ -54,7 +54,6 @@ class TrainConfig(BaseModel):
     model: str = Field(description="Packaged name (gemma-3-270m, smollm2-135m-instruct), HF folder, .gguf, hub id.")
     chat_template: str = Field("auto", description="auto: the model's own, else a named one (chatml, gemma).")
     data: list[DataSpec] = Field(min_length=1, description="Training sources, concatenated (a mix).")
-    eval_data: list[DataSpec] = Field(default_factory=list, description="Held-out reference set for response NLL.")
     mask_mode: Literal["assistant", "last", "all"] = Field(
         "assistant", description="Loss on all assistant turns, the last one only, or every token.")
     max_length: int = Field(1024, ge=8, description="Longest tokenized example.")
@@ -107,7 +106,7 @@ class TrainConfig(BaseModel):
         description="Experiment trackers transformers logs to: tensorboard (into <run>/tb), wandb, mlflow, trackio, "
                     "... (installed ones only), 'all' (every installed one) or 'none'.")
 
-    @field_validator("data", "eval_data", mode="before")
+    @field_validator("data", mode="before")
     @classmethod
     def _one_or_many(cls, v: Any) -> Any:
         if isinstance(v, dict | str):

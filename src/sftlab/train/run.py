@@ -82,7 +82,7 @@ def prepare_data(cfg: TrainConfig, tokenizer) -> tuple[SFTDataset, dict[str, Any
 
 def _inputs(cfg: TrainConfig) -> list[str]:
     """Local paths a run reads: --overwrite must never remove the folder holding one of them."""
-    return [cfg.model, *(spec.path for spec in [*cfg.data, *cfg.eval_data])]
+    return [cfg.model, *(spec.path for spec in cfg.data)]
 
 
 def _is_legacy_run(run_dir: Path) -> bool:
