@@ -88,6 +88,18 @@ def test_overwrite_replaces_a_previous_run(tiny_model_dir, tmp_path):
     assert (second.run_dir / "final" / "adapter_model.safetensors").exists() and (second.run_dir / MARKER).exists()
 
 
+def test_a_run_that_failed_before_its_first_step_is_rerun_without_overwrite(tiny_model_dir, tmp_path):
+    from sftlab.errors import SftlabError
+
+    with pytest.raises(SftlabError):
+        train(_cfg(tmp_path / "no-such-model", tmp_path))
+    with pytest.raises(SftlabError):  # the data read, then a LoRA target that matches nothing
+        train(_cfg(tiny_model_dir, tmp_path, lora={"target_modules": ["v_prj"]}))
+    assert {p.name for p in (tmp_path / "run").iterdir()} <= {MARKER, "config.yaml", "data_stats.json"}
+    result = train(_cfg(tiny_model_dir, tmp_path))  # was: "run folder already exists; pass --resume or --overwrite"
+    assert (result.final_dir / "adapter_model.safetensors").exists()
+
+
 def test_overwrite_never_removes_the_runs_own_training_data(tiny_model_dir, tmp_path):
     cfg = _cfg(tiny_model_dir, tmp_path)
     train(cfg)

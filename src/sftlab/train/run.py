@@ -90,6 +90,14 @@ def _is_legacy_run(run_dir: Path) -> bool:
     return (run_dir / "config.yaml").is_file() and (run_dir / "checkpoints").is_dir()
 
 
+def _never_trained(run_dir: Path) -> bool:
+    """A run folder of ours that a run left before its first step (a wrong model path, a bad record): only its
+    marker, config and data stats. A rerun starts in it without --overwrite; there is nothing to resume."""
+    files = RunFolder(run_dir)
+    early = {files.marker.name, files.config.name, files.data_stats.name}
+    return marker_kind(run_dir) == "train" and all(p.name in early and p.is_file() for p in run_dir.iterdir())
+
+
 def prepare_run_dir(cfg: TrainConfig, resume: bool, overwrite: bool) -> Path:
     """Create (or reuse, or replace) the run folder by the rules of sftlab.fsutil, and mark it as a run."""
     run_dir = cfg.run_dir
@@ -97,7 +105,7 @@ def prepare_run_dir(cfg: TrainConfig, resume: bool, overwrite: bool) -> Path:
         raise ConfigError("--resume continues the run in the run folder and --overwrite deletes it: pass one")
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"output_dir {run_dir} is a file, not a folder; choose another output_dir")
-    if run_dir.is_dir() and any(run_dir.iterdir()):
+    if run_dir.is_dir() and any(run_dir.iterdir()) and not _never_trained(run_dir):
         if resume:
             if marker_kind(run_dir) != "train" and not _is_legacy_run(run_dir):
                 raise ConfigError(f"{run_dir} is not an sftlab run folder (no {MARKER}): --resume would write the "
