@@ -68,3 +68,12 @@ def test_eval_command_compares_base_and_adapter(tiny_model_dir, tmp_path):
     assert r.exit_code == 2 and "field 'evaluators.0.identity.autor'" in r.output
     r = runner.invoke(app, ["eval", str(tiny_model_dir)])
     assert r.exit_code == 2 and "exactly one of --adapter or --tuned" in r.output
+    r = runner.invoke(app, ["eval", str(tiny_model_dir), "--adapter", str(tmp_path / "run/final"), "--prompts",
+                            str(prompts), "--max-new-tokens", "4", "--out", str(tmp_path / "ev")])
+    assert r.exit_code == 0, r.output  # its own earlier output is replaced
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine/eval.md").write_text("my notes")
+    r = runner.invoke(app, ["eval", str(tiny_model_dir), "--adapter", str(tmp_path / "run/final"), "--prompts",
+                            str(prompts), "--out", str(tmp_path / "mine")])
+    assert r.exit_code == 2 and "did not write" in r.output, r.output  # was: eval.md replaced, a cache added
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["eval.md"]

@@ -66,6 +66,18 @@ def test_report_command_writes_html_markdown_json(run_dir):
     assert "| records written | 7 |" in md
 
 
+def test_report_never_writes_into_a_folder_of_the_users(run_dir, tmp_path):
+    mine = tmp_path / "slides"
+    mine.mkdir()
+    (mine / "report.html").write_text("my talk")
+    r = CliRunner().invoke(app, ["report", str(run_dir), "--out", str(mine)])
+    assert r.exit_code == 2 and "did not write" in r.output, r.output  # was: report.html replaced, exit 0
+    assert [p.name for p in mine.iterdir()] == ["report.html"] and (mine / "report.html").read_text() == "my talk"
+    for _ in range(2):  # its own earlier report is replaced
+        r = CliRunner().invoke(app, ["report", str(run_dir), "--out", str(tmp_path / "rep")])
+        assert r.exit_code == 0, r.output
+
+
 def test_report_errors_are_clear(tmp_path):
     r = CliRunner().invoke(app, ["report", str(tmp_path / "nope")])
     assert r.exit_code == 2 and "no such run folder" in r.output

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, with_config
 from typing_extensions import TypedDict
 
 from sftlab.artifacts.layout import CURATION_SUMMARY_SUFFIX, FILTER_REPORT_NAME
-from sftlab.errors import DataError
+from sftlab.errors import ConfigError, DataError, SftlabError
 
 SCHEMA_VERSION = 1
 
@@ -174,6 +174,21 @@ def read_json(path: Path) -> Any:
 def read_record(path: Path, kind: type[R]) -> R:
     """Read one record; a file of another shape is a DataError naming the file and the field."""
     return _validate(kind, read_json(path), path)
+
+
+def check_record_folder(folder: Path, record: Path, kind: type[R], command: str, leftovers: tuple[str, ...] = ()
+                        ) -> None:
+    """An output folder is new, empty, or `command`'s own earlier output (its `record` reads as `kind`, or it holds
+    only `leftovers` of a crashed run): a folder of the user's is never written into."""
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"{folder} is a file; `{command}` writes into a folder")
+    if not folder.is_dir() or all(p.name.startswith(leftovers) for p in folder.iterdir()):
+        return
+    try:
+        read_record(record, kind)
+    except (SftlabError, OSError):
+        raise ConfigError(f"{folder} already holds files that `{command}` did not write (no {record.name} of its "
+                          "own); choose another --out") from None
 
 
 def _validate(kind: type[R], data: Any, path: Path) -> R:

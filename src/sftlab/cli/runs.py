@@ -75,6 +75,8 @@ def eval_cmd(model: str = typer.Argument(..., help="Base model (packaged name, f
              out: Path = typer.Option(Path("runs/eval"), help="Folder for eval.json/.md.")) -> None:
     """Base vs tuned, side by side on the same prompts and decoding: every evaluator of a suite."""
     quiet()
+    from sftlab.artifacts.layout import EvalFiles
+    from sftlab.artifacts.records import SuiteResult, check_record_folder
     from sftlab.artifacts.render import print_suite
     from sftlab.evaluate.runner import run_suite, write_result
     from sftlab.evaluate.subjects import load_subjects
@@ -84,6 +86,7 @@ def eval_cmd(model: str = typer.Argument(..., help="Base model (packaged name, f
         if (adapter is None) == (tuned is None):
             raise SftlabError("give exactly one of --adapter or --tuned")
         spec = load_suite(suite) if suite else options_suite(prompts, reference, name, author, max_new_tokens)
+        check_record_folder(out, EvalFiles(out).json, SuiteResult, "sftlab eval", leftovers=("generations.sqlite",))
         subjects = load_subjects(model, adapter=adapter, tuned=tuned,
                                  cache_path=None if no_cache else out / "generations.sqlite")
         res = run_suite(spec, subjects, log=console.print)

@@ -19,12 +19,13 @@ from sftlab.artifacts.records import (
     Report,
     SuiteResult,
     TrainMetrics,
+    check_record_folder,
     read_curation,
     read_metrics_log,
     read_record,
     write_record,
 )
-from sftlab.data.writers import write_text
+from sftlab.data.writers import atomic_open, write_text
 from sftlab.errors import SftlabError
 from sftlab.report.markdown import render_markdown
 from sftlab.report.page import render_html
@@ -123,13 +124,14 @@ def write_report(run_dir: Path, out_dir: Path | None = None, eval_path: Path | N
     run_dir = Path(run_dir)
     out_dir = out_dir or run_dir / "report"
     page, md, js = report_files(out_dir)
+    check_record_folder(out_dir, js, Report, "sftlab report")
     rep = collect(find_inputs(run_dir, eval_path, curation_path))
     figs = make_plots(rep)
     title = title or f"sftlab run report: {(rep.config or {}).get('name', run_dir.name)}"
+    write_record(js, rep)  # first: a run stopped midway leaves a folder the next one knows as its own
     for name, png in figs.items():
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / f"{name}.png").write_bytes(png)
+        with atomic_open(out_dir / f"{name}.png", "wb") as f:
+            f.write(png)
     write_text(page, render_html(rep, figs, title))
     write_text(md, render_markdown(rep, figs, title))
-    write_record(js, rep)
     return page, md
