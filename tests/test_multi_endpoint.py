@@ -186,6 +186,22 @@ def test_all_endpoints_down_is_a_clear_error_with_finished_work_kept(tmp_path):
         distill(convs, gen, tmp_path / "d.jsonl", SamplingParams(), generator_id=engine_id("tiny", base_url=down))
 
 
+def test_credentials_in_an_endpoint_url_are_never_logged_or_shown(caplog):
+    err500, url = _failing_server(hang=False)
+    with_password = url.replace("http://", "http://alice:s3cret@")
+    refused = f"http://bob:hunter2@127.0.0.1:{_free_port()}/v1"
+    try:
+        gen = OpenAIHTTPGenerator([with_password, refused], "tiny", api_key_env=None, backoff=0.01, max_retries=1)
+        with pytest.raises(GenerationError) as e, caplog.at_level("WARNING"):
+            gen.generate([[{"role": "user", "content": "Hi"}]], SamplingParams(max_new_tokens=4))
+    finally:
+        err500.shutdown()
+        err500.server_close()
+    shown = [str(e.value), caplog.text, json.dumps(gen.pool.report())]
+    assert err500.RequestHandlerClass.calls >= 1 and "***@127.0.0.1" in str(e.value)  # the request was sent
+    assert not any(secret in text for text in shown for secret in ("s3cret", "hunter2", "alice", "bob")), shown
+
+
 def test_least_loaded_dispatch_and_resting_endpoints():
     pool = EndpointPool(["http://a", "http://b", "http://c"], rest=60)
     a, b, c = pool.endpoints

@@ -10,9 +10,19 @@ from __future__ import annotations
 
 import threading
 import time
+import urllib.parse
 from dataclasses import dataclass
 
 from sftlab.errors import ConfigError
+
+
+def shown_url(url: str) -> str:
+    """A URL as logs, errors and summaries show it: a user:password@ in it is replaced by ***@ (secrets are never
+    logged)."""
+    parts = urllib.parse.urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urllib.parse.urlunsplit(parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]))
 
 
 @dataclass
@@ -24,6 +34,10 @@ class Endpoint:
     consecutive_failures: int = 0
     rest_until: float = 0.0
     last_error: str = ""
+
+    @property
+    def name(self) -> str:
+        return shown_url(self.url)
 
 
 def endpoint_urls(base_url: str | list[str] | tuple[str, ...]) -> list[str]:
@@ -76,4 +90,4 @@ class EndpointPool:
     def report(self) -> dict[str, dict[str, int]]:
         """Requests served and failed per endpoint (for the run summary and the logs)."""
         with self._lock:
-            return {e.url: {"served": e.served, "failed": e.failed} for e in self.endpoints}
+            return {e.name: {"served": e.served, "failed": e.failed} for e in self.endpoints}

@@ -70,25 +70,24 @@ class OpenAIHTTPGenerator:
               errors: dict[str, str]) -> list[Generation] | None:
         """One try on one endpoint: the replies, or None after recording a failure another endpoint may not have
         (connection, timeout, 429/5xx); a reply that is the request's fault (4xx, garbage) raises."""
-        url = f"{endpoint.url}/chat/completions"
         try:
-            r = self.client.post(url, json=body)
+            r = self.client.post(f"{endpoint.url}/chat/completions", json=body)
         except httpx.RequestError as e:  # refused, reset, timed out, unreadable: the endpoint's fault
             return self._failed(endpoint, f"{type(e).__name__}: {e}", errors)
         if r.status_code in RETRY_STATUS:
             return self._failed(endpoint, f"HTTP {r.status_code}", errors, rest=_retry_after(r))
         self.pool.release(endpoint)  # it answered: whatever is wrong now is this request's, not the endpoint's
         if r.status_code != 200:
-            raise GenerationError(f"{url} answered {r.status_code}: {r.text[:300]}")
+            raise GenerationError(f"{endpoint.name}/chat/completions answered {r.status_code}: {r.text[:300]}")
         return self._parse(r, n)
 
     def _failed(self, endpoint: Endpoint, error: str, errors: dict[str, str], rest: float | None = None) -> None:
         """Record an endpoint's failure; with others to go to, say that its requests move there."""
-        errors[endpoint.url] = error
+        errors[endpoint.name] = error
         rest = self.pool.release(endpoint, error, rest)
         if len(self.pool.endpoints) > 1:
             log.warning("endpoint %s failed (%s): resting %.1fs, its requests go to the other endpoints",
-                        endpoint.url, error, rest)
+                        endpoint.name, error, rest)
 
     def _all_failed(self, errors: dict[str, str]) -> GenerationError:
         """Every endpoint failed on every try: one sentence naming each and its last error."""
