@@ -69,3 +69,13 @@ def test_n_samples_per_prompt_are_seeded(tiny_model_dir, tiny_tokenizer):
     assert [len(x) for x in a] == [3] * len(PROMPTS)
     assert [[g.text for g in x] for x in a] == [[g.text for g in x] for x in b]
     assert len({g.text for g in a[1]}) > 1  # samples differ from each other
+
+
+def test_separate_calls_with_other_prompts_draw_other_samples(tiny_model_dir, tiny_tokenizer):
+    ensure_chat_template(tiny_tokenizer, "chatml")
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    gen = TransformersGenerator(model, tiny_tokenizer, batch_size=4)
+    params = SamplingParams(max_new_tokens=8, temperature=50.0, seed=5)  # near-uniform: the draws decide
+    one, two = [gen.generate([as_messages(p)], params)[0][0].text for p in ("Say a.", "Say b.")]
+    assert one != two  # was: each call's first batch seeded alike, so the two replies were the same tokens
+    assert gen.generate([as_messages("Say a.")], params)[0][0].text == one  # the same prompt samples alike

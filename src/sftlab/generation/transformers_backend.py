@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -23,6 +26,14 @@ def length_batches(lengths: list[int], max_prompts: int, max_tokens: int, new_to
         else:
             batches.append([i])
     return batches
+
+
+def batch_seed(seed: int, rows: list[list[int]]) -> int:
+    """A batch's sampling seed, from the run's seed and the batch's prompts: the same batch samples the same again (a
+    resumed run), and batches of other prompts draw other random numbers (a seed by position in the call gave
+    every call's first batch the same draws, so curation chunks sampled in step)."""
+    digest = hashlib.sha256(json.dumps([seed, rows]).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
 
 
 class TransformersGenerator:
@@ -51,13 +62,12 @@ class TransformersGenerator:
         results: list[list[Generation]] = [[] for _ in encoded]
         device = next(self.model.parameters()).device
         sample = params.temperature > 0
-        start = 0  # the batch's first position in length order: its sampling seed
         for idx in length_batches([len(e) for e in encoded], self.batch_size, self.max_batch_tokens,
                                   params.max_new_tokens):
             ids, mask = left_pad([encoded[i] for i in idx], self.pad_id)  # every prompt ends where generation starts
             longest = ids.shape[1]
             if sample:
-                torch.manual_seed(params.seed + start)
+                torch.manual_seed(batch_seed(params.seed, [encoded[i] for i in idx]))
             out = self.model.generate(
                 input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=params.max_new_tokens,
                 do_sample=sample, temperature=params.temperature if sample else None,
@@ -66,7 +76,6 @@ class TransformersGenerator:
             for row, i in enumerate(idx):
                 for j in range(params.n):
                     results[i].append(self._decode(out[row * params.n + j, longest:].tolist()))
-            start += len(idx)
         return results
 
     def _decode(self, new_ids: list[int]) -> Generation:
