@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from sftlab.cli import app
@@ -77,3 +78,16 @@ def test_eval_command_compares_base_and_adapter(tiny_model_dir, tmp_path):
                             str(prompts), "--out", str(tmp_path / "mine")])
     assert r.exit_code == 2 and "did not write" in r.output, r.output  # was: eval.md replaced, a cache added
     assert [p.name for p in (tmp_path / "mine").iterdir()] == ["eval.md"]
+
+
+@pytest.mark.parametrize("command", ["eval", "chat"])
+def test_a_missing_or_empty_adapter_folder_is_named(tiny_model_dir, tmp_path, command):
+    (tmp_path / "empty").mkdir()
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("Hi\n")
+    for adapter, message in ((tmp_path / "runs/nope/final", "adapter folder not found"),
+                             (tmp_path / "empty", "not a LoRA adapter folder")):
+        args = ["--prompts", str(prompts), "--out", str(tmp_path / "ev")] if command == "eval" else []
+        r = runner.invoke(app, [command, str(tiny_model_dir), "--adapter", str(adapter), *args], input="/exit\n")
+        assert r.exit_code == 2 and message in r.output, r.output  # was: "could not load tokenizer ... hub"
+        assert "huggingface.co" not in r.output

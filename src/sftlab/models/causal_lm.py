@@ -4,12 +4,14 @@ adapter, and the token ids that end a reply. train, generation, evaluate and the
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
+from sftlab.errors import ModelError
 from sftlab.models.loading import (
     checkpoint_dtype,
     default_device,
@@ -68,6 +70,8 @@ def load_causal_lm(spec: str, *, training: bool = False, adapter: str | Path | N
       PEFT model comes back, whose `disable_adapter()` gives the base model on the same weights).
     Models for inference come back in eval mode."""
     path = resolve_model_path(spec)
+    if adapter is not None:
+        check_adapter_folder(adapter)
     tokenizer, template, added = load_chat_tokenizer(str(tokenizer_from or adapter or path), chat_template)
     if training and tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -85,6 +89,17 @@ def load_causal_lm(spec: str, *, training: bool = False, adapter: str | Path | N
         model.eval()
         use_kv_cache(model)
     return LoadedLM(model, tokenizer, path, template, added)
+
+
+def check_adapter_folder(adapter: str | Path) -> None:
+    """A local adapter folder that is missing or holds no adapter is named as such, before its tokenizer is looked
+    for (which, for a missing folder, ends in a "could not connect to huggingface.co"); a hub id is left to PEFT."""
+    from sftlab.models.lora import is_adapter_dir
+
+    if Path(adapter).is_dir() and not is_adapter_dir(adapter):
+        raise ModelError(f"{adapter}: not a LoRA adapter folder (no adapter_config.json)")
+    if not Path(adapter).exists() and not re.fullmatch(r"[\w.-]+/[\w.-]+", str(adapter)):
+        raise ModelError(f"{adapter}: adapter folder not found")
 
 
 def use_kv_cache(model) -> None:
