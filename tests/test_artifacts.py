@@ -34,6 +34,25 @@ def test_an_eval_file_without_schema_version_reads_and_rewrites_unchanged(tmp_pa
         read_record(path, SuiteResult)
 
 
+@pytest.mark.parametrize(("content", "expected"), [
+    (b'{"step": 1, "loss": 2.0}\n{"step": 2, "lo', [1]),  # killed while writing step 2: step 1 stands
+    (b'{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}', [1, 2]),  # whole, only the newline missing
+    (b'{"step": 1}\n{"st\n{"step": 3}\n', "line 2: not valid JSON"),
+    (b'{"step": 1}\n[1]\n', "line 2: expected a JSON object"),
+    (b'{"step": 1}\n\xff\n', "not UTF-8"),
+], ids=["torn_last_line", "no_final_newline", "torn_inside", "not_an_object", "not_utf8"])
+def test_metrics_log_tolerates_a_torn_last_line_only(tmp_path, content, expected):
+    from sftlab.artifacts.records import read_metrics_log
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_bytes(content)
+    if isinstance(expected, list):  # was: a torn last line refused the crashed run's report
+        assert [row["step"] for row in read_metrics_log(path)] == expected
+    else:  # was: a TypeError or UnicodeDecodeError traceback
+        with pytest.raises(DataError, match=expected):
+            read_metrics_log(path)
+
+
 def test_both_curation_shapes_are_typed_by_kind_or_file_name(tmp_path):
     early = tmp_path / "pool.summary.json"  # distill/best-of-k, before records had a kind (`records` then)
     early.write_text(json.dumps({"prompts": 10, "processed": 9, "records": 7}))

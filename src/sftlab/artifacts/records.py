@@ -213,14 +213,28 @@ def read_curation(path: Path) -> CurationSummary | FilterReport:
 
 
 def read_metrics_log(path: Path) -> list[dict[str, Any]]:
-    """metrics.jsonl: one JSON object per logged optimizer step (loss, learning rate, tokens/s, ...)."""
+    """metrics.jsonl: one JSON object per logged optimizer step (loss, learning rate, tokens/s, ...). A last line cut
+    short (no newline: the run was killed while writing it) is left out, as resuming the run would."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"not UTF-8 text (invalid byte at offset {e.start})", source=str(path)) from None
+    lines = text.splitlines()
+    if lines and not text.endswith("\n"):
+        try:
+            json.loads(lines[-1])
+        except json.JSONDecodeError:
+            lines.pop()
     rows = []
-    for i, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+    for i, line in enumerate(lines, 1):
         if line.strip():
             try:
-                rows.append(json.loads(line))
+                row = json.loads(line)
             except json.JSONDecodeError:
                 raise DataError("not valid JSON", source=str(path), record=f"line {i}") from None
+            if not isinstance(row, dict):
+                raise DataError("expected a JSON object", source=str(path), record=f"line {i}")
+            rows.append(row)
     return rows
 
 
