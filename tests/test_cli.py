@@ -91,3 +91,13 @@ def test_a_missing_or_empty_adapter_folder_is_named(tiny_model_dir, tmp_path, co
         r = runner.invoke(app, [command, str(tiny_model_dir), "--adapter", str(adapter), *args], input="/exit\n")
         assert r.exit_code == 2 and message in r.output, r.output  # was: "could not load tokenizer ... hub"
         assert "huggingface.co" not in r.output
+
+
+def test_a_suite_file_that_does_not_exist_fails_before_any_model_loads(tmp_path):
+    suite = tmp_path / "s.yaml"
+    suite.write_text("evaluators:\n  - type: instruction_following\n    prompts: [Hi]\n"
+                     f"  - type: nll\n    data: {{path: {tmp_path / 'heldout.jsonl'}}}\n")
+    r = runner.invoke(app, ["eval", str(tmp_path / "no-model"), "--adapter", str(tmp_path / "no-adapter"),
+                            "--suite", str(suite), "--out", str(tmp_path / "ev")])
+    assert r.exit_code == 2 and "heldout.jsonl" in r.output and "evaluators.1.data.path" in r.output, r.output
+    assert "file not found" in r.output and not (tmp_path / "ev").exists()  # was: found after base generation

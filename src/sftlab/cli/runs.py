@@ -80,12 +80,13 @@ def eval_cmd(model: str = typer.Argument(..., help="Base model (packaged name, f
     from sftlab.artifacts.render import print_suite
     from sftlab.evaluate.runner import run_suite, write_result
     from sftlab.evaluate.subjects import load_subjects
-    from sftlab.evaluate.suite import load_suite, options_suite
+    from sftlab.evaluate.suite import check_suite_files, load_suite, options_suite
 
     try:
         if (adapter is None) == (tuned is None):
             raise SftlabError("give exactly one of --adapter or --tuned")
         spec = load_suite(suite) if suite else options_suite(prompts, reference, name, author, max_new_tokens)
+        check_suite_files(spec)
         check_record_folder(out, EvalFiles(out).json, SuiteResult, "sftlab eval", leftovers=("generations.sqlite",))
         subjects = load_subjects(model, adapter=adapter, tuned=tuned,
                                  cache_path=None if no_cache else out / "generations.sqlite")

@@ -144,6 +144,15 @@ class EvalSuite(BaseModel):
         return names
 
 
+def check_suite_files(suite: EvalSuite) -> None:
+    """Every local file an evaluator reads exists: checked before any model loads, not after the base model has
+    generated for the evaluators before it."""
+    for i, ev in enumerate(suite.evaluators):
+        spec = getattr(ev, "data", None)
+        if spec is not None and spec.type not in ("hf", "sql") and spec.query is None and not Path(spec.path).exists():
+            raise DataError("file not found", source=spec.path, field=f"evaluators.{i}.data.path")
+
+
 def make_suite(raw: dict[str, Any], source: str = "suite") -> EvalSuite:
     return validated(EvalSuite, raw, source)
 

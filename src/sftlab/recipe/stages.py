@@ -159,9 +159,10 @@ def run_eval(stage, folder: Path, ctx: StageContext, resuming: bool) -> dict[str
     """Base vs each trained model on the whole suite; then the head-to-head pairs on its judge evaluators."""
     from sftlab.artifacts.render import print_suite
     from sftlab.evaluate.runner import run_suite, write_result
-    from sftlab.evaluate.suite import JudgeEval
+    from sftlab.evaluate.suite import JudgeEval, check_suite_files
 
     suite = _suite(stage, folder, ctx)
+    check_suite_files(suite)
     # run-level: a rerun after a scoring-only change (judge, rubric, metric) regenerates nothing; the keys hold
     # each model's weights fingerprint, template, dtype, prompt and sampling parameters
     cache, made, pairs = ctx.run_dir / "generations.sqlite", {}, {}
