@@ -475,3 +475,22 @@ def test_eval_prompt_file_problems_name_the_file_and_line(tiny_model_dir, tmp_pa
     assert r.exit_code == 2, r.output
     assert r.output.startswith("error: ") and expected in r.output, r.output
     assert not (tmp_path / "eval").exists()
+
+
+def test_math_reference_without_a_number_is_unscored_not_correct():
+    """A reference with no number used to equal a reply with no number (None == None): counted correct."""
+    from sftlab.data.schema import Conversation, Turn
+    from sftlab.evaluate.numeric_answers import final_answer_accuracy
+    from sftlab.generation.base import Generation
+
+    class Fixed:
+        model_id = "fixed"
+
+        def generate(self, prompts, params):
+            return [[Generation(t, 3, True)] for t in ["I don't know", "5"]]
+
+    convs = [Conversation(turns=[Turn("user", "Capital of France?"), Turn("assistant", "Paris")]),
+             Conversation(turns=[Turn("user", "2+2?"), Turn("assistant", "#### 4")])]
+    r = final_answer_accuracy(Fixed(), convs)
+    assert r["correct"] == 0 and r["n"] == 1 and r["unscored"] == 1 and r["accuracy"] == 0.0
+    assert r["samples"][0]["correct"] == [False]

@@ -150,7 +150,7 @@ def eval_math(ev: MathEval, subject: Subject, budget: int) -> tuple[dict, list]:
     key = "accuracy" if ev.k == 1 else f"pass@{ev.k}"
     samples = [{"prompt": s["question"], "text": s["replies"][0], "reference": s["reference"],
                 "correct": any(s["correct"])} for s in r["samples"]]
-    metrics = {key: metric(r[key], r["n"], r["correct"])}
+    metrics = {key: metric(r[key], r["n"], r["correct"], **({"unscored": r["unscored"]} if r["unscored"] else {}))}
     if ev.format is not None:
         follows = [re.fullmatch(ev.format, s["text"].strip()) is not None for s in samples]
         metrics["format_followed"] = rate_metric(follows)
