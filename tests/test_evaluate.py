@@ -494,3 +494,16 @@ def test_math_reference_without_a_number_is_unscored_not_correct():
     r = final_answer_accuracy(Fixed(), convs)
     assert r["correct"] == 0 and r["n"] == 1 and r["unscored"] == 1 and r["accuracy"] == 0.0
     assert r["samples"][0]["correct"] == [False]
+
+
+@pytest.mark.parametrize(("text", "name", "author", "expected"), [
+    ("Canada is a large country.", "Ada", None, False),  # was True: "ada" inside "Canada"
+    ("The maximum is 3.", "Max", None, False),
+    ("Read the metadata first.", "Orca", "Meta", False),
+    ("I'm Ada, built by Meta.", "Ada", None, True),
+    ("I am ORCA.", "Orca", None, True),
+    ("我是Orca，由Acme开发的助手。", "Orca", "Acme", True),
+    ("我是小智。", "小智", None, True),
+])
+def test_identity_name_must_be_a_word_of_its_own(text, name, author, expected):
+    assert mentions_identity(text, name, author) is expected

@@ -3,16 +3,32 @@
 from __future__ import annotations
 
 import math
+import re
 
-from sftlab.textutil import same_language, script
+from sftlab.textutil import CJK, same_language, script
 
 __all__ = ["mentions_identity", "rate", "same_language", "script", "wilson_interval"]
 
 
 def mentions_identity(text: str, name: str, author: str | None = None) -> bool:
-    """The reply names the model or its maker ("I am built by <author>" counts)."""
+    """The reply names the model or its maker ("I am built by <author>" counts), as a word of its own: "Ada" is not
+    in "Canada" nor "Meta" in "metadata". Next to Chinese characters, which have no spaces between words, it is."""
     low = text.lower()
-    return name.lower() in low or bool(author and author.lower() in low)
+    return _names(low, name.lower()) or bool(author and _names(low, author.lower()))
+
+
+def _joined(neighbour: str, edge: str) -> bool:
+    """Whether two adjacent characters belong to one (non-Chinese) word."""
+    return all(c.isalnum() and not CJK.match(c) for c in (neighbour, edge))
+
+
+def _names(low: str, needle: str) -> bool:
+    needle = needle.strip()
+    for m in re.finditer(re.escape(needle), low) if needle else ():
+        before, after = low[m.start() - 1:m.start()], low[m.end():m.end() + 1]
+        if not (before and _joined(before, needle[0])) and not (after and _joined(after, needle[-1])):
+            return True
+    return False
 
 
 def rate(flags: list[bool]) -> float | None:
