@@ -216,3 +216,19 @@ def test_package_data_ships_the_resources():
     assert 'sftlab = ["resources/*.jsonl"' in (ROOT / "pyproject.toml").read_text(encoding="utf-8")
     for path in (IDENTITY, PARAPHRASES, HELDOUT_IDENTITY, HELDOUT_GENERAL):
         assert path.parent == RESOURCES and path.suffix == ".jsonl"
+
+
+def test_shipped_mix_leaves_out_a_heldout_prompt_in_any_user_turn(tmp_path):
+    """Only the last user turn was compared: a held-out prompt earlier in a conversation went into training."""
+    from sftlab.data.shipped import heldout_prompts, prompt_key, write_shipped_mix
+
+    held = heldout_prompts("identity")[0]
+    extra = tmp_path / "extra.jsonl"
+    extra.write_text(json.dumps({"messages": [
+        {"role": "user", "content": held}, {"role": "assistant", "content": "I am Orca."},
+        {"role": "user", "content": "Thanks!"}, {"role": "assistant", "content": "You're welcome."}]}) + "\n")
+    counts = write_shipped_mix(tmp_path / "train.jsonl", "Orca", "Acme", identity_repeats=0, general_examples=1,
+                               extra_data=[str(extra)])
+    rows = [json.loads(x) for x in (tmp_path / "train.jsonl").read_text().splitlines()]
+    assert counts["left_out_as_heldout"] == 1 and counts["train"] == len(rows) == 1
+    assert not [m for r in rows for m in r["messages"] if prompt_key(m["content"]) == prompt_key(held)]

@@ -53,7 +53,7 @@ def write_shipped_mix(path: Path, name: str, author: str, *, identity_repeats: i
                       seed: int = 0) -> dict[str, int]:
     """Write a shuffled training set: the identity set `identity_repeats` times (0: none), the first
     `general_examples` distilled general answers (shipped in diversity-rank order; None: all) and any extra
-    sources; every conversation whose prompt is a held-out prompt is left out. Returns the counts."""
+    sources; every conversation with a held-out prompt in any user turn is left out. Returns the counts."""
     identity, general = shipped_training_sets(name, author)
     general = general[:general_examples] if general_examples else general
     extra: list[Conversation] = []
@@ -62,7 +62,7 @@ def write_shipped_mix(path: Path, name: str, author: str, *, identity_repeats: i
         extra += load_conversations(DataSpec(path=source, substitutions=subs, on_error="skip"))[0]
     held = {prompt_key(p) for p in heldout_prompts("identity") + heldout_prompts("general")}
     mix = identity * identity_repeats + general + extra
-    train = [c for c in mix if prompt_key(last_prompt(c)) not in held]
+    train = [c for c in mix if not any(prompt_key(t.content) in held for t in c.turns if t.role == "user")]
     random.Random(seed).shuffle(train)
     write_jsonl(path, train)
     return {"identity": len(identity) * identity_repeats, "general": len(general), "extra": len(extra),
