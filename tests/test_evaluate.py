@@ -43,6 +43,14 @@ def test_rate_metric_has_n_and_wilson_interval():
     assert rate_metric([])["value"] is None
 
 
+def test_wilson_interval_matches_the_formula_and_claims_nothing_from_no_data():
+    from sftlab.evaluate.checks import wilson_interval
+
+    assert wilson_interval(7, 10) == (0.3968, 0.8922)  # (p + z²/2n ± z·sqrt(p(1-p)/n + z²/4n²)) / (1 + z²/n)
+    assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(10, 10)[1] == 1.0
+    assert wilson_interval(0, 0) == (0.0, 1.0)  # was (0.0, 0.0): certainty from no data
+
+
 WEATHER = [{"name": "get_weather", "description": "weather", "parameters": {
     "type": "object", "properties": {"city": {"type": "string"}, "unit": {"type": "string", "enum": ["C", "F"]}},
     "required": ["city"]}}]

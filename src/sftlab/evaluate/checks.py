@@ -37,8 +37,8 @@ def rate(flags: list[bool]) -> float | None:
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
     """95% interval of a rate that stays inside [0, 1] and is honest for small n (unlike p ± 1.96·se)."""
-    if n == 0:
-        return (0.0, 0.0)
+    if n == 0:  # no data: any rate is possible
+        return (0.0, 1.0)
     p = successes / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
