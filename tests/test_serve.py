@@ -245,6 +245,11 @@ HOSTILE = [  # (case, body, param): each was a 500, a silent accept or a stream 
      "max_tokens"),
     ("max_tokens NaN", _raw('{"messages": [{"role": "user", "content": "hi"}], "max_tokens": NaN}'), "max_tokens"),
     ("JSON nested 100k levels deep", _raw("[" * 100_000 + "]" * 100_000), None),
+    ("lone surrogate in content", _raw('{"messages": [{"role": "user", "content": "caf\\ud800"}]}'),
+     "messages[0].content"),
+    ("lone surrogate in a text part", _raw('{"messages": [{"role": "system", "content": "x"}, {"role": "user", '
+                                           '"content": [{"type": "text", "text": "\\udfff"}]}], "stream": true}'),
+     "messages[1].content"),
 ]
 
 

@@ -81,7 +81,13 @@ def _messages(body: dict[str, Any]) -> list[dict[str, str]]:
             raise BadRequest("each message needs a role of system, user, assistant or tool", f"messages[{i}].role")
         if m.get("tool_calls"):
             raise BadRequest("tool calls in messages are not supported by this server", f"messages[{i}].tool_calls")
-        clean.append({"role": m["role"], "content": _content(m, i)})
+        text = _content(m, i)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # JSON allows a lone UTF-16 surrogate ("\\ud800"); no tokenizer can encode it
+            raise BadRequest("content is not valid Unicode text (it holds a lone UTF-16 surrogate such as \\ud800)",
+                             f"messages[{i}].content") from None
+        clean.append({"role": m["role"], "content": text})
     if clean[-1]["role"] == "assistant":
         raise BadRequest("the last message must not be from the assistant", "messages")
     return clean
