@@ -202,3 +202,35 @@ def test_closing_a_stream_stops_its_generation(tiny):
     finally:
         hook.remove()
         srv.should_exit = True
+
+
+def test_unseeded_sampled_requests_are_fresh_samples_and_still_share_one_engine_call(gated):
+    """OpenAI semantics: without a seed, asking again at temperature 1 gives another sample (it gave the very same
+    reply every time, streamed or not: every request was seeded 0); waiting unseeded requests still batch."""
+    url, srv = _start(create_app(gated, "tiny"))
+    sampled = {"messages": _msgs("Tell me a story"), "max_tokens": 8, "temperature": 1.0}
+    results, threads = {}, []
+    try:
+        threads.append(_post_in_background(url, {"messages": _msgs("Hi"), "max_tokens": 2, "temperature": 0},
+                                           results, "first"))
+        assert gated.entered.wait(10)
+        threads += [_post_in_background(url, sampled, results, key) for key in ("a", "b")]
+        assert _wait_until(lambda: _queued(url) == 2)
+        gated.gate.set()
+        for t in threads:
+            t.join(60)
+        assert gated.batches == [1, 2]  # the two unseeded requests shared one engine call
+        replies = [httpx.post(f"{url}/v1/chat/completions", json=sampled, timeout=60).json() for _ in range(2)]
+        assert replies[0]["choices"][0]["message"]["content"] != replies[1]["choices"][0]["message"]["content"]
+        streamed = []
+        for _ in range(2):
+            with httpx.stream("POST", f"{url}/v1/chat/completions", json={**sampled, "stream": True}, timeout=60) as r:
+                streamed.append("".join(line for line in r.iter_lines()
+                                        if line.startswith("data: ") and '"content"' in line))
+        assert streamed[0] != streamed[1]
+        seeded = [httpx.post(f"{url}/v1/chat/completions", json={**sampled, "seed": 7}, timeout=60).json()
+                  for _ in range(2)]
+        assert seeded[0]["choices"][0]["message"]["content"] == seeded[1]["choices"][0]["message"]["content"]
+    finally:
+        gated.gate.set()
+        srv.should_exit = True

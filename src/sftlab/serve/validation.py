@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import secrets
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -151,7 +152,9 @@ def parse_request(body: Any, max_tokens_limit: int, max_n: int = 8) -> ChatReque
     temperature = _number(body, "temperature", 1.0, 0, 2)
     n = _number(body, "n", 1, 1, max_n, int)
     params = SamplingParams(max_new_tokens=max_tokens, temperature=temperature, top_p=_number(body, "top_p", 1.0, 0, 1),
-                            n=n if temperature > 0 else 1, seed=_number(body, "seed", 0, 0, 2**31 - 1, int))
+                            n=n if temperature > 0 else 1,
+                            # no seed: a fresh one per request, so identical requests are not identical samples
+                            seed=_number(body, "seed", secrets.randbelow(2**31), 0, 2**31 - 1, int))
     stream = _flag(body, "stream")
     if stream and n != 1:
         raise BadRequest("streaming supports n=1 only", "n")

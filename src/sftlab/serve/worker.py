@@ -53,7 +53,7 @@ class Job:
             return None
         if p.temperature == 0:
             return ("greedy", p.max_new_tokens)
-        return ("sample", p.max_new_tokens, p.temperature, p.top_p, p.n, p.seed)
+        return ("sample", p.max_new_tokens, p.temperature, p.top_p, p.n)  # unseeded: the batch takes one job's seed
 
     def post(self, kind: str, value: Any = None) -> None:
         """Hand an event to the request's event loop (from the worker thread)."""
