@@ -200,6 +200,24 @@ def test_chat_command_reads_stdin(tiny_model_dir):
     assert r.stdout.count("you> ") == 2 and "assistant> " in r.stdout
 
 
+@pytest.mark.parametrize("stdin_errors", [None, "utf-8:strict"], ids=["locale_default", "strict"])
+def test_chat_command_survives_stdin_that_is_not_utf8(tiny_model_dir, stdin_errors):
+    """Before: a Latin-1 byte piped in ended the chat with a traceback (a lone surrogate the tokenizer refused under
+    the C.UTF-8 locale's surrogateescape, a UnicodeDecodeError under strict decoding)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONIOENCODING"}
+    if stdin_errors:
+        env["PYTHONIOENCODING"] = stdin_errors
+    r = subprocess.run([sys.executable, "-m", "sftlab.cli", "chat", str(tiny_model_dir), "--max-new-tokens", "3"],
+                       input=b"caf\xe9 cr\xe8me\nhello\n/exit\n", capture_output=True, timeout=120, env=env)
+    out = r.stdout.decode(errors="replace")
+    assert r.returncode == 0 and b"Traceback" not in r.stderr, r.stderr.decode(errors="replace")[-800:]
+    assert out.count("you> ") == 3 and out.count("assistant> ") == 2
+
+
 @pytest.mark.parametrize("option", [["--max-new-tokens", "0"], ["--max-new-tokens", "-3"], ["--temperature", "-1"],
                                     ["--temperature", "nan"], ["--temperature", "inf"]],
                          ids=["max_new_tokens_0", "max_new_tokens_negative", "temperature_negative",

@@ -75,6 +75,8 @@ def chat(model: str = typer.Argument(..., help="Model (packaged name, folder, .g
         if not math.isfinite(temperature) or temperature < 0:
             raise SftlabError(f"--temperature {temperature}: must be a finite number >= 0 (0: greedy)")
         gen = load_transformers_generator(resolve_model_path(model), adapter=adapter, model_id=model)
+        if hasattr(sys.stdin, "reconfigure"):  # bytes that are not UTF-8 (a Latin-1 file piped in) become U+FFFD,
+            sys.stdin.reconfigure(errors="replace")  # not a decode error or a lone surrogate the tokenizer crashes on
         chat_loop(gen, read, write, max_new_tokens=max_new_tokens, temperature=temperature)
     except SftlabError as e:
         fail(e)
