@@ -105,6 +105,27 @@ def test_truncation_policies(tiny_tokenizer):
     assert tokenize_conversation(tok, conv, max_length=n_prompt - 1, truncation="truncate") is None
 
 
+def test_drop_counts_name_the_real_reason(tiny_tokenizer):
+    """A short record whose assistant turns all have weight 0 is dropped for having no trained token, not counted
+    as "longer than max_length" (which data_stats.json and `sftlab data check` reported, even without a max_length)."""
+    from sftlab.train.dataset import tokenize_all
+
+    tok = _with_template(tiny_tokenizer, "chatml")
+    unweighted = Conversation([Turn("user", "Q"), Turn("assistant", "A", weight=0.0)])
+    last_unweighted = Conversation([Turn("user", "Q"), Turn("assistant", "A"), Turn("user", "Q2"),
+                                    Turn("assistant", "A2", weight=0.0)])
+    long = Conversation([Turn("user", "short question"), Turn("assistant", "a fairly long answer " * 10)])
+    kept = Conversation([Turn("user", "Q"), Turn("assistant", "A")])
+    _, stats = tokenize_all(tok, [unweighted, long, kept])
+    assert dict(stats.dropped) == {"no trained token (weight 0)": 1} and stats.examples == 2
+    _, stats = tokenize_all(tok, [unweighted, long, kept], max_length=20, truncation="drop")
+    assert dict(stats.dropped) == {"no trained token (weight 0)": 1, "longer than max_length": 1}
+    _, stats = tokenize_all(tok, [unweighted, last_unweighted, kept], mask_mode="last", max_length=1024)
+    assert dict(stats.dropped) == {"no trained token (weight 0)": 2}
+    _, stats = tokenize_all(tok, [unweighted, long], max_length=8, truncation="truncate")
+    assert dict(stats.dropped) == {"no trained token (weight 0)": 1, "no trained token left": 1}
+
+
 def test_template_that_rewrites_history_fails_loudly(tiny_tokenizer):
     # drops earlier assistant replies from the context, like some reasoning-model templates
     tiny_tokenizer.chat_template = (

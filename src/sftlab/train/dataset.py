@@ -54,7 +54,7 @@ def tokenize_all(tokenizer: PreTrainedTokenizerBase, convs: list[Conversation], 
     for conv in convs:
         ex = tokenize_conversation(tokenizer, conv, mask_mode, max_length, truncation)
         if ex is None:
-            stats.dropped["longer than max_length" if truncation == "drop" else "no trained token left"] += 1
+            stats.dropped[_drop_reason(tokenizer, conv, mask_mode, max_length, truncation)] += 1
             continue
         out.append(ex)
         stats.examples += 1
@@ -63,6 +63,15 @@ def tokenize_all(tokenizer: PreTrainedTokenizerBase, convs: list[Conversation], 
         stats.trained_tokens += ex.n_trained
         stats.lengths.append(len(ex.input_ids))
     return out, stats
+
+
+def _drop_reason(tokenizer: PreTrainedTokenizerBase, conv: Conversation, mask_mode: str, max_length: int | None,
+                 truncation: str) -> str:
+    """Why `tokenize_conversation` dropped `conv`: no trained token even at full length (every assistant turn it
+    would train has weight 0), or max_length (too long to keep, or truncated down to no trained token)."""
+    if max_length is None or tokenize_conversation(tokenizer, conv, mask_mode, verify=False) is None:
+        return "no trained token (weight 0)"
+    return "longer than max_length" if truncation == "drop" else "no trained token left"
 
 
 class SFTDataset(torch.utils.data.Dataset):
