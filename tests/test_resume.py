@@ -111,6 +111,16 @@ def test_token_counters_continue_after_resume(tiny_model_dir, tmp_path, straight
         assert resumed.metrics[key] == straight.metrics[key], key
 
 
+
+def test_train_loss_covers_the_whole_run_after_resume(tiny_model_dir, tmp_path, straight):
+    """train_metrics.json's train_loss (the report's) is the mean over every step, not only those after --resume."""
+    resumed, _ = _crash_then_resume(tiny_model_dir, tmp_path, 5)
+    losses = [r["loss"] for r in _rows(straight.run_dir) if "loss" in r]
+    assert straight.metrics["train_loss"] == pytest.approx(sum(losses) / len(losses), rel=1e-6)
+    assert resumed.metrics["train_loss"] == pytest.approx(straight.metrics["train_loss"], rel=1e-6)
+    saved = json.loads((resumed.run_dir / "train_metrics.json").read_text())
+    assert saved["train_loss"] == pytest.approx(straight.metrics["train_loss"], rel=1e-6)
+
 def _copy_newest(checkpoints: Path) -> Path:
     """checkpoint-(N+1) made from checkpoint-N (as if the next save had started), to be damaged."""
     newest = max(checkpoints.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))

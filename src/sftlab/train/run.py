@@ -190,11 +190,27 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, conso
                "padding_share": round(counter.padding_share(), 4),
                "fast_loss": trainer.fast_loss, "compiled_layers": len(trainer.compiled_layers),
                "attn_implementation": attention,
-               "global_step": trainer.state.global_step}
+               "global_step": trainer.state.global_step,
+               "train_loss": whole_run_train_loss(out.training_loss, trainer.state, point.step)}
     if is_main_process():
         write_record(RunFolder(run_dir).train_metrics, TrainMetrics(**metrics))
     console.print(f"[green]saved[/] {cfg.method} result to {final_dir}")
     return TrainResult(run_dir, final_dir, tok.base_path, metrics)
+
+
+def whole_run_train_loss(call_mean: float, state, resumed_at: int) -> float:
+    """The mean loss over every step of the run. Trainer's `train_loss` averages the steps of this call only, so a
+    run resumed at step `resumed_at` would report the mean of the later steps alone; the steps before it count with
+    the losses logged for them (in the checkpoint's log history), as in the uninterrupted run."""
+    if not resumed_at:
+        return call_mean
+    total, steps, prev = 0.0, 0, 0
+    for entry in state.log_history:
+        step = entry.get("step", 0)
+        if "loss" in entry and prev < step <= resumed_at:
+            total, steps, prev = total + entry["loss"] * (step - prev), steps + step - prev, step
+    done = state.global_step - resumed_at
+    return (total + call_mean * done) / max(steps + done, 1)
 
 
 def setup_data(cfg: TrainConfig, tok: TokenizerSetup, run_dir: Path, console: Console) -> SFTDataset:
