@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, TrainerCallback
+from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
 from sftlab.data.schema import Conversation, Turn
 from sftlab.data.writers import write_jsonl
@@ -128,8 +128,13 @@ def test_lora_trains_and_saves_the_template_token_rows_when_asked(tiny_model_dir
 
     result = train(_cfg(tiny_model_dir, tmp_path, max_steps=2, lora={"train_template_tokens": True}))
     saved = load_file(result.final_dir / "adapter_model.safetensors")
-    rows = [k for k in saved if "trainable_tokens" in k]
-    assert rows and saved[rows[0]].shape[0] == 2  # the template's two turn markers
+    rows = {k.split(".token_adapter")[0].rsplit(".", 1)[-1]: v for k, v in saved.items() if "trainable_tokens" in k}
+    assert sorted(rows) == ["embed_tokens", "lm_head"]  # was: the embedding's alone (the tiny model's head is untied)
+    assert all(v.shape[0] == 2 for v in rows.values())  # the template's two turn markers
+    tok = AutoTokenizer.from_pretrained(result.final_dir)
+    ids = tok.convert_tokens_to_ids(["<|im_start|>", "<|im_end|>"])
+    head = AutoModelForCausalLM.from_pretrained(tiny_model_dir).lm_head.weight[ids]
+    assert not torch.allclose(rows["lm_head"], head)  # the head's rows were trained, so the model can learn to stop
     assert json.loads((result.run_dir / "train_metrics.json").read_text())["fast_loss"] is True
 
 

@@ -24,9 +24,20 @@ def attach_lora(model: PreTrainedModel, settings, new_token_ids: list[int] | Non
     config = LoraConfig(
         r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
         target_modules=settings.target_modules, task_type="CAUSAL_LM",
-        trainable_token_indices=new_token_ids or None,
+        trainable_token_indices=token_rows(model, new_token_ids) if new_token_ids else None,
     )
     return get_peft_model(model, config)
+
+
+def token_rows(model: PreTrainedModel, ids: list[int]) -> list[int] | dict[str, list[int]]:
+    """Where the rows of `ids` are trained: the input embedding (a tied output layer shares it), and an output layer
+    of its own too. Given the embedding alone, PEFT left an untied head's rows at their initial values, and the model
+    could hardly learn to emit the token that ends its turn."""
+    emb, head = model.get_input_embeddings(), model.get_output_embeddings()
+    if head is None or head.weight is emb.weight:
+        return ids
+    names = {module: name for name, module in model.named_modules()}
+    return {names[emb]: ids, names[head]: ids}
 
 
 def set_adapter_input_casts(model: torch.nn.Module, enabled: bool) -> None:
