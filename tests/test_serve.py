@@ -424,6 +424,25 @@ def test_chat_refuses_a_conversation_longer_than_the_context_window(local_gen):
     assert [m["role"] for m in conv] == ["user", "assistant"] and conv[0]["content"] == "Hi"
 
 
+def test_chat_replies_within_the_context_window_and_reads_slash_words_as_text(local_gen):
+    from sftlab.serve.chat import chat_loop
+
+    long = "Paris " * 487
+    assert 490 < len(local_gen.encode([{"role": "user", "content": long}])) < 512
+    lines = iter([long, "/reset", "/systematic errors?", "/exit"])
+    conv = chat_loop(local_gen, lambda prompt: next(lines), lambda text: None, max_new_tokens=100)
+    assert conv[0] == {"role": "user", "content": "/systematic errors?"}  # was: the system prompt "atic errors?"
+    steps: list[int] = []  # tokens fed per forward: the prompt, then one per new token
+    hook = local_gen.model.register_forward_pre_hook(
+        lambda _m, args, kwargs: steps.append(kwargs["input_ids"].shape[1]), with_kwargs=True)
+    lines = iter([long, "/exit"])
+    try:
+        chat_loop(local_gen, lambda prompt: next(lines), lambda text: None, max_new_tokens=100)
+    finally:
+        hook.remove()
+    assert steps[0] > 490 and steps[0] + len(steps) - 1 <= 512  # was: 100 new tokens, to position ~600
+
+
 def test_chat_engine_failure_is_raised_not_a_hang(local_gen):
     from sftlab.serve.chat import chat_loop
 

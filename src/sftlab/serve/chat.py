@@ -73,7 +73,7 @@ def chat_loop(gen: TransformersGenerator, read: Callable[[str], str], write: Cal
             history = []
             write("(conversation reset)\n")
             continue
-        if text.startswith("/system"):
+        if text == "/system" or text.startswith("/system "):  # "/systematic ..." is a message
             system = text[len("/system"):].strip() or None
             history = []
             write(f"(system prompt {'set' if system else 'cleared'}; conversation reset)\n")
@@ -84,7 +84,8 @@ def chat_loop(gen: TransformersGenerator, read: Callable[[str], str], write: Cal
             continue
         history.append(turn)
         write("assistant> ")
-        reply = _reply(gen, prompt, SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature), write)
+        budget = min(max_new_tokens, (gen.context_window or len(prompt) + max_new_tokens) - len(prompt))
+        reply = _reply(gen, prompt, SamplingParams(max_new_tokens=budget, temperature=temperature), write)
         write("\n")
         history.append({"role": "assistant", "content": reply})
     return ([{"role": "system", "content": system}] if system else []) + history
