@@ -256,14 +256,19 @@ def test_sqlite_url_to_no_file_is_an_error_and_creates_none(tmp_path, where):
     assert list(tmp_path.iterdir()) == []  # was: an empty new.db
 
 
-@pytest.mark.parametrize("as_url", [False, True])
-def test_a_query_cannot_change_the_users_sqlite_file(tmp_path, as_url):
-    db = tmp_path / "pool.sqlite"
+def _one_row_db(db, output_type: str, output_sql: str):
+    """A SQLite file with a table t holding one ('q', output) row."""
     con = sqlite3.connect(db)
-    con.execute("create table t (instruction text, output text)")
-    con.execute("insert into t values ('q', 'a')")
+    con.execute(f"create table t (instruction text, output {output_type})")
+    con.execute(f"insert into t values ('q', {output_sql})")
     con.commit()
     con.close()
+    return db
+
+
+@pytest.mark.parametrize("as_url", [False, True])
+def test_a_query_cannot_change_the_users_sqlite_file(tmp_path, as_url):
+    db = _one_row_db(tmp_path / "pool.sqlite", "text", "'a'")
     path = f"sqlite:///{db}" if as_url else str(db)
     with pytest.raises(DataError, match="readonly database"):  # was: the row deleted
         load_conversations(DataSpec(path=path, type="sql", query="delete from t returning instruction, output"))
@@ -281,12 +286,7 @@ def test_sql_literal_with_colon_word_is_not_a_bind_parameter(tmp_path):
 
 
 def test_bad_row_of_a_sqlite_file_names_the_file(tmp_path):
-    db = tmp_path / "pool.sqlite"
-    con = sqlite3.connect(db)
-    con.execute("create table t (instruction text, output blob)")
-    con.execute("insert into t values ('q', x'ff00')")
-    con.commit()
-    con.close()
+    db = _one_row_db(tmp_path / "pool.sqlite", "blob", "x'ff00'")
     with pytest.raises(DataError) as e:
         load_conversations(DataSpec(path=str(db), type="sql", query="select * from t"))
     assert str(e.value).startswith(f"{db}, row 0, field 'output': expected a string")  # was "<database url>, ..."
