@@ -187,3 +187,14 @@ def test_real_smollm2_template_masks(tmp_path):
                          Turn("assistant", "Yes, 确定.")])
     ex = tokenize_conversation(tok, conv)
     assert _trained_text(tok, ex) == "I am Orca.<|im_end|>Yes, 确定.<|im_end|>"
+
+
+@pytest.mark.parametrize("template", ["chatml", "gemma"])
+def test_named_templates_render_tool_results_as_tool_response_blocks(tiny_tokenizer, template):
+    """Both named templates wrap a tool result in a <tool_response> block, as the README says (chatml rendered the
+    bare result under a `tool` header)."""
+    tok = _with_template(tiny_tokenizer, template)
+    conv = ADAPTERS["sharegpt"](RECORDS["sharegpt"])
+    rendered = tok.apply_chat_template([t.to_dict() for t in conv.turns], tools=conv.tools, tokenize=False)
+    assert "<tool_response>\n21C\n</tool_response>" in rendered
+    assert _trained_text(tok, tokenize_conversation(tok, conv)).endswith("21C now." + END[template])

@@ -27,7 +27,8 @@ CHATML = (
     "{{ '<|im_start|>system\\n' }}" + _TOOLS_SYSTEM + "{{ '<|im_end|>\\n' }}{%- endif -%}"
     "{{ '<|im_start|>' + message.role + '\\n' }}"
     "{%- if message.role == 'system' and tools -%}" + _TOOLS_SYSTEM + "{%- endif -%}"
-    "{{ message.content }}" + _TOOL_CALLS + "{{ '<|im_end|>\\n' }}"
+    "{%- if message.role == 'tool' -%}{{ '<tool_response>\\n' + message.content + '\\n</tool_response>' }}"
+    "{%- else -%}{{ message.content }}{%- endif -%}" + _TOOL_CALLS + "{{ '<|im_end|>\\n' }}"
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"
 )
