@@ -62,3 +62,21 @@ def test_adapter_errors_name_the_field(fmt, record, field):
     with pytest.raises(DataError) as e:
         ADAPTERS[fmt](record)
     assert e.value.field == field
+
+
+def test_sharegpt_parallel_function_calls():
+    """LLaMA-Factory's ShareGPT writes parallel calls as one function_call turn holding a JSON list of calls; each
+    call is kept (the list was refused as "function call needs a string 'name'")."""
+    rec = {"conversations": [
+        {"from": "human", "value": "Weather in Paris and Oslo?"},
+        {"from": "function_call", "value": '[{"name": "w", "arguments": {"city": "Paris"}}, '
+                                           '{"name": "w", "arguments": {"city": "Oslo"}}]'},
+        {"from": "observation", "value": '[{"temp": 21}, {"temp": 3}]'},
+        {"from": "gpt", "value": "21 and 3 degrees."}]}
+    conv = ADAPTERS["sharegpt"](rec)
+    assert conv.turns[1].tool_calls == [{"name": "w", "arguments": {"city": "Paris"}},
+                                        {"name": "w", "arguments": {"city": "Oslo"}}]
+    with pytest.raises(DataError) as e:
+        ADAPTERS["sharegpt"]({"conversations": [{"from": "human", "value": "Q"},
+                                                {"from": "function_call", "value": '[{"name": "w"}, {"x": 1}]'}]})
+    assert e.value.field == "conversations[1].value[1]"

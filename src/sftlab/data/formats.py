@@ -231,11 +231,19 @@ def from_sharegpt(record: dict[str, Any]) -> Conversation:
                             field=f"{f}.from", reason="unknown role")
         weight = _weight(m.get("weight"), f"{f}.weight")
         if m["from"] == "function_call":
-            turns.append(Turn("assistant", "", tool_calls=[_parse_tool_call(m["value"], f"{f}.value")],
-                              weight=weight))
+            turns.append(Turn("assistant", "", tool_calls=_sharegpt_calls(m["value"], f"{f}.value"), weight=weight))
         else:
             turns.append(Turn(role, _text(m["value"], f"{f}.value", "value"), weight=weight))
     return Conversation(turns=turns, tools=_parse_tools(record.get("tools")))
+
+
+def _sharegpt_calls(value: Any, field: str) -> list[dict[str, Any]]:
+    """A function_call turn's value: one call, or a JSON list of parallel calls (as LLaMA-Factory writes them)."""
+    if isinstance(value, str):
+        value = _json_text(value, field, "function call is not valid JSON", reason="invalid tool call")
+    if isinstance(value, list):
+        return [_parse_tool_call(c, f"{field}[{j}]") for j, c in enumerate(value)]
+    return [_parse_tool_call(value, field)]
 
 
 def from_question_answer(record: dict[str, Any]) -> Conversation:
