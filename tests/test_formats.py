@@ -80,3 +80,25 @@ def test_sharegpt_parallel_function_calls():
         ADAPTERS["sharegpt"]({"conversations": [{"from": "human", "value": "Q"},
                                                 {"from": "function_call", "value": '[{"name": "w"}, {"x": 1}]'}]})
     assert e.value.field == "conversations[1].value[1]"
+
+
+def test_alpaca_history_as_json_text(tmp_path):
+    """A CSV or SQL cell holds Alpaca's `history` as JSON text, as it holds `messages`, `conversations` and `tools`
+    (which were read); `history` was refused as "history must be a list ..., got str"."""
+    import csv
+    import json
+
+    from sftlab.data.loading import load_conversations
+
+    path = tmp_path / "alpaca.csv"
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerows([["instruction", "input", "output", "history"], ["Q2", "", "A2", json.dumps([["Q1", "A1"]])],
+                      ["Q3", "ctx", "A3", ""]])
+    convs, _ = load_conversations(str(path))
+    assert [(t.role, t.content) for t in convs[0].turns] == [("user", "Q1"), ("assistant", "A1"), ("user", "Q2"),
+                                                            ("assistant", "A2")]
+    assert [t.content for t in convs[1].turns] == ["Q3\n\nctx", "A3"]
+    with pytest.raises(DataError) as e:
+        ADAPTERS["alpaca"]({"instruction": "Q", "output": "A", "history": "[[1, "})
+    assert e.value.field == "history"

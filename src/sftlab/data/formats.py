@@ -205,6 +205,9 @@ def from_alpaca(record: dict[str, Any]) -> Conversation:
         raise DataError(f"expected a string, got {type(extra).__name__}", field="input", reason="wrong type")
     turns = _system_turn(record)
     history = record.get("history") or []
+    if isinstance(history, str):  # CSV/SQL cells carry lists as JSON text
+        history = _json_text(history, "history", "expected a JSON list of [user, assistant] pairs, got text that is "
+                             "not JSON")
     if not isinstance(history, list):
         raise DataError(f"history must be a list of [user, assistant] pairs, got {type(history).__name__}",
                         field="history", reason="wrong type")
