@@ -103,6 +103,15 @@ def test_one_renderer_shows_the_same_numbers_in_markdown_html_and_the_terminal()
     assert "(did not stop)" in text
 
 
+def test_the_cut_off_sentence_counts_add_up_to_its_n():
+    """Pairs where only one answer ended but a verdict was unparseable are in n: the sentence says so."""
+    from sftlab.artifacts.render import cut_off_text
+
+    c = {"n": 5, "ended_preferred": 2, "cut_off_preferred": 1, "tie": 1, "unparseable": 1}
+    assert cut_off_text({"one_cut_off": c}).endswith("preferred it 2 times, the cut-off one 1, tied 1, unparseable 1.")
+    assert cut_off_text({"one_cut_off": {**c, "tie": 2, "unparseable": 0}}).endswith("tied 2.")
+
+
 def test_tokens_per_s_curve_is_per_logging_step_not_the_running_average():
     from sftlab.plotting import metric_bars, per_step_tokens_per_s
 

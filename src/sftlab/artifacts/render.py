@@ -62,8 +62,9 @@ def cut_off_text(p: Pairwise) -> str:
     c = p.get("one_cut_off")
     if not c or not c["n"]:
         return ""
+    unparseable = f", unparseable {c['unparseable']}" if c.get("unparseable") else ""  # the counts add up to n
     return (f" Where only one answer ended (n={c['n']}) the judge preferred it {c['ended_preferred']} times, "
-            f"the cut-off one {c['cut_off_preferred']}, tied {c['tie']}.")
+            f"the cut-off one {c['cut_off_preferred']}, tied {c['tie']}{unparseable}.")
 
 
 def side_by_side_samples(res: SuiteResult, limit: int) -> list[dict[str, Any]]:
