@@ -272,3 +272,19 @@ def test_results_refuse_a_store_holding_json_it_did_not_write(in_tmp, tiny_model
     res = CliRunner().invoke(app, ["results", "toy", "--store", "store"])
     assert res.exit_code == 2 and "store/toy.json" in res.output and "not a recipe result" in res.output, res.output
     assert mine.read_text() == '{"a": 1}' and not (in_tmp / "runs").exists()  # was: KeyError 'rows' after the run
+
+
+def test_the_recipe_report_states_each_judge_verdict_once(tmp_path):
+    """report.md: suite_markdown already ends each evaluation with its judge sentence; it was printed again."""
+    from types import SimpleNamespace
+
+    from sftlab.recipe.report import _eval_sections
+
+    pairwise = {"judge": "j", "kind": "RubricJudge", "labels": ["tuned", "base"], "n": 4, "tuned_win_rate": 0.75,
+                "base_win_rate": 0.0, "tie_rate": 0.25, "tuned_score": 0.875, "ci95": [0.5, 1.0],
+                "inconsistent_orders": 0, "unparseable": 0}
+    path = tmp_path / "eval.json"
+    path.write_text(json.dumps({"suite": "s", "subjects": {"base": "m", "tuned": "m+a"},
+                                "evaluators": {"judge": {"type": "judge", "pairwise": pairwise, "samples": []}}}))
+    run = SimpleNamespace(stages={"eval": {"type": "eval", "outputs": {"results": {"sft": str(path)}}}})
+    assert "\n".join(_eval_sections(run)).count("tuned wins 0.75, base wins 0.0") == 1

@@ -12,7 +12,7 @@ from typing import Any
 
 from sftlab.artifacts.layout import RunFolder
 from sftlab.artifacts.records import DataStats, SuiteResult, read_record
-from sftlab.artifacts.render import ci_text, cut_off_text, pairwise_sentence, suite_markdown, value_text
+from sftlab.artifacts.render import ci_text, cut_off_text, suite_markdown, value_text
 from sftlab.data.writers import write_json, write_text
 from sftlab.errors import ConfigError
 
@@ -128,8 +128,7 @@ def _eval_sections(run) -> list[str]:
             continue
         for name, path in {**s["outputs"]["results"], **s["outputs"].get("head_to_head", {})}.items():
             res = read_record(Path(path), SuiteResult)
-            out += [f"## {sid}: {name}", "", suite_markdown(res, level=3, samples=4)]
-            out += [pairwise_sentence(n, p) for n, p in res.pairwise()]
+            out += [f"## {sid}: {name}", "", suite_markdown(res, level=3, samples=4)]  # holds the judge sentences
     return out
 
 
