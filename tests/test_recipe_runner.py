@@ -288,3 +288,13 @@ def test_the_recipe_report_states_each_judge_verdict_once(tmp_path):
                                 "evaluators": {"judge": {"type": "judge", "pairwise": pairwise, "samples": []}}}))
     run = SimpleNamespace(stages={"eval": {"type": "eval", "outputs": {"results": {"sft": str(path)}}}})
     assert "\n".join(_eval_sections(run)).count("tuned wins 0.75, base wins 0.0") == 1
+
+
+def test_a_failed_recipe_is_one_row_of_the_results_table():
+    """A multi-line error (a pydantic message) or one with '|' split the row and shifted its date out of place."""
+    from sftlab.recipe.results import HEADER, table_lines
+
+    error = "recipes/bad.yaml: stage t: invalid config\n  lora.r: Input should be 'a' | 'b'"
+    lines = table_lines([{"recipe": "bad", "error": error, "date": "2026-12-02"}])
+    assert len(lines) == 3 and lines[2].count("|") == len(HEADER) + 1 and lines[2].endswith("| 2026-12-02 |")
+    assert "invalid config lora.r: Input should be 'a' / 'b'" in lines[2]

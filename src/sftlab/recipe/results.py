@@ -75,7 +75,8 @@ def table_lines(rows: list[dict[str, Any]]) -> list[str]:
     lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['recipe']} | failed: {r['error'][:200]} | | | | | | {r['date']} |")
+            error = " ".join(r["error"].split())[:200].replace("|", "/")  # one line: a table row
+            lines.append(f"| {r['recipe']} | failed: {error} | | | | | | {r['date']} |")
             continue
         cells = [r["recipe"], f"{r['model']}: {r['method']}", f"{r['student']} <- {r['teacher']}",
                  r.get("examples") or "-", "<br>".join(_metric_line(m) for m in r["metrics"]), _cost(r),
