@@ -298,3 +298,18 @@ def test_a_failed_recipe_is_one_row_of_the_results_table():
     lines = table_lines([{"recipe": "bad", "error": error, "date": "2026-12-02"}])
     assert len(lines) == 3 and lines[2].count("|") == len(HEADER) + 1 and lines[2].endswith("| 2026-12-02 |")
     assert "invalid config lora.r: Input should be 'a' / 'b'" in lines[2]
+
+
+def test_a_failed_rerun_keeps_the_rows_last_measured(in_tmp, tiny_model_dir):
+    (in_tmp / "recipes").mkdir()
+    raw = _recipe(tiny_model_dir)
+    (in_tmp / "recipes/toy.yaml").write_text(yaml.safe_dump(raw))
+    assert CliRunner().invoke(app, ["results", "toy", "--store", "store"]).exit_code == 0
+    raw["stages"][1]["config"]["learning_rat"] = 0.1
+    (in_tmp / "recipes/toy.yaml").write_text(yaml.safe_dump(raw))
+    for _ in range(2):  # failing twice leaves one error row
+        CliRunner().invoke(app, ["results", "toy", "--store", "store"])
+    rows = json.loads((in_tmp / "store/toy.json").read_text())["rows"]
+    assert [("error" in r, r["recipe"]) for r in rows] == [(False, "toy"), (True, "toy")]  # was: the error row alone
+    page = (in_tmp / "RESULTS.md").read_text()
+    assert "| toy | sft: lora |" in page and "| toy | failed:" in page and "learning_rat" in page

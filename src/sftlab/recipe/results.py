@@ -115,11 +115,13 @@ def render_results(store: Path) -> str:
 
 
 def _store_run(name: str, result_json: Path | None, store: Path, error: str | None) -> None:
+    """Keep a run's result; a failed rerun adds its error row under the rows last measured, which stay."""
     dest = store / f"{name}.json"
     store.mkdir(parents=True, exist_ok=True)
     if error is not None:
-        write_json(dest, {"recipe": name, "command": "", "rows": [{"recipe": name, "error": error,
-                                                                   "date": time.strftime("%Y-%m-%d")}]})
+        last = read_stored(dest) if dest.exists() else {"recipe": name, "command": "", "rows": []}
+        kept = [r for r in last["rows"] if "error" not in r]
+        write_json(dest, {**last, "rows": [*kept, {"recipe": name, "error": error, "date": time.strftime("%Y-%m-%d")}]})
     elif result_json is not None:
         tmp = dest.with_suffix(".json.tmp")
         shutil.copyfile(result_json, tmp)
