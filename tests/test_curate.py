@@ -53,6 +53,21 @@ def test_distill_writes_sft_records_with_provenance(tiny_gen, tmp_path):
     assert report.loaded == 12
 
 
+def test_a_multi_turn_prompt_ending_with_a_user_turn_is_answered_whole(tiny_gen, tmp_path):
+    """[user, assistant, user]: the teacher answers the last user turn, with the earlier turns as context (the
+    prompt used to be cut before the last assistant turn, so the first question was answered again)."""
+    turns = [Turn("user", "Name a fruit."), Turn("assistant", "Apple."), Turn("user", "Now a vegetable?")]
+    params = SamplingParams(max_new_tokens=3)
+    distill([Conversation(turns, id="m")], tiny_gen, tmp_path / "d.jsonl", params, keep_unfinished=True)
+    msgs = _rows(tmp_path / "d.jsonl")[0]["messages"]
+    assert [m["content"] for m in msgs[:3]] == ["Name a fruit.", "Apple.", "Now a vegetable?"]
+    assert [m["role"] for m in msgs] == ["user", "assistant", "user", "assistant"]
+    best_of_k([Conversation(turns, id="m")], tiny_gen, lambda p, r, ref: float(ref is None and len(p) == 3),
+              tmp_path / "b.jsonl", params, min_score=1)
+    row = _rows(tmp_path / "b.jsonl")[0]
+    assert row["messages"][2]["content"] == "Now a vegetable?" and row["meta"]["reference"] is None
+
+
 def test_distill_drops_unfinished_replies_and_counts_them(tiny_gen, tmp_path):
     stats = distill(_prompts(3), tiny_gen, tmp_path / "d.jsonl", SamplingParams(max_new_tokens=3))
     assert stats.records == 0 and stats.skipped["reply hit max_new_tokens"] == 3
