@@ -63,7 +63,7 @@ def test_a_multi_turn_prompt_ending_with_a_user_turn_is_answered_whole(tiny_gen,
     assert [m["content"] for m in msgs[:3]] == ["Name a fruit.", "Apple.", "Now a vegetable?"]
     assert [m["role"] for m in msgs] == ["user", "assistant", "user", "assistant"]
     best_of_k([Conversation(turns, id="m")], tiny_gen, lambda p, r, ref: float(ref is None and len(p) == 3),
-              tmp_path / "b.jsonl", params, min_score=1)
+              tmp_path / "b.jsonl", params, min_score=1, keep_unfinished=True)
     row = _rows(tmp_path / "b.jsonl")[0]
     assert row["messages"][2]["content"] == "Now a vegetable?" and row["meta"]["reference"] is None
 
@@ -89,15 +89,29 @@ def test_best_of_k_keeps_best_and_reports(tiny_gen, tmp_path):
         return float(len(response))
 
     params = SamplingParams(max_new_tokens=6, temperature=1.0, n=4, seed=3)
-    stats = best_of_k(_prompts(4), tiny_gen, reward, tmp_path / "b.jsonl", params, reward_name="len")
+    stats = best_of_k(_prompts(4), tiny_gen, reward, tmp_path / "b.jsonl", params, reward_name="len",
+                      keep_unfinished=True)  # the random model never ends its turn
     rows = _rows(tmp_path / "b.jsonl")
     assert len(rows) == 4 and stats.extra["pass@4"] == 1.0
     for r in rows:
         m = r["meta"]
         assert m["score"] == max(m["all_scores"]) and m["k"] == 4 and m["reward"] == "len" and m["rank"] == 0
-    none = best_of_k(_prompts(4), tiny_gen, reward, tmp_path / "c.jsonl", params, min_score=1e9)
+    none = best_of_k(_prompts(4), tiny_gen, reward, tmp_path / "c.jsonl", params, min_score=1e9,
+                     keep_unfinished=True)
     assert none.records == 0 and none.extra["prompts_without_acceptable_sample"] == 4
     assert none.extra["pass@4"] == 0.0
+
+
+def test_best_of_k_never_keeps_a_sample_cut_off_at_max_new_tokens(tiny_gen, tmp_path):
+    """A cut-off reply may still score (its last number can be the right one), but it teaches the student to stop
+    mid-sentence: like distill, best-of-k drops it (counted) unless keep_unfinished."""
+    params = SamplingParams(max_new_tokens=4, temperature=1.0, n=3, seed=0)
+    stats = best_of_k(_prompts(3), tiny_gen, lambda p, r, ref: 1.0, tmp_path / "b.jsonl", params, min_score=1)
+    assert stats.records == 0 and not (tmp_path / "b.jsonl").read_text()
+    assert stats.skipped["reply hit max_new_tokens"] == 9 and stats.extra["prompts_without_acceptable_sample"] == 3
+    kept = best_of_k(_prompts(3), tiny_gen, lambda p, r, ref: 1.0, tmp_path / "k.jsonl", params, min_score=1,
+                     keep_unfinished=True)
+    assert kept.records == 3 and all(not r["meta"]["finished"] for r in _rows(tmp_path / "k.jsonl"))
 
 
 def test_best_of_k_with_a_real_judge_model(tiny_gen, tmp_path):

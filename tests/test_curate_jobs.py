@@ -35,7 +35,7 @@ def _summary(path: Path) -> dict:
 
 @pytest.mark.parametrize(("job_cls", "run", "command", "options"), [
     (DistillJob, run_distill, "distill", {"n": 2, "temperature": 0.9, "system": "Be brief.", "keep_unfinished": True}),
-    (BestOfKJob, run_best_of_k, "best-of-k", {"k": 2, "reward": "exact", "select": "all"}),
+    (BestOfKJob, run_best_of_k, "best-of-k", {"k": 2, "reward": "exact", "select": "all", "keep_unfinished": True}),
 ])
 def test_a_job_from_a_mapping_writes_what_the_command_writes(job_cls, run, command, options, prompts,
                                                             tiny_model_dir, tmp_path):
@@ -128,7 +128,8 @@ def test_a_job_has_one_described_field_per_command_option(job_cls, command):
 
 def test_best_of_k_sends_a_system_prompt_and_a_resume_with_another_is_refused(prompts, tiny_model_dir, tmp_path):
     raw = {"prompts": str(prompts), "policy": str(tiny_model_dir), "out": str(tmp_path / "o.jsonl"), "k": 2,
-           "reward": "exact", "max_new_tokens": 4, "max_prompts": 2, "system": "Reason in plain sentences."}
+           "reward": "exact", "max_new_tokens": 4, "max_prompts": 2, "system": "Reason in plain sentences.",
+           "keep_unfinished": True}
     run_best_of_k(BestOfKJob.from_mapping(raw), console)
     records = _records(tmp_path / "o.jsonl")
     assert records and all(r["messages"][0] == {"role": "system", "content": "Reason in plain sentences."}

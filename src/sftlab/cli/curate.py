@@ -52,6 +52,7 @@ def curate_best_of_k(
         max_new_tokens: int = typer.Option(256), temperature: float = typer.Option(0.8),
         top_p: float = typer.Option(0.95), seed: int = typer.Option(0), max_prompts: int = typer.Option(None),
         batch_size: int = typer.Option(8), no_cache: bool = typer.Option(False),
+        keep_unfinished: bool = typer.Option(False, help=BEST_OF_K["keep_unfinished"]),
         vllm: list[str] = typer.Option([], "--vllm", help=VLLM_HELP)) -> None:
     """Sample k replies per prompt, score them, keep the best: rejection sampling."""
     options = dict(locals())  # the parameters are the job's fields, by name

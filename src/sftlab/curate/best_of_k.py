@@ -21,28 +21,34 @@ SELECT = ("best", "all")
 
 
 def best_of_k_settings(generator_id: str, params: SamplingParams, reward_id: str, select: str = "best",
-                       min_score: float | None = None, system_prompt: str | None = None) -> dict[str, Any]:
+                       min_score: float | None = None, system_prompt: str | None = None,
+                       keep_unfinished: bool = False) -> dict[str, Any]:
     """Everything that changes a best-of-k output: a resumed run must have exactly these. Refuses bad options."""
     if select not in SELECT:
         raise ConfigError(f"select {select!r}: must be one of {', '.join(SELECT)}")
     if min_score is not None and not math.isfinite(min_score):
         raise ConfigError(f"min_score {min_score}: must be a finite number")
     system = {"system_prompt": system_prompt} if system_prompt else {}  # earlier outputs (none) still resume
+    unfinished = {"keep_unfinished": True} if keep_unfinished else {}
     return {"pipeline": "best_of_k", "generator": generator_id, "reward": reward_id, "select": select,
-            "min_score": min_score, **system, **params.to_dict()}
+            "min_score": min_score, **system, **unfinished, **params.to_dict()}
 
 
 def best_of_k(prompts: list[Conversation], policy: Generator, reward: RewardFn, out_path: str | Path,
               params: SamplingParams, reward_name: str = "reward", select: Literal["best", "all"] = "best",
               min_score: float | None = None, cache: GenerationCache | None = None, batch_size: int = 8,
               console: Console | None = None, generator_id: str | None = None, reward_id: str | None = None,
-              inputs: Iterable[str | Path] = (), system_prompt: str | None = None) -> RunStats:
+              inputs: Iterable[str | Path] = (), system_prompt: str | None = None,
+              keep_unfinished: bool = False) -> RunStats:
     """Keep, per prompt, the best sample (select="best") or every sample (select="all") whose score is at
     least `min_score` (no threshold: the best is always kept). A prompt with no acceptable sample gives no
-    record and is counted. Reports mean reward, pass@1 and pass@k (success = score >= min_score, or > 0).
+    record and is counted. A sample that hit max_new_tokens is scored but never kept (counted) unless
+    `keep_unfinished`: a cut-off reply may still hold the right number. Reports mean reward, pass@1 and pass@k
+    (success = score >= min_score, or > 0).
     `generator_id`/`reward_id` name the policy's and the reward's versions (default model_id / reward_name)."""
     gid = generator_id or policy.model_id
-    settings = best_of_k_settings(gid, params, reward_id or reward_name, select, min_score, system_prompt)
+    settings = best_of_k_settings(gid, params, reward_id or reward_name, select, min_score, system_prompt,
+                                  keep_unfinished)
     run = CurationRun(policy, params, out_path, cache, batch_size, console, settings=settings, generator_id=gid,
                       inputs=inputs, n_name="k")
     scores_all: list[list[float]] = []
@@ -59,7 +65,10 @@ def best_of_k(prompts: list[Conversation], policy: Generator, reward: RewardFn, 
         for s in scores:
             hist[round(s, 1)] += 1
         ranked = sorted(range(len(gens)), key=lambda j: -scores[j])
-        ok = [j for j in ranked if min_score is None or scores[j] >= min_score]
+        unfinished = [j for j in ranked if not gens[j].finished and not keep_unfinished]
+        if unfinished:
+            run.stats.skipped["reply hit max_new_tokens"] += len(unfinished)
+        ok = [j for j in ranked if j not in unfinished and (min_score is None or scores[j] >= min_score)]
         keep = ok[:1] if select == "best" else ok
         if not keep:
             run.stats.skipped["no acceptable sample"] += 1

@@ -43,4 +43,5 @@ BEST_OF_K = {
     "select": "best | all",
     "min_score": "Keep only samples scoring at least this.",
     "system": "System prompt for the policy (e.g. how to lay out its reasoning); kept in the output records.",
+    "keep_unfinished": "Keep samples that hit max_new_tokens (else they are never kept).",
 }

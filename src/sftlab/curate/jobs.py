@@ -79,6 +79,7 @@ class BestOfKJob(CurationJob):
     min_score: float | None = Field(None, description=BEST_OF_K["min_score"])
     temperature: float = Field(0.8, description=BEST_OF_K["temperature"])
     top_p: float = Field(0.95, description=BEST_OF_K["top_p"])
+    keep_unfinished: bool = Field(False, description=BEST_OF_K["keep_unfinished"])
 
 
 def _explain(job: type[BaseModel], e: ValidationError) -> str:
@@ -124,15 +125,16 @@ def run_best_of_k(job: BestOfKJob, console: Console) -> CurationSummary:
     params = _sampling(job, "k", job.k, job.temperature, job.top_p)
     gid = engine_id(job.policy, job.adapter, job.base_url)
     reward_id = reward_identity(job.reward, job.judge, job.base_url)
-    check_output(job.out, best_of_k_settings(gid, params, reward_id, job.select, job.min_score, job.system),
-                 inputs=[job.prompts])
+    check_output(job.out, best_of_k_settings(gid, params, reward_id, job.select, job.min_score, job.system,
+                                             job.keep_unfinished), inputs=[job.prompts])
     convs, bad_prompts = _prompts(job, console)
     fn = make_reward(job.reward, judge=job.judge, base_url=job.base_url, api_key_env=job.api_key_env)
     gen = build_generator(job.policy, adapter=job.adapter, base_url=job.base_url, batch_size=job.batch_size,
                           api_key_env=job.api_key_env, vllm=engine_options)
     stats = best_of_k(convs, gen, fn, job.out, params, reward_name=job.reward, select=job.select,
                       min_score=job.min_score, cache=_cache(job), batch_size=job.batch_size, console=console,
-                      generator_id=gid, reward_id=reward_id, inputs=[job.prompts], system_prompt=job.system)
+                      generator_id=gid, reward_id=reward_id, inputs=[job.prompts], system_prompt=job.system,
+                      keep_unfinished=job.keep_unfinished)
     return _summary(job.out, stats, bad_prompts)
 
 

@@ -66,8 +66,7 @@ def _shrink(stage: dict[str, Any]) -> None:
     elif kind in ("distill", "best_of_k") and isinstance(stage.get("job"), dict):
         job = stage["job"]
         job.update({k: v for k, v in JOB_CAPS.items() if k != ("n" if kind == "best_of_k" else "k")})
-        if kind == "distill":
-            job["keep_unfinished"] = True  # a tiny random teacher never ends its turn
+        job["keep_unfinished"] = True  # a tiny random teacher never ends its turn
     elif kind == "filter" and isinstance(stage.get("config"), dict):
         stage["config"]["target_size"] = min(stage["config"].get("target_size") or 4, 4)
         stage["config"]["pool"] = [_capped(source) for source in stage["config"].get("pool") or []]
