@@ -38,3 +38,26 @@ def test_the_config_lists_the_stages_cheapest_first():
     assert [s.name for s in build_stages(cfg)] == ["exact dedup", "decontaminate", "model scores",
                                                    "diversity selection"]
     assert [s.drop_label for s in build_stages(cfg)][2] == "quality"
+
+
+def test_a_system_prompt_or_earlier_turns_do_not_hide_a_short_eval_prompt(tmp_path):
+    """The pool's prompt text holds system and earlier user turns too: a short eval question as one user turn used to
+    pass decontamination whenever a system prompt (or a greeting turn) stood in front of it."""
+    import json
+
+    from sftlab.curate.filter.pipeline import run_filter
+
+    (tmp_path / "eval.jsonl").write_text(json.dumps({"question": "What is 12 plus 7?", "answer": "#### 19"}) + "\n")
+    rows = [[("system", "You are a helpful assistant."), ("user", "What is 12 plus 7?"), ("assistant", "It is 19.")],
+            [("user", "Hi there."), ("assistant", "Hello."), ("user", "what is 12 plus 7"), ("assistant", "19.")],
+            [("user", "What is 12 plus 7?"), ("assistant", "It is 19.")],
+            [("system", "You are a helpful assistant."), ("user", "Tell me a joke about cats."),
+             ("assistant", "Cats are purrfect.")]]
+    (tmp_path / "pool.jsonl").write_text("".join(json.dumps({"id": f"r{i}", "messages": [
+        {"role": role, "content": text} for role, text in turns]}) + "\n" for i, turns in enumerate(rows)))
+    cfg = make_filter_config({"pool": str(tmp_path / "pool.jsonl"), "output": str(tmp_path / "sel.jsonl"),
+                              "target_size": 10, "dedup": {"near": False}, "diversity": {"method": "none"},
+                              "decontaminate": {"eval": [str(tmp_path / "eval.jsonl")]}})
+    result = run_filter(cfg)
+    assert [r.id for r in result.selected] == ["r3"]
+    assert [r.reason for r in result.records[:3]] == ["prompt equals an eval example"] * 3

@@ -44,8 +44,10 @@ class Decontaminator:
         hit = self.find(prompt, response, sketched)
         return hit.detail if hit else None
 
-    def find(self, prompt: str, response: str = "", sketched=None) -> Overlap | None:
-        """The first overlap with an eval example (n-gram, whole short prompt, near-duplicate prompt), or None."""
+    def find(self, prompt: str, response: str = "", sketched=None, turns: Sequence[str] = ()) -> Overlap | None:
+        """The first overlap with an eval example (n-gram, whole short prompt, near-duplicate prompt), or None.
+        `turns`: the prompt's user turns, each also compared whole with the short eval texts (a system prompt or
+        earlier turns in front of an eval question must not hide it)."""
         for field, text in (("prompt", prompt), ("response", response)):
             toks = words(text)
             if self.grams and len(toks) >= self.n:
@@ -53,7 +55,7 @@ class Decontaminator:
                     if g in self.grams:
                         reason = f"{self.n}-gram overlap with an eval example"
                         return Overlap(reason, f"{reason} ({field}: '{g[:60]}')")
-            if field == "prompt" and " ".join(toks) in self.short:
+            if field == "prompt" and any(" ".join(t) in self.short for t in [toks, *map(words, turns)]):
                 return Overlap(f"{field} equals an eval example", f"{field} equals an eval example")
         if self.index is not None:
             sig, sh = sketched or next(zip(*sketch([prompt]), strict=True))

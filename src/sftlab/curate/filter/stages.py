@@ -122,7 +122,9 @@ class Decontaminate(PoolStage):
             prompts = [r.prompt for r in part]
             sigs = zip(*dd.sketch(prompts), strict=True) if deco.index is not None else [None] * len(part)
             for r, prompt, sig in zip(part, prompts, sigs, strict=True):
-                hit = deco.find(prompt, r.response, sig)
+                conv = r.conv if deco.short else None  # its user turns, each compared whole with short eval texts
+                turns = [t.content for t in conv.prompt_turns if t.role == "user"] if conv else []
+                hit = deco.find(prompt, r.response, sig, turns)
                 if hit:
                     result.dropped.append((r, Drop(hit.reason, hit.detail)))
                 else:
