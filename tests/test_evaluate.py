@@ -397,7 +397,7 @@ def test_tuned_subject_generates_with_its_token_rows_merged_then_restores_them(t
     adapter = _train_tiny(model_dir, tmp_path, learning_rate=0.05, lora={"train_template_tokens": True})
     _, tuned = load_subjects(str(model_dir), adapter=adapter)
     layers = [m for m in tuned.model.modules() if isinstance(m, TrainableTokensLayer)]
-    assert len(layers) == (2 if tied else 1)
+    assert len(layers) == 2  # tied: the embedding and the head sharing it; untied: each with its own rows
     embed = layers[0].base_layer.weight
     original = embed.detach().clone()
     rows = layers[0].token_indices["default"]
