@@ -102,3 +102,18 @@ def test_alpaca_history_as_json_text(tmp_path):
     with pytest.raises(DataError) as e:
         ADAPTERS["alpaca"]({"instruction": "Q", "output": "A", "history": "[[1, "})
     assert e.value.field == "history"
+
+
+def test_the_prompt_of_a_conversation_ending_with_a_user_or_tool_turn_is_all_of_it():
+    """What every generator (curation, evaluation) is given: cutting before the last assistant turn of
+    [user, assistant, user] lost the question to answer, and of [user, tool call, tool] the tool's result."""
+    from sftlab.data.schema import Conversation, Turn
+
+    call = Turn("assistant", "", tool_calls=[{"name": "f", "arguments": {}}])
+    for turns, prompt in [
+        ([Turn("user", "a"), Turn("assistant", "b"), Turn("user", "c")], 3),
+        ([Turn("user", "a"), call, Turn("tool", "42")], 3),
+        ([Turn("system", "s"), Turn("user", "a"), Turn("assistant", "b")], 2),
+        ([Turn("user", "a")], 1),
+    ]:
+        assert Conversation(turns).prompt_turns == turns[:prompt]

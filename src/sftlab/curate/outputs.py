@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sftlab.artifacts.records import FilterReport, check_record_folder
 from sftlab.data.set_writers import check_set_output, output_format
 from sftlab.errors import ConfigError, SftlabError
 
@@ -146,15 +147,13 @@ class CurationFiles:
                               "deleted output); delete it or choose a new --out")
 
 
-def _report_names(report: Path, out: Path | None) -> bool:
-    """Whether a filter report (curation_report.json) says it was written together with `out` (None: with any
-    output, i.e. whether it is a filter report at all)."""
+def _report_names(report: Path, out: Path) -> bool:
+    """Whether a filter report (curation_report.json) says it was written together with `out`."""
     try:
         obj = json.loads(report.read_text(encoding="utf-8"))
     except (OSError, ValueError, RecursionError):
         return False
-    return isinstance(obj, dict) and isinstance(obj.get("output"), str) and (
-        out is None or Path(obj["output"]).name == out.name)
+    return isinstance(obj, dict) and isinstance(obj.get("output"), str) and Path(obj["output"]).name == out.name
 
 
 def check_selection_output(output: str | Path, report_dir: str | Path, inputs: Iterable[str | Path] = (),
@@ -169,22 +168,8 @@ def check_selection_output(output: str | Path, report_dir: str | Path, inputs: I
         ours = out.is_file() and (out.stat().st_size == 0 or _report_names(report, out))
     check_set_output(out, fmt, inputs=inputs, overwrite=overwrite or ours,
                      not_ours=f"is not a selection written by sftlab curate filter (no {report} naming it)")
-    _check_report_folder(Path(report_dir), report)
-
-
-def _check_report_folder(folder: Path, report: Path) -> None:
-    """The report's files (decisions.jsonl, curation_report.*, PNGs) go into a folder that is new, empty, an earlier
-    filter report, or one a crashed run left with only its score cache: never into a folder of someone else's."""
-    if folder.exists() and not folder.is_dir():
-        raise ConfigError(f"{folder} (where the filter writes its report) is a file; choose another output or "
-                          "set report_dir")
-    if not folder.is_dir() or _report_names(report, None):
-        return
-    if all(p.name.startswith("scores.sqlite") for p in folder.iterdir()):  # the score cache of a crashed run
-        return
-    raise ConfigError(f"{folder} (where the filter writes its report) already exists and is not a report written by "
-                      f"sftlab curate filter (no {report.name}); refusing to write into it: choose another output "
-                      "or set report_dir")
+    # its decisions.jsonl, curation_report.* and PNGs never go into a folder of someone else's
+    check_record_folder(Path(report_dir), report, FilterReport, "sftlab curate filter", leftovers=("scores.sqlite",))
 
 
 def write_failed(e: OSError, path: Path, out: Path, records: int) -> SftlabError:

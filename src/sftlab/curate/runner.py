@@ -101,15 +101,13 @@ def check_output(out_path: str | Path, settings: dict[str, Any], inputs: Iterabl
 
 
 def prompt_items(convs: list[Conversation], system_prompt: str | None = None) -> list[PromptItem]:
-    """Prompts (everything before the last assistant turn, or the whole conversation when it ends with a user or
-    tool turn: that turn is the one to answer) with a final assistant turn as the reference, keyed stably."""
+    """Prompts (Conversation.prompt_turns) with a final assistant turn as the reference, keyed stably."""
     items = []
     for c in convs:
-        ends_with_reply = bool(c.turns) and c.turns[-1].role == "assistant"
-        msgs = as_messages(c) if ends_with_reply else [t.to_dict() for t in c.turns]
+        msgs = as_messages(c)
         if system_prompt and (not msgs or msgs[0]["role"] != "system"):
             msgs = [{"role": "system", "content": system_prompt}, *msgs]
-        ref = c.turns[-1].content if ends_with_reply else None
+        ref = c.turns[-1].content if c.turns and c.turns[-1].role == "assistant" else None
         items.append(PromptItem(stable_key(c.id, msgs), c.id, msgs, c, ref))
     return items
 

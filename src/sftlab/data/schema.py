@@ -49,9 +49,9 @@ class Conversation:
 
     @property
     def prompt_turns(self) -> list[Turn]:
-        """Everything before the last assistant turn: what a generator is given."""
-        last = max((i for i, t in enumerate(self.turns) if t.role == "assistant"), default=len(self.turns))
-        return self.turns[:last]
+        """What a generator is given: everything before a final assistant turn (the reply), or the whole conversation
+        when it ends with a user or tool turn (the one to answer: cutting before an earlier assistant turn lost it)."""
+        return self.turns[:-1] if self.turns and self.turns[-1].role == "assistant" else list(self.turns)
 
     @property
     def prompt_messages(self) -> list[dict[str, Any]]:
