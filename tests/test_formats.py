@@ -17,6 +17,8 @@ CASES = [
     ("sharegpt", {"conversations": [{"from": "human", "value": "Q"}, {"from": "gpt", "value": "A"}]},
      [("user", "Q"), ("assistant", "A")]),
     ("question_answer", {"question": "1+1?", "answer": "2"}, [("user", "1+1?"), ("assistant", "2")]),
+    ("messages", {"system": "S", "messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]},
+     [("system", "S"), ("user", "Q"), ("assistant", "A")]),  # the top-level system was dropped
 ]
 
 
@@ -117,3 +119,10 @@ def test_the_prompt_of_a_conversation_ending_with_a_user_or_tool_turn_is_all_of_
         ([Turn("user", "a")], 1),
     ]:
         assert Conversation(turns).prompt_turns == turns[:prompt]
+
+
+def test_a_system_field_beside_a_system_message_is_an_error():
+    record = {"system": "S1", "messages": [{"role": "system", "content": "S2"}, {"role": "user", "content": "Q"}]}
+    with pytest.raises(DataError, match="both a `system` field and a system message") as e:
+        ADAPTERS["messages"](record)
+    assert e.value.field == "system"

@@ -172,7 +172,11 @@ def from_messages(record: dict[str, Any]) -> Conversation:
                           weight=_weight(m.get("weight"), f"{f}.weight"),
                           tool_calls=_parse_tool_calls(m.get("tool_calls"), f"{f}.tool_calls"),
                           name=_text(m.get("name"), f"{f}.name", "name") or None))
-    return Conversation(turns=turns, tools=_parse_tools(record.get("tools")))
+    system = _system_turn(record)  # a top-level `system` beside role/content turns (it was dropped)
+    if system and turns and turns[0].role == "system":
+        raise DataError(f"both a `system` field and a system message in `{key}`: keep one", field="system",
+                        reason="conflicting fields")
+    return Conversation(turns=system + turns, tools=_parse_tools(record.get("tools")))
 
 
 def from_prompt_completion(record: dict[str, Any]) -> Conversation:
