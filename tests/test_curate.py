@@ -18,6 +18,7 @@ from sftlab.curate.rewards import JudgeReward
 from sftlab.curate.store import ResumableJsonl
 from sftlab.data.loading import DataSpec, load_conversations
 from sftlab.data.schema import Conversation, Turn
+from sftlab.errors import SftlabError
 from sftlab.generation import SamplingParams, TransformersGenerator
 from sftlab.generation.cache import GenerationCache
 from sftlab.templates.chat_templates import ensure_chat_template
@@ -100,6 +101,19 @@ def test_best_of_k_keeps_best_and_reports(tiny_gen, tmp_path):
                      keep_unfinished=True)
     assert none.records == 0 and none.extra["prompts_without_acceptable_sample"] == 4
     assert none.extra["pass@4"] == 0.0
+
+
+@pytest.mark.parametrize("broken", [float("nan"), float("inf")])
+def test_a_reward_that_is_not_a_finite_number_stops_best_of_k_with_finished_prompts_kept(tiny_gen, tmp_path, broken):
+    params = SamplingParams(max_new_tokens=4, temperature=1.0, n=2, seed=0)
+
+    def reward(prompt, response, reference):  # fine for the first prompt, broken for the second
+        return broken if prompt[-1]["content"] == _prompts(2)[1].turns[0].content else 1.0
+
+    with pytest.raises(SftlabError, match=f"reward 'r' gave {broken} for prompt"):  # was: NaN kept as the best
+        best_of_k(_prompts(2), tiny_gen, reward, tmp_path / "b.jsonl", params, reward_name="r", batch_size=1,
+                  keep_unfinished=True)
+    assert len(_rows(tmp_path / "b.jsonl")) == 1  # the first prompt's record stays: a re-run resumes
 
 
 def test_best_of_k_never_keeps_a_sample_cut_off_at_max_new_tokens(tiny_gen, tmp_path):

@@ -13,7 +13,7 @@ from rich.console import Console
 from sftlab.curate.rewards import RewardFn
 from sftlab.curate.runner import CurationRun, PromptItem, RunStats, output_record, prompt_items
 from sftlab.data.schema import Conversation
-from sftlab.errors import ConfigError
+from sftlab.errors import ConfigError, SftlabError
 from sftlab.generation.base import Generation, Generator, SamplingParams
 from sftlab.generation.cache import GenerationCache
 
@@ -61,6 +61,10 @@ def best_of_k(prompts: list[Conversation], policy: Generator, reward: RewardFn, 
             scores = list(reward.score_many(pairs))  # batched judges / reward models
         else:
             scores = [float(reward(item.messages, g.text, item.reference)) for g in gens]
+        bad = next((s for s in scores if not math.isfinite(s)), None)
+        if bad is not None:  # NaN ranks anywhere and is not JSON: a broken reward, not a score
+            raise SftlabError(f"reward '{reward_name}' gave {bad} for prompt {item.source_id}: a reward must be a "
+                              "finite number (the prompts done so far are kept; fix the reward and re-run to resume)")
         scores_all.append(scores)
         for s in scores:
             hist[round(s, 1)] += 1
