@@ -9,7 +9,8 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from sftlab.cli import app
-from sftlab.curate.jobs import BestOfKJob, DistillJob, run_best_of_k, run_distill, run_filter_job
+from sftlab.curate.filter.config import make_filter_config
+from sftlab.curate.jobs import BestOfKJob, DistillJob, run_best_of_k, run_distill, run_filter_config
 from sftlab.errors import ConfigError
 
 console = Console(stderr=True, quiet=True)
@@ -99,15 +100,15 @@ def test_filter_job_from_a_mapping_selects_like_the_command(tmp_path):
                             for i in range(12)))
     raw = {"pool": [str(pool)], "output": str(tmp_path / "job.jsonl"), "target_size": 5,
            "diversity": {"method": "kcenter"}}
-    result = run_filter_job(raw, console)
+    result = run_filter_config(make_filter_config(raw), console)
     r = CliRunner().invoke(app, ["curate", "filter", "--pool", str(pool), "--out", str(tmp_path / "cli.jsonl"),
                                  "--target-size", "5", "--diversity", "kcenter"])
     assert r.exit_code == 0, r.output
     assert len(result.selected) == 5 and _records(tmp_path / "job.jsonl") == _records(tmp_path / "cli.jsonl")
     with pytest.raises(ConfigError, match="field 'output'"):
-        run_filter_job({"pool": [str(pool)]}, console)
+        run_filter_config(make_filter_config({"pool": [str(pool)]}), console)
     with pytest.raises(ConfigError, match="input"):
-        run_filter_job({**raw, "output": str(pool)}, console)
+        run_filter_config(make_filter_config({**raw, "output": str(pool)}), console)
     assert len(pool.read_text().splitlines()) == 12
 
 

@@ -197,14 +197,6 @@ def _summary(out: Path, stats: RunStats, bad_prompts: dict[str, int]) -> Curatio
     return summary
 
 
-def run_filter_job(raw: dict[str, Any], console: Console, overwrite: bool = False,
-                   source: str = "filter config") -> FilterResult:
-    """`sftlab curate filter CONFIG` from a config mapping: validate it, then select (see `run_filter_config`)."""
-    from sftlab.curate.filter.config import make_filter_config
-
-    return run_filter_config(make_filter_config(raw, source), console, overwrite)
-
-
 def run_filter_config(cfg: FilterConfig, console: Console, overwrite: bool = False) -> FilterResult:
     """Claim the selection's output (never an input, nothing sftlab did not write unless `overwrite`), then filter."""
     from sftlab.curate.filter.pipeline import run_filter

@@ -84,7 +84,8 @@ def chat_loop(gen: TransformersGenerator, read: Callable[[str], str], write: Cal
             continue
         history.append(turn)
         write("assistant> ")
-        budget = min(max_new_tokens, (gen.context_window or len(prompt) + max_new_tokens) - len(prompt))
+        window = gen.context_window  # the reply gets what the window leaves (_fits made sure some is left)
+        budget = min(max_new_tokens, window - len(prompt)) if window else max_new_tokens
         reply = _reply(gen, prompt, SamplingParams(max_new_tokens=budget, temperature=temperature), write)
         write("\n")
         history.append({"role": "assistant", "content": reply})
