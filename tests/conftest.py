@@ -48,3 +48,25 @@ def shared_data() -> Path:
 def write(path: Path, text: str) -> Path:
     path.write_text(text, encoding="utf-8")
     return path
+
+
+@pytest.fixture()
+def other_process():
+    """Start a second Python process running `code` (argv[1] = target); it prints 'held' once it holds what it
+    took, and is killed at the end of the test (as a crashed job would be)."""
+    import subprocess
+    import sys
+
+    started = []
+
+    def start(code: str, target: Path) -> subprocess.Popen:
+        proc = subprocess.Popen([sys.executable, "-c", f"import sys, time\n{code}\nprint('held', flush=True)\n"
+                                 "time.sleep(300)", str(target)], stdout=subprocess.PIPE, text=True)
+        started.append(proc)
+        assert proc.stdout.readline().strip() == "held"
+        return proc
+
+    yield start
+    for proc in started:
+        proc.kill()
+        proc.wait()

@@ -18,7 +18,7 @@ from sftlab.curate.rewards import JudgeReward
 from sftlab.curate.store import ResumableJsonl
 from sftlab.data.loading import DataSpec, load_conversations
 from sftlab.data.schema import Conversation, Turn
-from sftlab.errors import SftlabError
+from sftlab.errors import ConfigError, SftlabError
 from sftlab.generation import SamplingParams, TransformersGenerator
 from sftlab.generation.cache import GenerationCache
 from sftlab.templates.chat_templates import ensure_chat_template
@@ -156,6 +156,17 @@ def test_torn_last_line_is_dropped_on_resume(tmp_path):
     w = ResumableJsonl(path)
     assert w.done == {"a"} and path.read_text().count("\n") == 1 and path.read_text().endswith("\n")
     w.close()
+
+
+def test_a_second_curation_onto_an_out_in_use_stops_before_touching_it(tmp_path, other_process):
+    """Two jobs appending to one --out interleaved their groups (and each truncated the other's torn tail)."""
+    path = tmp_path / "o.jsonl"
+    other_process("from sftlab.curate.store import ResumableJsonl\n"
+                  "w = ResumableJsonl(sys.argv[1])\nw.write_group('a', [{'id': 'a-0'}])", path)
+    written = path.read_bytes()
+    with pytest.raises(ConfigError, match="being written by another sftlab process"):
+        ResumableJsonl(path)
+    assert path.read_bytes() == written
 
 
 def test_resume_after_kill_9_loses_and_duplicates_nothing(tiny_model_dir, tmp_path):

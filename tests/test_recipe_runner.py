@@ -313,3 +313,16 @@ def test_a_failed_rerun_keeps_the_rows_last_measured(in_tmp, tiny_model_dir):
     assert [("error" in r, r["recipe"]) for r in rows] == [(False, "toy"), (True, "toy")]  # was: the error row alone
     page = (in_tmp / "RESULTS.md").read_text()
     assert "| toy | sft: lora |" in page and "| toy | failed:" in page and "learning_rat" in page
+
+
+def test_a_second_run_of_a_recipe_in_use_stops_before_touching_it(in_tmp, tiny_model_dir, other_process):
+    """Two `sftlab run`s into one folder cleared and rewrote each other's stage folders."""
+    path = _write(in_tmp, _recipe(tiny_model_dir))
+    run_recipe(path, console=QUIET)
+    run_dir = in_tmp / "runs/toy"
+    before = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*")}
+    other_process("from sftlab.fsutil import OutputLock\nheld = OutputLock(sys.argv[1]).acquire()", run_dir)
+    with pytest.raises(ConfigError, match="being written by another sftlab process"):
+        run_recipe(path, from_stage="data", console=QUIET)
+    assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*")} == before
+

@@ -315,3 +315,22 @@ def test_a_kill_while_removing_a_stage_folder_leaves_its_name_claimable(tmp_path
     monkeypatch.undo()
     claim_stage_folder(folder, keep=[])  # was: "refusing to remove ...: it holds no sftlab-run.json", every rerun
     assert [p.name for p in folder.iterdir()] == [MARKER]
+
+
+HOLD_LOCK = "from sftlab.fsutil import OutputLock\nheld = OutputLock(sys.argv[1]).acquire()"
+
+
+def test_a_second_run_into_a_folder_in_use_stops_before_touching_it(tiny_model_dir, tmp_path, other_process):
+    """Two runs into one folder interleaved checkpoints, and --overwrite deleted the running one's folder."""
+    cfg = _cfg(tiny_model_dir, tmp_path)
+    first = train(cfg)
+    weights = first.final_dir / "adapter_model.safetensors"
+    before = weights.read_bytes()
+    holder = other_process(HOLD_LOCK, first.run_dir)
+    with pytest.raises(ConfigError, match=rf"being written by another sftlab process \(pid {holder.pid}"):
+        train(cfg, overwrite=True)
+    assert weights.read_bytes() == before
+    holder.kill()
+    holder.wait()  # the OS frees a crashed holder's lock
+    second = train(cfg, overwrite=True)
+    assert second.final_dir.is_dir() and not (tmp_path / ".run.lock").exists()  # released and removed

@@ -10,7 +10,9 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterable
+from contextlib import suppress
 from pathlib import Path
+from types import TracebackType
 
 from sftlab import __version__
 from sftlab.errors import ConfigError
@@ -142,3 +144,60 @@ def check_folder_output(folder: str | Path, kind: str, overwrite: bool, keep: It
     if not overwrite:
         raise ConfigError(f"{folder} already exists; pass --overwrite to replace {earlier}, or choose another folder")
     check_removable(folder, kind, keep)
+
+
+class OutputLock:
+    """One sftlab process at a time writes an output (two would interleave checkpoints, records, caches): an
+    exclusive lock on a hidden `.NAME.lock` file beside it, which the OS releases when the process ends, even by a
+    crash; the file is removed on release. Where there is no fcntl (Windows) it does nothing."""
+
+    def __init__(self, target: str | Path) -> None:
+        self.target = Path(target)
+        self.path = self.target.parent / f".{self.target.name}.lock"
+        self._file = None
+
+    def acquire(self) -> OutputLock:
+        try:
+            import fcntl
+        except ImportError:
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        while self._file is None:
+            f = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 (held until release)
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.seek(0)
+                holder = f.read().strip() or "another process"
+                f.close()
+                raise ConfigError(f"{self.target} is being written by another sftlab process ({holder}, lock "
+                                  f"{self.path}); wait for it to end, or choose another output") from None
+            if _same_file(f, self.path):  # else the holder removed it on release: lock the new one
+                self._file = f
+            else:
+                f.close()
+        self._file.seek(0)
+        self._file.truncate()
+        self._file.write(f"pid {os.getpid()}")
+        self._file.flush()
+        return self
+
+    def release(self) -> None:
+        if self._file is not None:
+            with suppress(OSError):
+                self.path.unlink()
+            self._file.close()
+            self._file = None
+
+    def __enter__(self) -> OutputLock:
+        return self.acquire()
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
+        self.release()
+
+
+def _same_file(f, path: Path) -> bool:
+    try:
+        return os.stat(path).st_ino == os.fstat(f.fileno()).st_ino
+    except OSError:
+        return False

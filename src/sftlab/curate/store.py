@@ -25,6 +25,7 @@ from typing import Any
 from sftlab.curate.outputs import MANIFEST_FORMAT, CurationFiles, normalised, write_failed
 from sftlab.data.writers import write_json
 from sftlab.errors import ConfigError
+from sftlab.fsutil import OutputLock
 from sftlab.kvstore import stable_key
 
 __all__ = ["CurationFiles", "ResumableJsonl", "run_fingerprint"]
@@ -51,7 +52,16 @@ class ResumableJsonl:
         self.path = self.files.out
         self.settings = normalised(settings)
         self.fingerprint = run_fingerprint(self.settings)
-        self.files.check(self.settings, inputs)
+        self._lock = OutputLock(self.path).acquire()  # a second run onto this --out would interleave its groups
+        try:
+            self.files.check(self.settings, inputs)
+            self._open_resumed()
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def _open_resumed(self) -> None:
+        """Recover what an earlier run of these settings wrote, or claim the new file; open it for appending."""
         self.done: set[str] = set()
         self.records = 0
         manifest = self.files.read_manifest()
@@ -186,3 +196,4 @@ class ResumableJsonl:
                 with suppress(OSError):
                     os.close(fd)
         self._fd = self._done_fd = None  # type: ignore[assignment]
+        self._lock.release()

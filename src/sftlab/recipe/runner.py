@@ -11,7 +11,7 @@ from typing import Any
 from rich.console import Console
 
 from sftlab.errors import ConfigError
-from sftlab.fsutil import marker_kind, write_marker
+from sftlab.fsutil import OutputLock, marker_kind, write_marker
 from sftlab.recipe.spec import Recipe, load_recipe
 from sftlab.recipe.stages import RUNNERS, StageContext, check_stage, resolve, run_folder
 from sftlab.recipe.state import STAGE_KIND, StageState, claim_stage_folder, stage_key, stage_refs
@@ -75,8 +75,20 @@ def run_recipe(path: str | Path, out: Path | None = None, from_stage: str | None
             check_stage(stage, ctx)
         except (ConfigError, ValueError) as e:
             raise ConfigError(f"{path}: {e}") from None
-    _claim_run_dir(run_dir)
-    run, keys, t0 = RecipeRun(recipe, run_dir, 0.0), {}, time.time()
+    with OutputLock(run_dir):  # a second `sftlab run` into this folder stops here, before it changes anything
+        _claim_run_dir(run_dir)
+        run = _run_stages(recipe, ctx, path, first_forced, quick, console)
+        from sftlab.recipe.report import write_run_report
+
+        page = write_run_report(run, path, quick)
+    console.print(f"[green]{recipe.name} done in {run.seconds:.0f}s[/]: report {page}")
+    return run
+
+
+def _run_stages(recipe: Recipe, ctx: StageContext, path: str | Path, first_forced: int, quick: bool,
+                console: Console) -> RecipeRun:
+    """Each stage in order: skipped, resumed or run; a stage reading one that ran or resumed now runs again."""
+    run, keys, t0 = RecipeRun(recipe, ctx.run_dir, 0.0), {}, time.time()
     redone: set[str] = set()  # stages that ran or resumed now: a stage reading one runs again (same key or not)
     for i, stage in enumerate(recipe.stages):
         spec = stage.model_dump()
@@ -91,10 +103,6 @@ def run_recipe(path: str | Path, out: Path | None = None, from_stage: str | None
                                 "key": keys[stage.id], "outputs": state.outputs}
         console.print(f"stage {stage.id}: {what} ({state.seconds:.0f}s)")
     run.seconds = time.time() - t0
-    from sftlab.recipe.report import write_run_report
-
-    page = write_run_report(run, path, quick)
-    console.print(f"[green]{recipe.name} done in {run.seconds:.0f}s[/]: report {page}")
     return run
 
 

@@ -23,7 +23,7 @@ from sftlab.artifacts.records import DataStats, TrainMetrics, write_record
 from sftlab.data.loading import load_conversations
 from sftlab.data.writers import write_text
 from sftlab.errors import ConfigError
-from sftlab.fsutil import MARKER, marker_kind, remove_owned_folder, write_marker
+from sftlab.fsutil import MARKER, OutputLock, marker_kind, remove_owned_folder, write_marker
 from sftlab.models.causal_lm import load_causal_lm
 from sftlab.models.compile import compile_layers, should_compile_layers
 from sftlab.models.loading import default_device
@@ -98,9 +98,11 @@ def _never_trained(run_dir: Path) -> bool:
     return marker_kind(run_dir) == "train" and all(p.name in early and p.is_file() for p in run_dir.iterdir())
 
 
-def prepare_run_dir(cfg: TrainConfig, resume: bool, overwrite: bool) -> Path:
-    """Create (or reuse, or replace) the run folder by the rules of sftlab.fsutil, and mark it as a run."""
+def prepare_run_dir(cfg: TrainConfig, resume: bool, overwrite: bool, lock: OutputLock) -> Path:
+    """Lock the run folder, then create (or reuse, or replace) it by the rules of sftlab.fsutil and mark it as a
+    run."""
     run_dir = cfg.run_dir
+    lock.acquire()  # before anything is removed: a second run into the same folder stops here
     if resume and overwrite:
         raise ConfigError("--resume continues the run in the run folder and --overwrite deletes it: pass one")
     if run_dir.exists() and not run_dir.is_dir():
@@ -153,10 +155,19 @@ class TokenizerSetup:
 
 def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, console: Console | None = None,
           callbacks: list | None = None) -> TrainResult:
+    """One SFT run; process 0 holds the run folder's lock (fsutil.OutputLock) until it ends or fails."""
+    lock = OutputLock(cfg.run_dir)
+    try:
+        return _train(cfg, resume, overwrite, main_process_console(console or Console(stderr=True)), callbacks, lock)
+    finally:
+        lock.release()
+
+
+def _train(cfg: TrainConfig, resume: bool, overwrite: bool, console: Console, callbacks: list | None,
+           lock: OutputLock) -> TrainResult:
     """One SFT run, read top to bottom: run folder, model and tokenizer, data, precision/compile/attention, LoRA,
     trainer, then train and save."""
-    console = main_process_console(console or Console(stderr=True))
-    run_dir = on_main_process(prepare_run_dir, cfg, resume, overwrite)  # process 0 writes the run folder
+    run_dir = on_main_process(prepare_run_dir, cfg, resume, overwrite, lock)  # process 0 writes the run folder
     set_seed(cfg.seed)
     flags = precision_flags(cfg.precision)
     if cfg.precision == "auto" and not any(flags.values()):
