@@ -326,3 +326,54 @@ def test_a_second_run_of_a_recipe_in_use_stops_before_touching_it(in_tmp, tiny_m
         run_recipe(path, from_stage="data", console=QUIET)
     assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*")} == before
 
+
+READS = '''
+from pathlib import Path
+def count(out, *, seed=0, quick=False, path="", prompts=()):
+    (out / "n.txt").write_text(str(sum(len(p.read_text()) for p in Path(path).rglob("*.jsonl")) if path else len(prompts)))
+    return {}
+'''
+
+
+def _reading_recipe(in_tmp: Path, monkeypatch, params: dict) -> Path:
+    (in_tmp / "reads_prep.py").write_text(READS)
+    monkeypatch.syspath_prepend(str(in_tmp))
+    monkeypatch.delitem(sys.modules, "reads_prep", raising=False)  # this test's copy, not an earlier test's
+    return _write(in_tmp, {"name": "toy", "stages": [
+        {"id": "a", "type": "prepare", "function": "reads_prep:count", "params": params}]})
+
+
+def test_a_changed_file_in_a_data_folder_reruns_the_stage_that_reads_it(in_tmp, monkeypatch):
+    """Only files counted: a data source given as a folder (a saved dataset, a folder of shards) could change and
+    the stage was skipped with its old output."""
+    shards = in_tmp / "shards"
+    shards.mkdir()
+    (shards / "a.jsonl").write_text('{"x": 1}\n')
+    path = _reading_recipe(in_tmp, monkeypatch, {"path": str(shards)})
+    run_recipe(path, console=QUIET)
+    assert _statuses(run_recipe(path, console=QUIET)) == {"a": "skipped (done, unchanged)"}
+    (shards / "b.jsonl").write_text('{"x": 2}\n')
+    assert _statuses(run_recipe(path, console=QUIET)) == {"a": "ran"}
+    assert (in_tmp / "runs/toy/a/n.txt").read_text() == "18"
+
+
+def test_new_shipped_data_reruns_the_stages_that_read_it(in_tmp, monkeypatch):
+    """`${heldout:KIND}` and the built-in preparers read sftlab's shipped data: a new version of it kept the old
+    outputs (the stage's config as written had not changed)."""
+    import shutil
+    from importlib.resources import files
+
+    import sftlab.recipe.state as state
+
+    shipped = in_tmp / "pkg" / "resources"
+    shutil.copytree(str(files("sftlab") / "resources"), shipped)
+    monkeypatch.setattr(state, "files", lambda package: in_tmp / "pkg")
+    state._shipped_digest.cache_clear()
+    path = _reading_recipe(in_tmp, monkeypatch, {"prompts": "${heldout:identity}"})
+    run_recipe(path, console=QUIET)
+    assert _statuses(run_recipe(path, console=QUIET)) == {"a": "skipped (done, unchanged)"}
+    with open(shipped / "heldout_identity.jsonl", "a", encoding="utf-8") as f:
+        f.write('{"prompt": "And who might you be?"}\n')
+    state._shipped_digest.cache_clear()  # a new sftlab version: a new process
+    assert _statuses(run_recipe(path, console=QUIET)) == {"a": "ran"}
+    state._shipped_digest.cache_clear()

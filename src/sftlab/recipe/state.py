@@ -8,6 +8,8 @@ import hashlib
 import json
 import time
 from dataclasses import dataclass
+from functools import cache
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ from sftlab.recipe.spec import references
 
 STAGE_KIND = "recipe-stage"
 STATE = "stage.json"
+DATA_FIELDS = ("path", "data")  # where a folder is a data source (a folder of files, a saved dataset)
 
 
 def _file_digest(path: Path) -> str:
@@ -28,17 +31,45 @@ def _file_digest(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def _input_files(value: Any) -> list[Path]:
-    """Local files a stage's config names (a data path, a prompt file): their content is part of its key."""
+def _folder_digest(folder: Path, content: bool) -> str:
+    """A folder's files: by content (small folders), else by name, size and modification time (a model or dataset
+    folder of gigabytes is not read on every run)."""
+    h = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        stat = path.stat()
+        h.update(f"{path.relative_to(folder)}\0{_file_digest(path) if content else (stat.st_size, stat.st_mtime_ns)}"
+                 "\0".encode())
+    return h.hexdigest()[:16]
+
+
+@cache
+def _shipped_digest() -> str:
+    """The data sftlab ships: the built-in preparers and `${heldout:KIND}` read it, so a new version reruns them."""
+    return _folder_digest(Path(str(files("sftlab") / "resources")), content=True)
+
+
+def _reads_shipped(spec: dict[str, Any]) -> bool:
+    return spec.get("type") == "prepare" or "${heldout:" in json.dumps(spec)
+
+
+def _input_digests(value: Any) -> dict[str, str]:
+    """Local files and folders a stage's resolved config names (a data path, a prompt file, a data folder): what
+    they hold is part of its key."""
+    return {str(p): _folder_digest(p, content=False) if p.is_dir() else _file_digest(p) for p in _input_files(value)}
+
+
+def _input_files(value: Any, field: str = "") -> list[Path]:
+    """Files anywhere, folders only as a data source (`path:`, `data:`): a "." elsewhere is not the whole folder."""
     if isinstance(value, str):
         try:
-            return [Path(value)] if "\n" not in value and Path(value).is_file() else []
+            path = Path(value)
+            return [path] if "\n" not in value and (path.is_file() or (field in DATA_FIELDS and path.is_dir())) else []
         except OSError:  # a prompt, not a path (e.g. longer than a file name may be)
             return []
     if isinstance(value, dict):
-        return [p for v in value.values() for p in _input_files(v)]
+        return [p for k, v in value.items() for p in _input_files(v, k)]
     if isinstance(value, list | tuple):
-        return [p for v in value for p in _input_files(v)]
+        return [p for v in value for p in _input_files(v, field)]
     return []
 
 
@@ -49,11 +80,11 @@ def stage_refs(spec: dict[str, Any]) -> set[str]:
 
 def stage_key(spec: dict[str, Any], resolved: dict[str, Any], upstream: dict[str, str], quick: bool,
               seed: int) -> str:
-    """The key of a stage: its config as written, the keys of the stages it refers to, the content of the files
-    its resolved config names (data sources, another run's outputs)."""
+    """The key of a stage: its config as written, the keys of the stages it refers to, what the files and folders
+    its resolved config names hold (data sources, another run's outputs), the shipped data where it reads it."""
     refs = sorted(stage_refs(spec))
-    files = {str(p): _file_digest(p) for p in _input_files(resolved)}
-    return stable_key(spec, {r: upstream[r] for r in refs}, files, quick, seed)
+    shipped = [_shipped_digest()] if _reads_shipped(spec) else []
+    return stable_key(spec, {r: upstream[r] for r in refs}, _input_digests(resolved), quick, seed, *shipped)
 
 
 @dataclass
