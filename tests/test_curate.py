@@ -123,9 +123,11 @@ def test_best_of_k_never_keeps_a_sample_cut_off_at_max_new_tokens(tiny_gen, tmp_
     stats = best_of_k(_prompts(3), tiny_gen, lambda p, r, ref: 1.0, tmp_path / "b.jsonl", params, min_score=1)
     assert stats.records == 0 and not (tmp_path / "b.jsonl").read_text()
     assert stats.skipped["reply hit max_new_tokens"] == 9 and stats.extra["prompts_without_acceptable_sample"] == 3
+    assert stats.extra["pass@1"] == stats.extra["pass@3"] == 0.0  # was 1.0: every prompt "passed", none kept
     kept = best_of_k(_prompts(3), tiny_gen, lambda p, r, ref: 1.0, tmp_path / "k.jsonl", params, min_score=1,
                      keep_unfinished=True)
     assert kept.records == 3 and all(not r["meta"]["finished"] for r in _rows(tmp_path / "k.jsonl"))
+    assert kept.extra["pass@3"] == 1.0
 
 
 def test_best_of_k_with_a_real_judge_model(tiny_gen, tmp_path):

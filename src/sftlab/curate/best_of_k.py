@@ -44,7 +44,7 @@ def best_of_k(prompts: list[Conversation], policy: Generator, reward: RewardFn, 
     least `min_score` (no threshold: the best is always kept). A prompt with no acceptable sample gives no
     record and is counted. A sample that hit max_new_tokens is scored but never kept (counted) unless
     `keep_unfinished`: a cut-off reply may still hold the right number. Reports mean reward, pass@1 and pass@k
-    (success = score >= min_score, or > 0).
+    (success = a sample that may be kept and scores >= min_score, or > 0).
     `generator_id`/`reward_id` name the policy's and the reward's versions (default model_id / reward_name)."""
     gid = generator_id or policy.model_id
     settings = best_of_k_settings(gid, params, reward_id or reward_name, select, min_score, system_prompt,
@@ -52,8 +52,9 @@ def best_of_k(prompts: list[Conversation], policy: Generator, reward: RewardFn, 
     run = CurationRun(policy, params, out_path, cache, batch_size, console, settings=settings, generator_id=gid,
                       inputs=inputs, n_name="k")
     scores_all: list[list[float]] = []
+    successes: list[list[bool]] = []  # per prompt, per sample: one that would be kept on its score
     hist: Counter = Counter()
-    success = (lambda s: s >= min_score) if min_score is not None else (lambda s: s > 0)
+    passes = (lambda s: s >= min_score) if min_score is not None else (lambda s: s > 0)
 
     def handle(item: PromptItem, gens: list[Generation]) -> list[dict]:
         pairs = [(item.messages, g.text) for g in gens]
@@ -66,6 +67,7 @@ def best_of_k(prompts: list[Conversation], policy: Generator, reward: RewardFn, 
             raise SftlabError(f"reward '{reward_name}' gave {bad} for prompt {item.source_id}: a reward must be a "
                               "finite number (the prompts done so far are kept; fix the reward and re-run to resume)")
         scores_all.append(scores)
+        successes.append([passes(s) and (g.finished or keep_unfinished) for s, g in zip(scores, gens, strict=True)])
         for s in scores:
             hist[round(s, 1)] += 1
         ranked = sorted(range(len(gens)), key=lambda j: -scores[j])
@@ -85,10 +87,8 @@ def best_of_k(prompts: list[Conversation], policy: Generator, reward: RewardFn, 
     stats.extra = {
         "k": params.n, "reward": reward_name, "min_score": min_score,
         "mean_reward": round(sum(flat) / len(flat), 4) if flat else None,
-        "pass@1": round(sum(sum(map(success, ss)) / len(ss) for ss in scores_all) / len(scores_all), 4)
-        if scores_all else None,
-        f"pass@{params.n}": round(sum(any(map(success, ss)) for ss in scores_all) / len(scores_all), 4)
-        if scores_all else None,
+        "pass@1": round(sum(sum(ok) / len(ok) for ok in successes) / len(successes), 4) if successes else None,
+        f"pass@{params.n}": round(sum(map(any, successes)) / len(successes), 4) if successes else None,
         "prompts_without_acceptable_sample": stats.skipped.get("no acceptable sample", 0),
         "reward_histogram": {str(k): v for k, v in sorted(hist.items())},
     }
