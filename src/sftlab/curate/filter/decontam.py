@@ -1,7 +1,8 @@
 """Decontamination: no evaluation prompt (or answer) may leak into training data.
 
-Two tests, as in the GPT-3 / Llama reports: any shared word 13-gram with an evaluation example, and a
-near-duplicate (MinHash Jaccard) of an evaluation prompt, which also catches short prompts and light edits.
+Two tests, as in the GPT-3 / Llama reports: any shared word 13-gram with an evaluation prompt or answer, and a
+near-duplicate (MinHash Jaccard) of an evaluation prompt, which also catches short prompts and light edits. A
+short answer ("Yes.", "42") is not matched whole: a training turn that says the same is not a leak.
 """
 
 from __future__ import annotations
@@ -22,10 +23,11 @@ class Overlap(NamedTuple):
 
 class Decontaminator:
     def __init__(self, eval_texts: Sequence[str], n: int = 13, near_threshold: float | None = 0.8,
-                 num_perm: int = 128) -> None:
+                 num_perm: int = 128, answers: Sequence[str] = ()) -> None:
+        """`eval_texts`: the evaluation prompts; `answers`: their answers (n-grams only)."""
         self.n = n
-        self.grams: set[str] = set()
-        self.short: set[str] = set()  # eval texts with fewer than n words: matched whole
+        self.grams: set[str] = {g for t in answers for g in ngrams(words(t), n)}
+        self.short: set[str] = set()  # eval prompts with fewer than n words: matched whole
         for t in eval_texts:
             toks = words(t)
             if len(toks) >= n:

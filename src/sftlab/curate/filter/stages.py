@@ -109,13 +109,12 @@ class Decontaminate(PoolStage):
         self.s = settings
 
     def run(self, records: list[PoolRecord], log: Log) -> Result:
-        eval_texts = []
+        eval_texts, answers = [], []
         for spec in self.s.eval:
             for conv in load_conversations(spec)[0]:
                 eval_texts.append(prompt_text(conv))
-                if conv.last_response:
-                    eval_texts.append(conv.last_response)
-        deco = Decontaminator(eval_texts, self.s.ngram, self.s.near_threshold)
+                answers.extend([conv.last_response] if conv.last_response else [])
+        deco = Decontaminator(eval_texts, self.s.ngram, self.s.near_threshold, answers=answers)
         result = Result([])
         for start in range(0, len(records), dd.SKETCH_CHUNK):  # sketches of one chunk at a time: bounded memory
             part = records[start:start + dd.SKETCH_CHUNK]
@@ -129,7 +128,7 @@ class Decontaminate(PoolStage):
                     result.dropped.append((r, Drop(hit.reason, hit.detail)))
                 else:
                     result.kept.append(r)
-        result.funnel_extra["eval_texts"] = len(eval_texts)
+        result.funnel_extra["eval_texts"] = len(eval_texts) + len(answers)
         return result
 
 
