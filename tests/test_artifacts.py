@@ -167,3 +167,12 @@ def test_inference_loads_use_the_kv_cache_even_when_the_checkpoint_says_no(tiny_
     (ckpt / "generation_config.json").write_text(json.dumps({"use_cache": False}))
     lm = load_causal_lm(str(ckpt))
     assert lm.model.config.use_cache and lm.model.generation_config.use_cache
+
+
+def test_an_interval_bound_half_way_is_rounded_up_as_written():
+    """25 of 29 has the Wilson interval [0.6944, 0.945]: shown as [0.69, 0.94] (the float 0.945 is 0.94499...),
+    while the notes written from the same numbers said 0.95."""
+    from sftlab.artifacts.render import metric_cell
+
+    assert metric_cell({"value": 0.8621, "n": 29, "ci95": [0.6944, 0.945]}) == "0.8621 [0.69, 0.95] (n=29)"
+    assert metric_cell({"value": 0.0, "n": 49, "ci95": [0.0, 0.0727]}) == "0.0 [0.00, 0.07] (n=49)"

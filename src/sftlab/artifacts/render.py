@@ -4,6 +4,7 @@ eval`), Markdown (eval.md, report.md) and HTML (report.html). The pairwise "who 
 from __future__ import annotations
 
 import html
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, Literal
 
 from rich.console import Console
@@ -21,7 +22,12 @@ def data_value(key: str, value: Any) -> str:
 
 
 def ci_text(m: Metric | None) -> str:
-    return f"[{m['ci95'][0]:.2f}, {m['ci95'][1]:.2f}]" if m and m.get("ci95") else ""
+    return f"[{_two_places(m['ci95'][0])}, {_two_places(m['ci95'][1])}]" if m and m.get("ci95") else ""
+
+
+def _two_places(x: float) -> str:
+    """Half up, as written: f"{0.945:.2f}" is "0.94" (the float is 0.94499...), which a reader rounds to 0.95."""
+    return str(Decimal(str(x)).quantize(Decimal("0.01"), ROUND_HALF_UP))
 
 
 def value_text(m: Metric | None) -> str:
