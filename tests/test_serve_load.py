@@ -37,11 +37,11 @@ class GatedGenerator(TransformersGenerator):
         super().__init__(model, tokenizer, batch_size=8, model_id="tiny")
         self.gate, self.entered, self.batches = threading.Event(), threading.Event(), []
 
-    def generate(self, prompts, params=None):
+    def generate(self, prompts, params=None, should_stop=None):
         self.batches.append(len(prompts))
         self.entered.set()
         self.gate.wait(timeout=30)
-        return super().generate(prompts, params)
+        return super().generate(prompts, params, should_stop)
 
 
 def _endless(model, tokenizer) -> TransformersGenerator:
@@ -199,6 +199,37 @@ def test_closing_a_stream_stops_its_generation(tiny):
         r = httpx.post(f"{url}/v1/chat/completions", json={**body, "max_tokens": 1}, timeout=60)
         assert r.status_code == 200
         assert len(forwards) < 200, len(forwards)  # 400 + 1 if the abandoned stream had run to its end
+    finally:
+        hook.remove()
+        srv.should_exit = True
+
+
+def test_a_client_that_goes_away_stops_its_non_streamed_generation(tiny):
+    """A client that timed out (and would retry) left its whole reply generating: the one worker was busy with an
+    answer nobody would read while the next request waited."""
+    import socket
+    import urllib.parse
+
+    model, tokenizer = tiny
+    forwards = []
+
+    def count_and_pause(*args) -> None:  # 5 ms a token, as above: the server must see the closed connection first
+        forwards.append(1)
+        time.sleep(0.005)
+
+    hook = model.register_forward_hook(count_and_pause)
+    url, srv = _start(create_app(_endless(model, tokenizer), "tiny", max_tokens_limit=400))
+    body = {"messages": _msgs("Hello, who are you?"), "max_tokens": 400, "temperature": 0}
+    try:
+        host, port = urllib.parse.urlsplit(url).hostname, urllib.parse.urlsplit(url).port
+        payload = httpx.Request("POST", f"{url}/v1/chat/completions", json=body)
+        with socket.create_connection((host, port)) as client:  # a client that sends, waits a little, hangs up
+            head = "".join(f"{k}: {v}\r\n" for k, v in payload.headers.items())
+            client.sendall(f"POST /v1/chat/completions HTTP/1.1\r\n{head}\r\n".encode() + payload.read())
+            assert _wait_until(lambda: len(forwards) > 3)
+        r = httpx.post(f"{url}/v1/chat/completions", json={**body, "max_tokens": 1}, timeout=60)
+        assert r.status_code == 200
+        assert len(forwards) < 200, len(forwards)  # 400 + 1 if the abandoned reply had run to its end
     finally:
         hook.remove()
         srv.should_exit = True

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList
 
 from sftlab.generation.base import GENERATION_TOKENS, Generation, Messages, SamplingParams, as_messages
 from sftlab.models.causal_lm import stop_ids_of
@@ -36,6 +37,16 @@ def batch_seed(seed: int, rows: list[list[int]]) -> int:
     return int.from_bytes(digest[:8], "little") >> 1
 
 
+class StopWhen(StoppingCriteria):
+    """Ends generation early when asked (the client went away)."""
+
+    def __init__(self, should_stop: Callable[[], bool]) -> None:
+        self.should_stop = should_stop
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        return torch.full((input_ids.shape[0],), self.should_stop(), dtype=torch.bool, device=input_ids.device)
+
+
 class TransformersGenerator:
     """Generate replies for chat prompts in batches of similar length (shortest first) so padding stays small:
     at most `batch_size` prompts and `max_batch_tokens` padded tokens each; outputs come back in prompt order."""
@@ -56,8 +67,11 @@ class TransformersGenerator:
         return prompt_ids(self.tokenizer, as_messages(prompt))
 
     @torch.no_grad()
-    def generate(self, prompts: list[Messages], params: SamplingParams | None = None) -> list[list[Generation]]:
+    def generate(self, prompts: list[Messages], params: SamplingParams | None = None,
+                 should_stop: Callable[[], bool] | None = None) -> list[list[Generation]]:
+        """`should_stop`: checked every step; once true, every reply ends where it is (unfinished)."""
         params = params or SamplingParams()
+        stopping = StoppingCriteriaList([StopWhen(should_stop)]) if should_stop else None
         encoded = [self.encode(p) for p in prompts]
         results: list[list[Generation]] = [[] for _ in encoded]
         device = next(self.model.parameters()).device
@@ -72,7 +86,7 @@ class TransformersGenerator:
                 input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=params.max_new_tokens,
                 do_sample=sample, temperature=params.temperature if sample else None,
                 top_p=params.top_p if sample else None, top_k=None, num_return_sequences=params.n,
-                eos_token_id=self.stop_ids, pad_token_id=self.pad_id)
+                eos_token_id=self.stop_ids, pad_token_id=self.pad_id, stopping_criteria=stopping)
             for row, i in enumerate(idx):
                 for j in range(params.n):
                     results[i].append(self._decode(out[row * params.n + j, longest:].tolist()))

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from transformers import StoppingCriteria, StoppingCriteriaList, TextStreamer
+from transformers import StoppingCriteriaList, TextStreamer
 
 from sftlab.generation.base import SamplingParams
-from sftlab.generation.transformers_backend import TransformersGenerator
+from sftlab.generation.transformers_backend import StopWhen, TransformersGenerator
 
 HELP = "commands: /reset (forget the conversation), /system TEXT (set the system prompt), /exit"
 
@@ -26,23 +26,13 @@ class _CallbackStreamer(TextStreamer):
             self.on_text(text)
 
 
-class _StopWhen(StoppingCriteria):
-    """Ends generation early when asked (the client went away)."""
-
-    def __init__(self, should_stop: Callable[[], bool]) -> None:
-        self.should_stop = should_stop
-
-    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
-        return torch.full((input_ids.shape[0],), self.should_stop(), dtype=torch.bool, device=input_ids.device)
-
-
 def stream_reply(gen: TransformersGenerator, prompt_ids: list[int], params: SamplingParams,
                  on_text: Callable[[str], None], should_stop: Callable[[], bool] | None = None) -> tuple[int, bool]:
     """Generate one reply, passing text pieces to `on_text` as they are decoded; returns (new tokens, whether
     it ended with a stop token). Runs in the caller's thread, so an engine error is raised to the caller."""
     ids = torch.tensor([prompt_ids], device=next(gen.model.parameters()).device)
     sample = params.temperature > 0
-    stopping = StoppingCriteriaList([_StopWhen(should_stop)]) if should_stop else None
+    stopping = StoppingCriteriaList([StopWhen(should_stop)]) if should_stop else None
     out = gen.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=params.max_new_tokens,
                              do_sample=sample, temperature=params.temperature if sample else None,
                              top_p=params.top_p if sample else None, top_k=None,

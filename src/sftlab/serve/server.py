@@ -20,8 +20,9 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from sftlab.errors import ConfigError
 from sftlab.serve.responses import completion_body, error_response, internal_error, next_event, sse_events
@@ -31,6 +32,7 @@ from sftlab.serve.worker import GenerationQueue, Job, QueueFull
 __all__ = ["check_limits", "create_app", "listen_socket"]
 
 log = logging.getLogger(__name__)
+DISCONNECT_POLL_S = 0.25  # how often a waiting non-streamed request checks that its client is still there
 
 
 
@@ -74,15 +76,27 @@ def create_app(generator, model_name: str, api_key: str | None = None, max_token
     return app
 
 
+class _KeyGuard:
+    """The API key check, as plain ASGI: Starlette's @app.middleware("http") hides the client's disconnect from
+    the endpoint, which then generated whole replies for clients long gone."""
+
+    def __init__(self, app: ASGIApp, expected: bytes) -> None:
+        self.app, self.expected = app, expected
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] != "/health" and not _authorized(Request(scope), self.expected):
+            response = error_response(401, "invalid or missing API key", kind="authentication_error",
+                                      code="invalid_api_key")
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
 def _add_guards(app: FastAPI, expected: bytes | None) -> None:
     """The API key check (all but /health) and OpenAI-shaped bodies for HTTP errors and unexpected faults."""
 
-    @app.middleware("http")
-    async def guard(request: Request, call_next):
-        if expected and request.url.path != "/health" and not _authorized(request, expected):
-            return error_response(401, "invalid or missing API key", kind="authentication_error",
-                                  code="invalid_api_key")
-        return await call_next(request)
+    if expected:
+        app.add_middleware(_KeyGuard, expected=expected)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_request: Request, e: StarletteHTTPException) -> JSONResponse:
@@ -123,7 +137,8 @@ async def _chat_completion(request: Request, queue: GenerationQueue, model_name:
         if req.stream:
             streaming = True  # from here on, the stream's own cleanup cancels the job
             return StreamingResponse(sse_events(job, n_prompt, model_name), media_type="text/event-stream")
-        return completion_body(await next_event(job, "done"), n_prompt, model_name)
+        done = await _done_unless_gone(request, job)
+        return Response(status_code=499) if done is None else completion_body(done, n_prompt, model_name)
     except BadRequest as e:
         return error_response(e.status, str(e), e.param, code=e.code,
                               kind="invalid_request_error" if e.status < 500 else "server_error")
@@ -137,6 +152,19 @@ async def _chat_completion(request: Request, queue: GenerationQueue, model_name:
     finally:
         if job is not None and not streaming:
             job.cancelled.set()  # a request that ends early (cancelled, failed) is skipped by the worker
+
+
+async def _done_unless_gone(request: Request, job: Job) -> Any:
+    """The finished generation, or None once the client has closed the connection: the job is cancelled, so the
+    worker stops generating a reply nobody will read (a client's timeout and retry would else queue it twice)."""
+    done = asyncio.ensure_future(next_event(job, "done"))
+    while not done.done():
+        await asyncio.wait({done}, timeout=DISCONNECT_POLL_S)
+        if not done.done() and await request.is_disconnected():
+            done.cancel()
+            job.cancelled.set()
+            return None
+    return done.result()
 
 
 # ---------------------------------------------------------------------------------------------- options

@@ -170,7 +170,8 @@ class GenerationQueue:
         if batch[0].request.stream:
             self._stream(batch[0])
             return
-        replies = self.generator.generate([j.request.messages for j in batch], batch[0].params)
+        replies = self.generator.generate([j.request.messages for j in batch], batch[0].params,
+                                          should_stop=lambda: all(j.cancelled.is_set() for j in batch))
         for job, gens in zip(batch, replies, strict=True):
             job.post("done", [g for g in gens for _ in range(job.request.copies)])
 
