@@ -92,3 +92,19 @@ def test_real_shared_datasets_load(shared_data):
                          ("glaive_toolcall_en_demo.json", "sharegpt", 300), ("kto_en_demo.json", "messages", 300)]:
         convs, report = load_conversations(DataSpec(path=str(shared_data / name)))
         assert (report.format, report.loaded, sum(report.skipped.values())) == (fmt, n, 0)
+
+
+def test_each_record_is_read_by_its_own_format(tmp_path):
+    """The first record decided the whole file's format: after an empty first `conversations` record (read as
+    ShareGPT) every role/content conversation was skipped, and one alpaca record made a messages record an error."""
+    rows = [{"conversations": []},
+            {"conversations": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]},
+            {"instruction": "Say bye.", "output": "Bye."},
+            {"instruction": "Say hi.", "input": ""}]  # matches no format: read as the one before, so named
+    path = tmp_path / "mixed.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    convs, report = load_conversations(DataSpec(path=str(path), on_error="skip"))
+    assert [[t.content for t in c.turns] for c in convs] == [["Hi", "Hello."], ["Say bye.", "Bye."]]
+    assert report.format == "messages+alpaca"
+    assert report.examples[1].endswith("mixed.jsonl, line 4, field 'output': missing required field 'output' "
+                                       "(expected a string)")

@@ -29,7 +29,7 @@ class DataSpec(BaseModel):
     type: Literal["jsonl", "json", "csv", "parquet", "hf", "sql"] | None = Field(
         None, description="Source type; inferred from the path when omitted.")
     format: Literal["auto", "messages", "prompt_completion", "alpaca", "sharegpt", "question_answer"] = Field(
-        "auto", description="Record format; detected from the first record's keys when 'auto'.")
+        "auto", description="Record format; detected from each record's keys when 'auto'.")
     query: str | None = Field(None, description="SQL query (type: sql).")
     split: str | None = Field(None, description="Split of a Hugging Face dataset.")
     max_records: int | None = Field(None, ge=1, description="Read at most this many valid records.")
@@ -130,14 +130,18 @@ def load_conversations(spec: DataSpec | dict[str, Any] | str) -> tuple[list[Conv
 def iter_conversations(spec: DataSpec, report: LoadReport) -> Iterator[Conversation]:
     """`load_conversations` one record at a time (a large pool need not fit in memory); counts go to `report`."""
     shown = report.source
-    fmt = None if spec.format == "auto" else spec.format
+    fixed = None if spec.format == "auto" else spec.format
+    formats: dict[str, str] = {}  # detected per record: the first record (say, an empty one) does not decide all
+    previous = None
     for location, rec in read_records(spec.path, type=spec.type, split=spec.split, query=spec.query):
         report.read += 1
         try:
             if isinstance(rec, DataError):
                 raise rec
-            fmt = fmt or _detect_format(rec)
+            # a record that matches no format is read as the one before, whose adapter names its missing field
+            fmt = fixed or detect_format(rec) or previous or _detect_format(rec)
             conv = _to_conversation(rec, fmt, spec)
+            formats[fmt] = previous = fmt
             conv.id = record_id(shown, location, rec)
         except (DataError, RecursionError) as e:
             err = _located(e, shown, location)
@@ -157,4 +161,4 @@ def iter_conversations(spec: DataSpec, report: LoadReport) -> Iterator[Conversat
         raise DataError("no records: the source is empty (or holds only blank lines / a header); check the path "
                         "or query, or set allow_empty: true (--allow-empty) if that is intended", source=shown,
                         reason="empty source")
-    report.format = fmt
+    report.format = fixed or "+".join(formats) or None
