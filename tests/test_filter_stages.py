@@ -40,25 +40,30 @@ def test_the_config_lists_the_stages_cheapest_first():
     assert [s.drop_label for s in build_stages(cfg)][2] == "quality"
 
 
-def test_a_system_prompt_or_earlier_turns_do_not_hide_a_short_eval_prompt(tmp_path):
-    """The pool's prompt text holds system and earlier user turns too: a short eval question as one user turn used to
-    pass decontamination whenever a system prompt (or a greeting turn) stood in front of it."""
+def _decontaminated(tmp_path, eval_rows: list[dict], conversations: list[list[tuple[str, str]]]):
+    """`curate filter` with decontamination only, on a pool of the given conversations (ids r0, r1, ...)."""
     import json
 
     from sftlab.curate.filter.pipeline import run_filter
 
-    (tmp_path / "eval.jsonl").write_text(json.dumps({"question": "What is 12 plus 7?", "answer": "#### 19"}) + "\n")
+    (tmp_path / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in eval_rows))
+    (tmp_path / "pool.jsonl").write_text("".join(json.dumps({"id": f"r{i}", "messages": [
+        {"role": role, "content": text} for role, text in turns]}) + "\n" for i, turns in enumerate(conversations)))
+    return run_filter(make_filter_config({
+        "pool": str(tmp_path / "pool.jsonl"), "output": str(tmp_path / "sel.jsonl"), "target_size": 10,
+        "dedup": {"near": False}, "diversity": {"method": "none"},
+        "decontaminate": {"eval": [str(tmp_path / "eval.jsonl")]}}))
+
+
+def test_a_system_prompt_or_earlier_turns_do_not_hide_a_short_eval_prompt(tmp_path):
+    """The pool's prompt text holds system and earlier user turns too: a short eval question as one user turn used to
+    pass decontamination whenever a system prompt (or a greeting turn) stood in front of it."""
     rows = [[("system", "You are a helpful assistant."), ("user", "What is 12 plus 7?"), ("assistant", "It is 19.")],
             [("user", "Hi there."), ("assistant", "Hello."), ("user", "what is 12 plus 7"), ("assistant", "19.")],
             [("user", "What is 12 plus 7?"), ("assistant", "It is 19.")],
             [("system", "You are a helpful assistant."), ("user", "Tell me a joke about cats."),
              ("assistant", "Cats are purrfect.")]]
-    (tmp_path / "pool.jsonl").write_text("".join(json.dumps({"id": f"r{i}", "messages": [
-        {"role": role, "content": text} for role, text in turns]}) + "\n" for i, turns in enumerate(rows)))
-    cfg = make_filter_config({"pool": str(tmp_path / "pool.jsonl"), "output": str(tmp_path / "sel.jsonl"),
-                              "target_size": 10, "dedup": {"near": False}, "diversity": {"method": "none"},
-                              "decontaminate": {"eval": [str(tmp_path / "eval.jsonl")]}})
-    result = run_filter(cfg)
+    result = _decontaminated(tmp_path, [{"question": "What is 12 plus 7?", "answer": "#### 19"}], rows)
     assert [r.id for r in result.selected] == ["r3"]
     assert [r.reason for r in result.records[:3]] == ["prompt equals an eval example"] * 3
 
@@ -66,22 +71,11 @@ def test_a_system_prompt_or_earlier_turns_do_not_hide_a_short_eval_prompt(tmp_pa
 def test_a_training_turn_that_says_what_a_short_eval_answer_says_is_not_contamination(tmp_path):
     """Eval answers went into the set matched whole against every user turn: a conversation whose user said
     "Yes." was dropped because some eval answer was "Yes."; a 13-gram of a long answer still is a leak."""
-    import json
-
-    from sftlab.curate.filter.pipeline import run_filter
-
     answer = "The water cycle moves water from the oceans into the air as vapour and back as rain and snow."
-    (tmp_path / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [
-        {"question": "Is the sky blue on a clear day?", "answer": "Yes."},
-        {"question": "Describe the water cycle.", "answer": answer}]))
     rows = [[("user", "Shall I list more fruits?"), ("assistant", "Would you like that?"), ("user", "Yes."),
              ("assistant", "Pears, plums and figs.")],
             [("user", "Explain rain."), ("assistant", answer)]]
-    (tmp_path / "pool.jsonl").write_text("".join(json.dumps({"id": f"r{i}", "messages": [
-        {"role": role, "content": text} for role, text in turns]}) + "\n" for i, turns in enumerate(rows)))
-    cfg = make_filter_config({"pool": str(tmp_path / "pool.jsonl"), "output": str(tmp_path / "sel.jsonl"),
-                              "target_size": 10, "dedup": {"near": False}, "diversity": {"method": "none"},
-                              "decontaminate": {"eval": [str(tmp_path / "eval.jsonl")]}})
-    result = run_filter(cfg)
+    result = _decontaminated(tmp_path, [{"question": "Is the sky blue on a clear day?", "answer": "Yes."},
+                                        {"question": "Describe the water cycle.", "answer": answer}], rows)
     assert [r.id for r in result.selected] == ["r0"]
     assert result.records[1].reason == "13-gram overlap with an eval example"

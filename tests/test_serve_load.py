@@ -180,59 +180,47 @@ def test_real_generation_leaves_models_endpoint_fast(tiny):
     assert statistics.median(latencies) < generation_s / 10 and max(latencies) < generation_s / 2
 
 
-def test_closing_a_stream_stops_its_generation(tiny):
+@pytest.fixture()
+def slow_endless(tiny):
+    """A server whose replies never end (400 tokens) at 5 ms a token: on a busy CPU the tiny model ran all 400 before
+    the server saw a closed connection (a full-suite run failed with 401). Yields (url, request body, forwards)."""
     model, tokenizer = tiny
     forwards = []  # one forward pass of the real model per generated token
 
-    def count_and_pause(*args) -> None:  # 5 ms a token: on a busy CPU the tiny model ran all 400 tokens before
-        forwards.append(1)  # the server saw the closed connection (a full-suite run failed with 401)
-        time.sleep(0.005)
-
-    hook = model.register_forward_hook(count_and_pause)
-    url, srv = _start(create_app(_endless(model, tokenizer), "tiny", max_tokens_limit=400))
-    body = {"messages": _msgs("Hello, who are you?"), "max_tokens": 400, "temperature": 0}
-    try:
-        with httpx.stream("POST", f"{url}/v1/chat/completions", json={**body, "stream": True}, timeout=60) as r:
-            pieces = [line for _, line in zip(range(3), r.iter_lines(), strict=False)]
-        assert pieces[0].startswith("data: ")
-        # one model, one generation at a time: this runs once the abandoned stream's generation has ended
-        r = httpx.post(f"{url}/v1/chat/completions", json={**body, "max_tokens": 1}, timeout=60)
-        assert r.status_code == 200
-        assert len(forwards) < 200, len(forwards)  # 400 + 1 if the abandoned stream had run to its end
-    finally:
-        hook.remove()
-        srv.should_exit = True
-
-
-def test_a_client_that_goes_away_stops_its_non_streamed_generation(tiny):
-    """A client that timed out (and would retry) left its whole reply generating: the one worker was busy with an
-    answer nobody would read while the next request waited."""
-    import socket
-    import urllib.parse
-
-    model, tokenizer = tiny
-    forwards = []
-
-    def count_and_pause(*args) -> None:  # 5 ms a token, as above: the server must see the closed connection first
+    def count_and_pause(*args) -> None:
         forwards.append(1)
         time.sleep(0.005)
 
     hook = model.register_forward_hook(count_and_pause)
     url, srv = _start(create_app(_endless(model, tokenizer), "tiny", max_tokens_limit=400))
-    body = {"messages": _msgs("Hello, who are you?"), "max_tokens": 400, "temperature": 0}
-    try:
-        host, port = urllib.parse.urlsplit(url).hostname, urllib.parse.urlsplit(url).port
-        payload = httpx.Request("POST", f"{url}/v1/chat/completions", json=body)
-        with socket.create_connection((host, port)) as client:  # a client that sends, waits a little, hangs up
-            head = "".join(f"{k}: {v}\r\n" for k, v in payload.headers.items())
-            client.sendall(f"POST /v1/chat/completions HTTP/1.1\r\n{head}\r\n".encode() + payload.read())
-            assert _wait_until(lambda: len(forwards) > 3)
-        r = httpx.post(f"{url}/v1/chat/completions", json={**body, "max_tokens": 1}, timeout=60)
-        assert r.status_code == 200
-        assert len(forwards) < 200, len(forwards)  # 400 + 1 if the abandoned reply had run to its end
-    finally:
-        hook.remove()
-        srv.should_exit = True
+    yield url, {"messages": _msgs("Hello, who are you?"), "max_tokens": 400, "temperature": 0}, forwards
+    # one model, one generation at a time: this answers once the abandoned generation has ended
+    r = httpx.post(f"{url}/v1/chat/completions", json={"messages": _msgs("Hi"), "max_tokens": 1}, timeout=60)
+    hook.remove()
+    srv.should_exit = True
+    assert r.status_code == 200 and len(forwards) < 200, len(forwards)  # 401 if it had run to its end
+
+
+def test_closing_a_stream_stops_its_generation(slow_endless):
+    url, body, forwards = slow_endless
+    with httpx.stream("POST", f"{url}/v1/chat/completions", json={**body, "stream": True}, timeout=60) as r:
+        pieces = [line for _, line in zip(range(3), r.iter_lines(), strict=False)]
+    assert pieces[0].startswith("data: ")
+
+
+def test_a_client_that_goes_away_stops_its_non_streamed_generation(slow_endless):
+    """A client that timed out (and would retry) left its whole reply generating: the one worker was busy with an
+    answer nobody would read while the next request waited."""
+    import socket
+    import urllib.parse
+
+    url, body, forwards = slow_endless
+    where = urllib.parse.urlsplit(url)
+    request = httpx.Request("POST", f"{url}/v1/chat/completions", json=body)
+    with socket.create_connection((where.hostname, where.port)) as client:  # sends, waits a little, hangs up
+        head = "".join(f"{k}: {v}\r\n" for k, v in request.headers.items())
+        client.sendall(f"POST /v1/chat/completions HTTP/1.1\r\n{head}\r\n".encode() + request.read())
+        assert _wait_until(lambda: len(forwards) > 3)
 
 
 def test_unseeded_sampled_requests_are_fresh_samples_and_still_share_one_engine_call(gated):
