@@ -131,6 +131,10 @@ def test_output_dir_that_is_a_file_is_a_config_error(tiny_model_dir, tmp_path):
     with pytest.raises(ConfigError, match="notes.txt.*is a file"):
         train(_cfg(tiny_model_dir, tmp_path, output_dir=str(f)), overwrite=True)
     assert f.read_text() == "keep me"
+    inside = _cfg(tiny_model_dir, tmp_path, output_dir=str(f / "run"))  # no folder can be made: the lock says nothing
+    with pytest.raises(OSError, match="Not a directory"):
+        train(inside)
+    assert f.read_text() == "keep me"
 
 
 # ---- 2. export refuses an existing OUT unless --overwrite, with the same rule -------------------------------------

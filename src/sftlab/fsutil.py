@@ -5,6 +5,7 @@ the command that would remove it. Every command that deletes a folder goes throu
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -16,6 +17,8 @@ from types import TracebackType
 
 from sftlab import __version__
 from sftlab.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 MARKER = "sftlab-run.json"
 MARKER_FORMAT = 1
@@ -161,9 +164,12 @@ class OutputLock:
             import fcntl
         except ImportError:
             return self
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         while self._file is None:
-            f = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 (held until release)
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                f = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 (held until release)
+            except OSError:  # no folder can be made there: writing the output fails too, and says so
+                return self
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -172,6 +178,10 @@ class OutputLock:
                 f.close()
                 raise ConfigError(f"{self.target} is being written by another sftlab process ({holder}, lock "
                                   f"{self.path}); wait for it to end, or choose another output") from None
+            except OSError as e:  # a file system without locks (some network mounts)
+                f.close()
+                log.warning("cannot lock %s (%s): two jobs writing it at once would not be stopped", self.target, e)
+                return self
             if _same_file(f, self.path):  # else the holder removed it on release: lock the new one
                 self._file = f
             else:
