@@ -9,7 +9,7 @@ from sftlab.evaluate.checks import mentions_identity, same_language, script
 from sftlab.evaluate.judge import pairwise_winrate, parse_verdict
 from sftlab.evaluate.runner import rate_metric, runs_into_new_turn
 from sftlab.evaluate.suite import load_suite, make_suite
-from sftlab.evaluate.toolcalls import parse_tool_call, score_tool_call
+from sftlab.evaluate.toolcalls import parse_tool_call, score_no_call, score_tool_call
 
 
 @pytest.mark.parametrize(("text", "expected"), [("Hello there", "latin"), ("你好，世界", "zh"), ("123 !", ""),
@@ -79,6 +79,18 @@ def test_tool_call_without_schema_needs_the_expected_arguments():
     assert "missing required arguments ['b']" in score_tool_call('{"name": "f", "arguments": {"a": 5}}', expected,
                                                                  None)["error"]
     assert parse_tool_call('{"x": 1} then {"name": "f", "arguments": {}}') == {"name": "f", "arguments": {}}
+
+
+@pytest.mark.parametrize(("reply", "no_call"), [
+    ("I'm sorry, I can't book tickets. I can help you find a movie instead.", True),
+    # replies of a tuned gemma-3-270m where no call was needed: a call cut off at the token budget, a brace short
+    ('<tool_call>\n{"name": "generate_sentence", "arguments": {"sentence": "slowly, slowly, slowly, slowly', False),
+    ('<tool_call>\n{"name": "calculate_loan_payment", "arguments": {"type": "object", "properties": {"principal": '
+     '1000, "interest_rate": 0.05, "loan_term": 30"}}\n</tool_call>', False),
+])
+def test_a_started_but_unparseable_call_is_not_an_answer_without_one(reply, no_call):
+    s = score_no_call(reply)
+    assert s["no_call"] is no_call and bool(s["error"]) is not no_call
 
 
 @pytest.mark.parametrize(("text", "verdict"), [("A", "A"), (" b.", "B"), ("Tie", "tie"), ("Answer B is better", "B"),

@@ -100,11 +100,22 @@ def score_tool_call(reply: str, expected: dict[str, Any], tools: list[dict[str, 
     return out
 
 
+def _started_call(text: str) -> str | None:
+    """The function a `<tool_call>` block names even where its JSON does not parse (cut off, a brace short): such a
+    reply tried to call a tool, it did not answer without one."""
+    for m in _TAGGED.finditer(text):
+        if named := _NAME.search(m.group(1)):
+            return named.group(1)
+    return None
+
+
 def score_no_call(reply: str) -> dict[str, Any]:
     """{"parsed", "no_call", "error"} for a reply that should answer without calling a tool."""
     call = parse_tool_call(reply)
-    return {"parsed": call is not None, "no_call": call is None,
-            "error": f"called {call['name']!r} where no call was needed" if call else ""}
+    started = None if call else _started_call(reply)
+    error = (f"called {call['name']!r} where no call was needed" if call else
+             f"started a call to {started!r} (not parseable) where no call was needed" if started else "")
+    return {"parsed": call is not None, "no_call": call is None and started is None, "error": error}
 
 
 @dataclass
