@@ -93,6 +93,22 @@ def test_a_started_but_unparseable_call_is_not_an_answer_without_one(reply, no_c
     assert s["no_call"] is no_call and bool(s["error"]) is not no_call
 
 
+STOCK = [{"name": "get_stock_price", "description": "Get the current stock price", "parameters": {
+    "type": "object", "properties": {"symbol": {"type": "string", "description": "The stock symbol"}},
+    "required": ["symbol"]}}]
+# a base gemma-3-270m shown the tools (tools_in_prompt): it echoes the system message, tool list included
+ECHO = ('You can call these functions. To call one, reply with <tool_call>{"name": ..., "arguments": {...}}'
+        '</tool_call>.\n' + json.dumps(STOCK) + "\n\nHi, can you tell")
+
+
+def test_the_tool_list_echoed_from_the_prompt_is_not_a_call():
+    s = score_tool_call(ECHO, {"name": "get_stock_price", "arguments": {"symbol": "AAPL"}}, STOCK)
+    assert not (s["parsed"] or s["right_function"] or s["names_function"])
+    assert score_no_call(ECHO)["no_call"]
+    llama_style = '{"name": "get_stock_price", "parameters": {"symbol": "AAPL"}}'  # a call all the same
+    assert score_tool_call(llama_style, {"name": "get_stock_price", "arguments": {}}, STOCK)["correct"]
+
+
 @pytest.mark.parametrize(("text", "verdict"), [("A", "A"), (" b.", "B"), ("Tie", "tie"), ("Answer B is better", "B"),
                                                ("Both are equally good", "tie"), ("I like cheese", None),
                                                ("Answer A and Answer B", None)])

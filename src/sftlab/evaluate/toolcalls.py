@@ -14,7 +14,7 @@ from sftlab.data.schema import Conversation
 
 _TAGGED = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.S)
 _FENCED = re.compile(r"```(?:json)?\s*(.*?)```", re.S)
-_NAME = re.compile(r'"name"\s*:\s*"([^"]*)"')
+_NAME = re.compile(r'"name"\s*:\s*"([^"]*)"(?!\s*,\s*"description")')  # a tool's definition is no call
 
 
 def _json_objects(text: str):
@@ -39,6 +39,8 @@ def parse_tool_call(text: str) -> dict[str, Any] | None:
     for chunk in candidates:
         for obj in _json_objects(chunk):
             call = obj.get("function", obj) if isinstance(obj.get("function"), dict) else obj
+            if _is_definition(call):
+                continue
             name, args = call.get("name"), call.get("arguments", call.get("parameters", {}))
             if isinstance(args, str):
                 try:
@@ -48,6 +50,11 @@ def parse_tool_call(text: str) -> dict[str, Any] | None:
             if isinstance(name, str) and isinstance(args, dict):
                 return {"name": name, "arguments": args}
     return None
+
+
+def _is_definition(obj: dict[str, Any]) -> bool:
+    """A tool's definition (name, description, parameters schema: the prompt's tool list echoed), not a call to it."""
+    return "description" in obj and "arguments" not in obj
 
 
 def _tool(tools: list[dict[str, Any]] | None, name: str) -> dict[str, Any] | None:
