@@ -13,7 +13,11 @@ from sftlab.evaluate.toolcalls import parse_tool_call, score_no_call, score_tool
 
 
 @pytest.mark.parametrize(("text", "expected"), [("Hello there", "latin"), ("你好，世界", "zh"), ("123 !", ""),
-                                                ("我是 Orca，由 Acme 开发", "zh")])
+                                                ("我是 Orca，由 Acme 开发", "zh"),
+                                                # a tuned model's reply and a prompt: Chinese with English names
+                                                ("我是Orca，由the sftlab team开发的AI助手。", "zh"),
+                                                ("你是OpenAI开发的ChatGPT吗？", "zh"),
+                                                ("The Chinese word for hello is 你好.", "latin")])
 def test_script(text, expected):
     assert script(text) == expected
 

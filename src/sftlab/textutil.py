@@ -7,17 +7,18 @@ import re
 import unicodedata
 
 CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")  # Chinese characters (CJK ideographs)
-_LATIN = re.compile(r"[A-Za-z]")
+_LATIN_WORD = re.compile(r"[A-Za-z]+")
 _WORD = re.compile(r"\w+", re.UNICODE)
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 
 
 def script(text: str) -> str:
-    """'zh' when CJK characters dominate the letters, 'latin' otherwise ('' for no letters)."""
-    cjk, latin = len(CJK.findall(text)), len(_LATIN.findall(text))
+    """'zh' when CJK characters are at least as many as Latin words, 'latin' otherwise ('' for no letters). Words, not
+    letters: a Chinese character carries about a word, so "我是Orca，由the sftlab team开发的AI助手。" is Chinese."""
+    cjk, latin = len(CJK.findall(text)), len(_LATIN_WORD.findall(text))
     if cjk == latin == 0:
         return ""
-    return "zh" if cjk * 2 >= latin else "latin"
+    return "zh" if cjk >= latin else "latin"
 
 
 def same_language(prompt: str, reply: str) -> bool:
