@@ -536,6 +536,19 @@ def test_math_reference_without_a_number_is_unscored_not_correct():
     assert r["samples"][0]["correct"] == [False]
 
 
+@pytest.mark.parametrize(("reply", "number"), [
+    ("The answer is 9 * 2 = 18.", "18"),  # was 9: the calculation's first operand
+    ("Janet sells 16 - 3 - 4 = 9 eggs a day.\n#### 9 * 2 = $18", "18"),
+    ("The answer is 3 x 6 = 18 dollars.", "18"),
+    ("The answer is 18. (16 - 3 - 4 = 9 eggs a day at $2 each.)", "18"),  # a calculation after the answer, not from it
+    ("The answer is 18 - the money she makes each day.", "18"),
+])
+def test_a_final_answer_that_starts_a_calculation_is_its_result(reply, number):
+    from sftlab.textutil import extract_final_number
+
+    assert extract_final_number(reply) == number
+
+
 @pytest.mark.parametrize(("text", "name", "author", "expected"), [
     ("Canada is a large country.", "Ada", None, False),  # was True: "ada" inside "Canada"
     ("The maximum is 3.", "Max", None, False),

@@ -50,6 +50,8 @@ def ngrams(tokens: list[str], n: int) -> list[str]:
 # the final answer's markers; the last one in the text wins: "#### 42", "the answer is 42", "Answer: **42**", \boxed{42}
 _FINAL_MARKER = re.compile(r"####\s*(-?[\d,]*\.?\d+)|answer(?:\s+is|\s*:)[:\s$*\\(]*(-?[\d,]*\.?\d+)"
                            r"|\\boxed\{(-?[\d,]*\.?\d+)\}", re.IGNORECASE)
+# a calculation that goes on from the marked number: "the answer is 3 * 6 = 18" -> its result, 18
+_CALCULATION = re.compile(r"(?:\s*[-+*/×÷x]\s*\$?\d[\d,]*(?:\.\d+)?)+\s*=\s*\$?(-?\d[\d,]*(?:\.\d+)?)")
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
 
@@ -68,11 +70,17 @@ def extract_final_number(text: str) -> str | None:
     answer = after_reasoning(text)
     if answer is None:
         return None
-    marked = _FINAL_MARKER.findall(answer)
+    marked = list(_FINAL_MARKER.finditer(answer))
     if marked:
-        return _canon_number(next(g for g in marked[-1] if g))
+        return _canon_number(_marked_number(answer, marked[-1]))
     nums = _NUMBER.findall(answer)
     return _canon_number(nums[-1]) if nums else None
+
+
+def _marked_number(text: str, m: re.Match) -> str:
+    """The number a final-answer marker gives; where a calculation starts there, its result (not its first operand)."""
+    calculation = _CALCULATION.match(text, m.end())
+    return calculation.group(1) if calculation else next(g for g in m.groups() if g)
 
 
 def _canon_number(s: str) -> str | None:
