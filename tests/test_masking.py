@@ -83,6 +83,22 @@ def test_prompt_ids_match_training_prefix(tiny_tokenizer):
     assert prompt_ids(tok, conv) == ex.input_ids[:first_trained]
 
 
+@pytest.mark.parametrize("template", ["chatml", "gemma"])
+@pytest.mark.parametrize("mode", ["assistant", "last"])
+def test_prompt_ids_match_training_prefix_after_an_indented_reply(tiny_tokenizer, template, mode):
+    """An earlier reply starting with spaces (indented code) was encoded on its own in training but merged with the
+    newline before it ("\\n   ") in prompts, so a second-turn prompt held ids the model never trained on."""
+    tok = _with_template(tiny_tokenizer, template)
+    conv = Conversation([Turn("system", "S"), Turn("user", "code?"), Turn("assistant", "    return a + b\n"),
+                         Turn("user", "again"), Turn("assistant", "ok")])
+    ex = tokenize_conversation(tok, conv, mode)
+    n_reply = len(tok.encode("ok", add_special_tokens=False)) + 1  # "ok" + end-of-turn
+    reply_start = [i for i, lab in enumerate(ex.labels) if lab != IGNORE_INDEX][-n_reply]
+    assert prompt_ids(tok, conv) == ex.input_ids[:reply_start]
+    reply = tok.decode(ex.input_ids[reply_start:reply_start + n_reply], skip_special_tokens=False)
+    assert reply == "ok" + END[template]
+
+
 def test_multi_turn_modes_and_weights(tiny_tokenizer):
     tok = _with_template(tiny_tokenizer, "chatml")
     conv = Conversation([Turn("user", "Q1"), Turn("assistant", "A1"), Turn("user", "Q2"),

@@ -5,7 +5,8 @@ i, render the conversation up to turn i with the generation prompt (what the mod
 then up to and including turn i; the text between the two, minus trailing whitespace, is what the model
 must produce: the reply *and its end-of-turn token*, so it learns to stop. Each segment is tokenized on its
 own, the way inference tokenizes a prompt and then generates; the trained tokens are decoded back and
-must equal the trained text exactly, and every reply must end in a special token. Any template that
+must equal the trained text exactly, and every reply must end in a special token. Prompts (and mask_mode last)
+encode earlier replies on their own too, so a later turn's prompt holds the ids training put there. A template that
 cannot satisfy this (e.g. one that rewrites earlier turns) raises a TemplateError instead of training on
 a wrong mask. Special tokens come only from the template: special-token strings in any message (system
 prompts included) are tokenized as text (see `sftlab.templates.literal`), in training, scoring and prompts.
@@ -73,32 +74,51 @@ def _shielded_segments(tokenizer: PreTrainedTokenizerBase, conv: Conversation,
     msgs, tools = shield.protect(template_messages(conv)), shield.protect(conv.tools)
     full = render(tokenizer, msgs, tools)
     assistant_idx = [i for i, t in enumerate(conv.turns) if t.role == "assistant"]
-    if mode is MaskMode.last:
-        assistant_idx = assistant_idx[-1:]
+    checked = assistant_idx[-1:] if mode is MaskMode.last else assistant_idx
     segments: list[tuple[str, bool]] = []
     pos = 0
     for i in assistant_idx:
-        prefix = render(tokenizer, msgs[:i], tools, add_generation_prompt=True)
-        upto = render(tokenizer, msgs[: i + 1], tools)
-        if not (upto.startswith(prefix) and full.startswith(upto)) or len(prefix) < pos:
+        span = _reply_span(tokenizer, msgs, tools, i, full, pos)
+        if i not in checked:  # mode last: an earlier reply is still encoded on its own, as prompts encode it
+            if span:
+                segments += [(full[pos:span[0]], mode is MaskMode.all), (full[span[0]:span[1]], False)]
+                pos = span[1]
+            continue
+        if span is None:
             raise TemplateError(
                 f"the chat template does not render turn {i} as a prefix of the whole conversation (it rewrites "
                 "earlier turns or the generation prompt), so a correct assistant mask cannot be built; use "
                 "`chat_template: chatml` (or another named template) or mask_mode: last")
-        span = upto[len(prefix):].rstrip()
-        content = msgs[i]["content"].strip()
-        if content and content not in span:
-            raise TemplateError(f"the chat template dropped or changed the content of assistant turn {i}")
-        for call in conv.turns[i].tool_calls or []:
-            if shield.protect(call["name"]) not in span:
-                raise TemplateError(f"the chat template drops the tool call in assistant turn {i}; use a named "
-                                    "template that renders tool calls (`chat_template: chatml` or `gemma`)")
+        _check_reply(conv, msgs, shield, i, full[span[0]:span[1]])
         trained = mode is MaskMode.all or conv.turns[i].weight > 0
-        segments.append((full[pos:len(prefix)], mode is MaskMode.all))
-        segments.append((span, trained))
-        pos = len(prefix) + len(span)
+        segments.append((full[pos:span[0]], mode is MaskMode.all))
+        segments.append((full[span[0]:span[1]], trained))
+        pos = span[1]
     segments.append((full[pos:], mode is MaskMode.all))
     return [(text, trained) for text, trained in segments if text], shield
+
+
+def _reply_span(tokenizer: PreTrainedTokenizerBase, msgs: list[dict[str, Any]], tools, i: int, full: str,
+                pos: int) -> tuple[int, int] | None:
+    """(start, end) in `full` of assistant turn i's reply and end-of-turn token: the text after the generation prompt
+    its earlier turns render to, so it is encoded on its own as it is generated. None where the template renders
+    that prompt as no prefix of `full` (it rewrites earlier turns) or one ending before `pos`."""
+    prefix = render(tokenizer, msgs[:i], tools, add_generation_prompt=True)
+    upto = render(tokenizer, msgs[: i + 1], tools)
+    if not (upto.startswith(prefix) and full.startswith(upto)) or len(prefix) < pos:
+        return None
+    return len(prefix), len(prefix) + len(upto[len(prefix):].rstrip())
+
+
+def _check_reply(conv: Conversation, msgs: list[dict[str, Any]], shield: Shield, i: int, span: str) -> None:
+    """Refuse a template that drops or changes what assistant turn i says: its mask would train on other text."""
+    content = msgs[i]["content"].strip()
+    if content and content not in span:
+        raise TemplateError(f"the chat template dropped or changed the content of assistant turn {i}")
+    for call in conv.turns[i].tool_calls or []:
+        if shield.protect(call["name"]) not in span:
+            raise TemplateError(f"the chat template drops the tool call in assistant turn {i}; use a named "
+                                "template that renders tool calls (`chat_template: chatml` or `gemma`)")
 
 
 def tokenize_conversation(tokenizer: PreTrainedTokenizerBase, conv: Conversation,
@@ -168,5 +188,14 @@ def chat_ids(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, Any]],
     """Token ids of rendered chat messages (+ `suffix`, e.g. a judge's "Rating: "), for generation and scoring:
     the one way every prompt is encoded, so message content can never become special tokens."""
     shield = shield_for(tokenizer, messages, tools)
-    text = render(tokenizer, shield.protect(messages), shield.protect(tools), add_generation_prompt)
-    return encode_rendered(tokenizer, text + suffix, shield)
+    msgs, tools = shield.protect(messages), shield.protect(tools)
+    text = render(tokenizer, msgs, tools, add_generation_prompt) + suffix
+    ids: list[int] = []
+    pos = 0
+    for i in (i for i, m in enumerate(msgs) if m.get("role") == "assistant"):
+        span = _reply_span(tokenizer, msgs, tools, i, text, pos)
+        if span:  # an earlier reply is encoded on its own, as training encoded it and the model generated it
+            ids += encode_rendered(tokenizer, text[pos:span[0]], shield)
+            ids += encode_rendered(tokenizer, text[span[0]:span[1]], shield)
+            pos = span[1]
+    return ids + encode_rendered(tokenizer, text[pos:], shield)
