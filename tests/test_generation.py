@@ -79,3 +79,18 @@ def test_separate_calls_with_other_prompts_draw_other_samples(tiny_model_dir, ti
     one, two = [gen.generate([as_messages(p)], params)[0][0].text for p in ("Say a.", "Say b.")]
     assert one != two  # was: each call's first batch seeded alike, so the two replies were the same tokens
     assert gen.generate([as_messages("Say a.")], params)[0][0].text == one  # the same prompt samples alike
+
+
+def test_encode_keeps_a_conversations_tools(tiny_model_dir, tiny_tokenizer):
+    """A Conversation's tool schemas are part of the prompt training saw: encode() dropped them (as_messages keeps
+    only the turns), so the model was prompted without the tools it was trained to call (vLLM kept them)."""
+    from sftlab.data.schema import Conversation, Turn
+    from sftlab.templates.masking import prompt_ids
+
+    ensure_chat_template(tiny_tokenizer, "chatml")
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    conv = Conversation([Turn("user", "Weather in Paris?"),
+                         Turn("assistant", "", tool_calls=[{"name": "get_weather", "arguments": {"city": "Paris"}}])],
+                        tools=[{"name": "get_weather", "parameters": {"type": "object"}}])
+    ids = TransformersGenerator(model, tiny_tokenizer).encode(conv)
+    assert ids == prompt_ids(tiny_tokenizer, conv) and "get_weather" in tiny_tokenizer.decode(ids)

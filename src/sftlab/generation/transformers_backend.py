@@ -9,6 +9,7 @@ from collections.abc import Callable
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList
 
+from sftlab.data.schema import Conversation
 from sftlab.generation.base import GENERATION_TOKENS, Generation, Messages, SamplingParams, as_messages
 from sftlab.models.causal_lm import stop_ids_of
 from sftlab.models.scoring import contiguous_head_input, left_pad
@@ -63,8 +64,9 @@ class TransformersGenerator:
         contiguous_head_input(model)
 
     def encode(self, prompt) -> list[int]:
-        """The prompt's ids as training saw them; message text never becomes special tokens (generate, serve, chat)."""
-        return prompt_ids(self.tokenizer, as_messages(prompt))
+        """The prompt's ids as training saw them (a Conversation keeps its tools); message text never becomes special
+        tokens (generate, serve, chat)."""
+        return prompt_ids(self.tokenizer, prompt if isinstance(prompt, Conversation) else as_messages(prompt))
 
     @torch.no_grad()
     def generate(self, prompts: list[Messages], params: SamplingParams | None = None,
