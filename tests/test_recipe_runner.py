@@ -330,7 +330,8 @@ def test_a_second_run_of_a_recipe_in_use_stops_before_touching_it(in_tmp, tiny_m
 READS = '''
 from pathlib import Path
 def count(out, *, seed=0, quick=False, path="", prompts=()):
-    (out / "n.txt").write_text(str(sum(len(p.read_text()) for p in Path(path).rglob("*.jsonl")) if path else len(prompts)))
+    n = sum(len(p.read_text()) for p in Path(path).rglob("*.jsonl")) if path else len(prompts)
+    (out / "n.txt").write_text(str(n))
     return {}
 '''
 
