@@ -113,7 +113,8 @@ class Decontaminate(PoolStage):
         for spec in self.s.eval:
             for conv in load_conversations(spec)[0]:
                 eval_texts.append(prompt_text(conv))
-                answers.extend([conv.last_response] if conv.last_response else [])
+                if conv.last_response:
+                    answers.append(conv.last_response)
         deco = Decontaminator(eval_texts, self.s.ngram, self.s.near_threshold, answers=answers)
         result = Result([])
         for start in range(0, len(records), dd.SKETCH_CHUNK):  # sketches of one chunk at a time: bounded memory
