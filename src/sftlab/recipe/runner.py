@@ -77,7 +77,7 @@ def run_recipe(path: str | Path, out: Path | None = None, from_stage: str | None
             raise ConfigError(f"{path}: {e}") from None
     with OutputLock(run_dir):  # a second `sftlab run` into this folder stops here, before it changes anything
         _claim_run_dir(run_dir)
-        run = _run_stages(recipe, ctx, path, first_forced, quick, console)
+        run = _run_stages(recipe, ctx, path, first_forced)
         from sftlab.recipe.report import write_run_report
 
         page = write_run_report(run, path, quick)
@@ -85,15 +85,14 @@ def run_recipe(path: str | Path, out: Path | None = None, from_stage: str | None
     return run
 
 
-def _run_stages(recipe: Recipe, ctx: StageContext, path: str | Path, first_forced: int, quick: bool,
-                console: Console) -> RecipeRun:
+def _run_stages(recipe: Recipe, ctx: StageContext, path: str | Path, first_forced: int) -> RecipeRun:
     """Each stage in order: skipped, resumed or run; a stage reading one that ran or resumed now runs again."""
     run, keys, t0 = RecipeRun(recipe, ctx.run_dir, 0.0), {}, time.time()
     redone: set[str] = set()  # stages that ran or resumed now: a stage reading one runs again (same key or not)
     for i, stage in enumerate(recipe.stages):
         spec = stage.model_dump()
-        keys[stage.id] = stage_key(spec, resolve(spec, ctx), keys, quick, recipe.seed)
-        console.rule(f"[bold]{recipe.name}[/]: stage {stage.id} ({stage.type})")
+        keys[stage.id] = stage_key(spec, resolve(spec, ctx), keys, ctx.quick, ctx.seed)
+        ctx.console.rule(f"[bold]{recipe.name}[/]: stage {stage.id} ({stage.type})")
         forced = i >= first_forced or bool(stage_refs(spec) & redone)
         what, state = _run_stage(stage, ctx, keys[stage.id], forced, _inputs(path))
         if not what.startswith("skipped"):
@@ -101,7 +100,7 @@ def _run_stages(recipe: Recipe, ctx: StageContext, path: str | Path, first_force
         ctx.outputs[stage.id] = state.outputs or {}
         run.stages[stage.id] = {"type": stage.type, "status": what, "seconds": round(state.seconds, 1),
                                 "key": keys[stage.id], "outputs": state.outputs}
-        console.print(f"stage {stage.id}: {what} ({state.seconds:.0f}s)")
+        ctx.console.print(f"stage {stage.id}: {what} ({state.seconds:.0f}s)")
     run.seconds = time.time() - t0
     return run
 
