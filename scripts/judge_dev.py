@@ -26,8 +26,8 @@ from pathlib import Path
 
 from sftlab.data.shipped import last_prompt, shipped_training_sets
 from sftlab.data.writers import write_json
-from sftlab.evaluate.judge import CritiqueJudge, RubricJudge, pairwise_winrate
-from sftlab.evaluate.runner import CUT_OFF, judged_text
+from sftlab.evaluate.judge import CUT_OFF, CritiqueJudge, RubricJudge, pairwise_winrate
+from sftlab.evaluate.runner import judged_text
 from sftlab.generation.base import GENERATION_BATCH, SamplingParams, as_messages
 from sftlab.generation.factory import build_generator
 from sftlab.generation.transformers_backend import TransformersGenerator

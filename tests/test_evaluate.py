@@ -115,7 +115,10 @@ def test_the_tool_list_echoed_from_the_prompt_is_not_a_call():
 
 @pytest.mark.parametrize(("text", "verdict"), [("A", "A"), (" b.", "B"), ("Tie", "tie"), ("Answer B is better", "B"),
                                                ("Both are equally good", "tie"), ("I like cheese", None),
-                                               ("Answer A and Answer B", None)])
+                                               ("Answer A and Answer B", None),
+                                               # each read as A before: a tie, a named answer, an article
+                                               ("A tie.", "tie"), ("It's a tie", "tie"), ("Answer: B", "B"),
+                                               ("a better answer would be B", None)])
 def test_parse_verdict(text, verdict):
     assert parse_verdict(text) == verdict
 
@@ -349,7 +352,8 @@ def test_judge_references_need_rubric_mode_and_replies(tmp_path, tiny_model_dir,
 
 
 def test_the_judge_sees_which_answers_were_cut_off(tiny_model_dir, tuned_tiny):
-    from sftlab.evaluate.runner import CUT_OFF, eval_judge, judged_text
+    from sftlab.evaluate.judge import CUT_OFF
+    from sftlab.evaluate.runner import eval_judge, judged_text
     from sftlab.evaluate.subjects import load_subjects
     from sftlab.generation.base import Generation
 
@@ -389,6 +393,55 @@ def test_cut_off_check_counts_a_judge_that_prefers_answers_that_never_end():
     assert cut_off_check([None, "tie", "tuned", "base"], ended, ("tuned", "base"))["unparseable"] == 1
     text = pairwise_sentence("judge", {**r, "judge": "f", "labels": ["tuned", "base"], "one_cut_off": c})
     assert text.endswith("Where only one answer ended (n=3) the judge preferred it 0 times, the cut-off one 3, tied 0.")
+
+
+def test_the_cut_off_rule_decides_pairs_with_a_cut_off_answer_and_asks_the_judge_the_rest():
+    from sftlab.artifacts.render import pairwise_sentence
+    from sftlab.evaluate.judge import pairwise_winrate
+
+    prompts = ["p1", "p2", "p3", "p4"]
+    tuned = ["Short.", "Long long long", "Fine.", "Also fine."]
+    base = ["Long long long", "Ok.", "Also long", "Ends too."]
+    ended = [(True, False), (False, True), (True, False), (True, True)]
+    asked = []
+
+    def longer(prompt, a, b):  # a length-biased judge: it would prefer every run-on answer
+        asked.append(prompt)
+        return "A" if len(a) > len(b) else "B"
+
+    r = pairwise_winrate(longer, prompts, tuned, base, ended=ended)
+    assert asked == ["p4", "p4"]  # only the pair where both ended, in both orders
+    assert [v["outcome"] for v in r["verdicts"]] == ["tuned", "base", "tuned", "tuned"]
+    assert [v["by"] for v in r["verdicts"]] == ["cut-off rule"] * 3 + ["judge"]
+    assert r["by_cut_off_rule"] == 3 and r["inconsistent_orders"] == 0
+    assert r["both_ended"] == {"n": 1, "tuned": 1, "base": 0, "tie": 0, "unparseable": 0}
+    text = pairwise_sentence("judge", {**r, "judge": "f", "labels": ["tuned", "base"]})
+    assert text.endswith("3 of 4 pairs decided by the cut-off rule (an answer that ended beats one cut off at the "
+                         "budget, two cut off tie); the judge decided the 1 where both ended: tuned 1, base 0, tied 0.")
+    both_cut = pairwise_winrate(longer, ["p"], ["a"], ["bb"], ended=[(False, False)])
+    assert [v["outcome"] for v in both_cut["verdicts"]] == ["tie"] and len(asked) == 2
+
+
+def test_no_judge_is_loaded_when_the_cut_off_rule_decides_every_pair(tiny_model_dir, tuned_tiny):
+    from sftlab.evaluate.runner import eval_judge
+    from sftlab.evaluate.subjects import load_subjects
+
+    subjects = load_subjects(str(tiny_model_dir), adapter=tuned_tiny[0])
+    suite = make_suite({"evaluators": [{"type": "judge", "judge": "no_such_module:judge", "cut_off": "loses",
+                                        "prompts": ["hi", "bye"]}]})
+    out = eval_judge(suite.evaluators[0], subjects, 3)  # 3 tokens: a random model never ends, so both tie
+    assert out["pairwise"]["kind"] == "cut-off rule only" and out["pairwise"]["tie_rate"] == 1.0
+
+
+def test_a_long_cut_off_answer_reaches_the_judge_still_marked():
+    from types import SimpleNamespace
+
+    from sftlab.evaluate.judge import CUT_OFF, SCALES, RubricJudge, pair_question
+
+    run_on = "I can help. " * 200 + CUT_OFF  # 2,400 characters: more than the judge reads
+    judge = SimpleNamespace(references={}, scale=SCALES["rubric"])
+    assert CUT_OFF in RubricJudge.question(judge, "Hi", run_on)
+    assert pair_question("Hi", run_on * 2, "Hello.").count(CUT_OFF) == 1
 
 
 def test_next_token_probs_are_the_same_in_length_sorted_batches_as_alone(tiny_model_dir):

@@ -76,6 +76,8 @@ class Pairwise(TypedDict, total=False):
     inconsistent_orders: int
     unparseable: int
     one_cut_off: dict[str, int]  # pairs where only one answer ended: whom the judge preferred
+    by_cut_off_rule: int  # `cut_off: loses`: pairs decided without the judge
+    both_ended: dict[str, int]  # `cut_off: loses`: the judge's verdicts on the pairs it was asked about
 
 
 class EvaluatorResult(TypedDict, total=False):

@@ -64,13 +64,24 @@ def pairwise_sentence(name: str, p: Pairwise, style: Style = "markdown") -> str:
 
 
 def cut_off_text(p: Pairwise) -> str:
-    """The judge's choices where only one answer ended (the rubric grades a cut-off answer 1); empty when none."""
+    """How cut-off answers were judged: by the cut-off rule (and what the judge made of the rest), or the judge's
+    choices where only one answer ended (the rubric grades a cut-off answer 1); empty when neither applies."""
+    if "by_cut_off_rule" in p:
+        a, b = p["labels"]
+        e = p["both_ended"]
+        rest = (f" the judge decided the {e['n']} where both ended: {a} {e[a]}, {b} {e[b]}, tied {e['tie']}"
+                f"{_unparseable(e)}." if e["n"] else " no pair had two ended answers for the judge.")
+        return (f" {p['by_cut_off_rule']} of {p['n'] + p['unparseable']} pairs decided by the cut-off rule (an answer"
+                f" that ended beats one cut off at the budget, two cut off tie);{rest}")
     c = p.get("one_cut_off")
     if not c or not c["n"]:
         return ""
-    unparseable = f", unparseable {c['unparseable']}" if c.get("unparseable") else ""  # the counts add up to n
     return (f" Where only one answer ended (n={c['n']}) the judge preferred it {c['ended_preferred']} times, "
-            f"the cut-off one {c['cut_off_preferred']}, tied {c['tie']}{unparseable}.")
+            f"the cut-off one {c['cut_off_preferred']}, tied {c['tie']}{_unparseable(c)}.")
+
+
+def _unparseable(counts: dict[str, int]) -> str:
+    return f", unparseable {counts['unparseable']}" if counts.get("unparseable") else ""  # the counts add up to n
 
 
 def side_by_side_samples(res: SuiteResult, limit: int) -> list[dict[str, Any]]:

@@ -21,8 +21,26 @@ JUDGE_PROMPT = (
     "Compare two answers to the same request.\n\nRequest:\n{prompt}\n\nAnswer A:\n{a}\n\nAnswer B:\n{b}\n\n"
     "Which answer is more helpful, correct and complete? Reply with exactly one word: A, B, or tie.")
 
-_FIRST = re.compile(r"^\W*(A|B|tie)\b", re.I)
-_NAMED = re.compile(r"\b(?:answer|option)\s+([AB])\b", re.I)
+CUT_OFF = "\n[cut off: this answer had not ended when it reached the length limit]"
+
+
+def clip(answer: str, limit: int) -> str:
+    """An answer cut to `limit` characters for the judge's prompt, keeping its cut-off mark (cut with the text,
+    a long run-on answer reached the judge looking complete)."""
+    if len(answer) <= limit:
+        return answer
+    return answer[:limit - len(CUT_OFF)] + CUT_OFF if answer.endswith(CUT_OFF) else answer[:limit]
+
+
+# the verdict as the reply's first word: "A tie." is a tie, and "a better one is B" no A (a lower-case a or b
+# only as the whole reply)
+_FIRST = re.compile(r"^\W*(?i:it'?s\s+)?(?i:an?\s+(?=tie\b))?(A|B|(?i:tie)|[ab](?=\W*$))\b")
+_NAMED = re.compile(r"\b(?:answer|option)\s*:?\s*([AB])\b", re.I)
+
+
+def pair_question(prompt: str, a: str, b: str) -> str:
+    """The pairwise judge's question, each text cut to fit."""
+    return JUDGE_PROMPT.format(prompt=prompt[:2000], a=clip(a, 2000), b=clip(b, 2000))
 
 
 def parse_verdict(text: str) -> Verdict:
@@ -46,7 +64,7 @@ class ModelJudge:
         self.generator, self.max_new_tokens = generator, max_new_tokens
 
     def judge_many(self, triples: list[tuple[str, str, str]]) -> list[Verdict]:
-        prompts = [[{"role": "user", "content": JUDGE_PROMPT.format(prompt=p, a=a, b=b)}] for p, a, b in triples]
+        prompts = [[{"role": "user", "content": pair_question(p, a, b)}] for p, a, b in triples]
         outs = self.generator.generate(prompts, SamplingParams(max_new_tokens=self.max_new_tokens))
         return [parse_verdict(o[0].text) for o in outs]
 
@@ -64,7 +82,7 @@ class LogprobJudge:
     def judge_many(self, triples: list[tuple[str, str, str]]) -> list[Verdict]:
         rows = []
         for p, a, b in triples:
-            msgs = [{"role": "user", "content": JUDGE_PROMPT.format(prompt=p[:2000], a=a[:2000], b=b[:2000])}]
+            msgs = [{"role": "user", "content": pair_question(p, a, b)}]
             rows.append(chat_ids(self.tok, msgs)[-self.max_length:])  # answers' special-token text stays text
         probs = next_token_probs(self.model, rows, self.ids, pad_id_of(self.tok), self.batch_size)
         return ["tie" if abs(pa - pb) < self.tie_margin else ("A" if pa > pb else "B") for pa, pb in probs.tolist()]
@@ -142,8 +160,9 @@ class RubricJudge:
         """The grading request for one answer, with the prompt's reference answer when there is one."""
         ref = self.references.get(prompt)
         if ref is None:
-            return self.scale.prompt.format(prompt=prompt[:2000], answer=answer[:1000])
-        return self.scale.reference_prompt.format(prompt=prompt[:2000], reference=ref[:1000], answer=answer[:1000])
+            return self.scale.prompt.format(prompt=prompt[:2000], answer=clip(answer, 1000))
+        return self.scale.reference_prompt.format(prompt=prompt[:2000], reference=ref[:1000],
+                                                  answer=clip(answer, 1000))
 
     def judge_many(self, triples: list[tuple[str, str, str]]) -> list[Verdict]:
         return compare_grades(self, triples)
@@ -174,7 +193,7 @@ class CritiqueJudge:
         """Each (prompt, answer)'s grade, None where the critique gave none; each pair is critiqued once."""
         todo = [pa for pa in dict.fromkeys(pairs) if pa not in self.grades]
         if todo:
-            asks = [as_messages(CRITIQUE_PROMPT.format(prompt=p[:2000], answer=a[:1000])) for p, a in todo]
+            asks = [as_messages(CRITIQUE_PROMPT.format(prompt=p[:2000], answer=clip(a, 1000))) for p, a in todo]
             outs = self.generator.generate(asks, SamplingParams(max_new_tokens=self.max_new_tokens))
             for pa, out in zip(todo, outs, strict=True):
                 self.critiques[pa] = out[0].text
@@ -201,6 +220,8 @@ AnyJudge = ModelJudge | LogprobJudge | RubricJudge | CritiqueJudge
 
 
 def _judge_many(judge: AnyJudge | PairJudge, triples: list[tuple[str, str, str]]) -> list[Verdict]:
+    if not triples:
+        return []
     if isinstance(judge, AnyJudge):
         return judge.judge_many(triples)
     return [judge(*t) for t in triples]
@@ -222,13 +243,31 @@ def cut_off_check(outcomes: list[str | None], ended: list[tuple[bool, bool]], la
     return counts
 
 
+def cut_off_rule(ended_a: bool, ended_b: bool) -> Verdict:
+    """The rubric's own rule for a cut-off answer, applied without asking a judge that cannot apply it (NOTES):
+    an answer that ended beats one cut off at the budget, two cut-off answers tie; None when both ended."""
+    if ended_a and ended_b:
+        return None
+    return "tie" if ended_a == ended_b else ("A" if ended_a else "B")
+
+
+_SWAPPED = {"A": "B", "B": "A", "tie": "tie"}
+
+
 def pairwise_winrate(judge: AnyJudge | PairJudge, prompts: list[str], first: list[str],
-                     second: list[str], labels: tuple[str, str] = ("tuned", "base")) -> dict[str, Any]:
+                     second: list[str], labels: tuple[str, str] = ("tuned", "base"),
+                     ended: list[tuple[bool, bool]] | None = None) -> dict[str, Any]:
     """Judge every prompt twice (first as A, then first as B). A model wins a prompt only when both orders
-    agree; disagreement (position bias) counts as a tie. Unparseable verdicts are counted and left out."""
+    agree; disagreement (position bias) counts as a tie. Unparseable verdicts are counted and left out. With
+    `ended` (whether each answer ended within the budget), a pair with a cut-off answer is decided by the cut-off
+    rule and only pairs of two ended answers go to the judge."""
     a, b = labels
-    forward = _judge_many(judge, list(zip(prompts, first, second, strict=True)))
-    backward = _judge_many(judge, list(zip(prompts, second, first, strict=True)))
+    ruled = [cut_off_rule(*e) for e in ended] if ended is not None else [None] * len(prompts)
+    ask = [i for i, r in enumerate(ruled) if r is None]
+    asked_forward = iter(_judge_many(judge, [(prompts[i], first[i], second[i]) for i in ask]))
+    asked_backward = iter(_judge_many(judge, [(prompts[i], second[i], first[i]) for i in ask]))
+    forward = [next(asked_forward) if r is None else r for r in ruled]
+    backward = [next(asked_backward) if r is None else _SWAPPED[r] for r in ruled]
     wins = {a: 0, b: 0, "tie": 0}
     inconsistent = unparseable = 0
     outcomes = []
@@ -258,7 +297,15 @@ def pairwise_winrate(judge: AnyJudge | PairJudge, prompts: list[str], first: lis
         f"{a}_score": round(score / n, 4) if n else None,  # wins + ties/2
         "ci95": list(wilson_interval(round(score), n)) if n else None,
         "n": n, "inconsistent_orders": inconsistent, "unparseable": unparseable,
-        "verdicts": [{"forward": v1, "backward": v2, "outcome": o}
-                     for v1, v2, o in zip(forward, backward, outcomes, strict=True)],
+        **({"by_cut_off_rule": len(prompts) - len(ask), "both_ended": _tally([outcomes[i] for i in ask], labels)}
+           if ended is not None else {}),
+        "verdicts": [{"forward": v1, "backward": v2, "outcome": o, "by": "judge" if r is None else "cut-off rule"}
+                     for v1, v2, o, r in zip(forward, backward, outcomes, ruled, strict=True)],
     }
+
+
+def _tally(outcomes: list[str | None], labels: tuple[str, str]) -> dict[str, int]:
+    """How the judge decided the pairs it was asked about."""
+    return {"n": len(outcomes), **{k: sum(o == k for o in outcomes) for k in (*labels, "tie")},
+            "unparseable": sum(o is None for o in outcomes)}
 

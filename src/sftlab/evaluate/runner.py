@@ -24,6 +24,7 @@ from sftlab.data.writers import write_text
 from sftlab.errors import ConfigError
 from sftlab.evaluate.checks import mentions_identity, same_language, wilson_interval
 from sftlab.evaluate.judge import (
+    CUT_OFF,
     SCALES,
     AnyJudge,
     CritiqueJudge,
@@ -32,6 +33,7 @@ from sftlab.evaluate.judge import (
     ModelJudge,
     RubricJudge,
     cut_off_check,
+    cut_off_rule,
     pairwise_winrate,
 )
 from sftlab.evaluate.nll import heldout_response_nll
@@ -225,9 +227,6 @@ def _references(ev: JudgeEval, convs: list[Conversation]) -> dict[str, str] | No
     return refs
 
 
-CUT_OFF = "\n[cut off: this answer had not ended when it reached the length limit]"
-
-
 def judged_text(g: Generation) -> str:
     """What the judge reads: the reply, marked when it ran out of tokens (a judge that cannot see the cut would
     grade an answer that never ends as merely long)."""
@@ -249,26 +248,29 @@ def eval_judge(ev: JudgeEval, subjects: list[Subject], budget: int, judge=None,
     gen_a = [g[0] for g in _generate(first, msgs, budget)]
     gen_b = [g[0] for g in _generate(second, msgs, budget)]
     a, b = [judged_text(g) for g in gen_a], [judged_text(g) for g in gen_b]
-    if judge is None:
+    ended = [(x.finished, y.finished) for x, y in zip(gen_a, gen_b, strict=True)]
+    ruled = ev.cut_off == "loses"
+    if judge is None and not (ruled and all(cut_off_rule(*e) is not None for e in ended)):
         judges = {} if judges is None else judges
-        key = ev.model_dump_json()
+        key = ev.model_dump_json(exclude={"cut_off", "label"})  # the same judge, the same grades
         if key not in judges:
             judges[key] = build_judge(ev, references)
         judge = judges[key]
-    r = pairwise_winrate(judge, prompts, a, b, labels=(first.label, second.label))
-    r["one_cut_off"] = cut_off_check([v["outcome"] for v in r["verdicts"]],
-                                     [(x.finished, y.finished) for x, y in zip(gen_a, gen_b, strict=True)],
-                                     (first.label, second.label))
+    labels = (first.label, second.label)
+    r = pairwise_winrate(judge, prompts, a, b, labels, ended if ruled else None)
+    if not ruled:
+        r["one_cut_off"] = cut_off_check([v["outcome"] for v in r["verdicts"]], ended, labels)
     samples = [{"prompt": p, first.label: x, second.label: y, **v}
                for p, x, y, v in zip(prompts, a, b, r.pop("verdicts"), strict=True)]
     if isinstance(judge, GradingJudge):  # the grades behind each verdict, for reading why a pair tied
-        labels = (first.label, second.label)
         for s, p, x, y in zip(samples, prompts, a, b, strict=True):
+            if s["by"] != "judge":
+                continue
             grades = judge.grade_many([(p, x), (p, y)])  # already graded: read from the judge's cache
             s["grades"] = {k: g if g is None else round(g, 2) for k, g in zip(labels, grades, strict=True)}
             if isinstance(judge, CritiqueJudge):
                 s["critiques"] = dict(zip(labels, (judge.critiques[p, x], judge.critiques[p, y]), strict=True))
-    kind = type(judge).__name__ if isinstance(judge, AnyJudge) else "function"
+    kind = type(judge).__name__ if isinstance(judge, AnyJudge) else "function" if judge else "cut-off rule only"
     return {"type": "judge", "pairwise": {"judge": ev.judge, "kind": kind, "labels": [first.label, second.label], **r},
             "samples": samples}
 

@@ -117,6 +117,12 @@ class JudgeEval(_Prompted):
                             "model, generate for an endpoint.")
     references: bool = Field(False, description="Rubric mode with `data`: show the judge each record's reply as a "
                                                 "reference answer (reference-guided grading).")
+    cut_off: Literal["judge", "loses"] = Field(
+        "judge", description="A reply that had not ended at the token budget. judge: the judge decides, seeing it "
+                             "marked as cut off; loses: an answer that ended beats it and two such replies tie, "
+                             "without asking the judge (the rubric's own rule, which the 1.5B judge does not apply: "
+                             "it grades run-on answers up). A second judge evaluator that differs only here reuses "
+                             "the first one's grades.")
 
 
 class CustomEval(_Prompted):
