@@ -113,6 +113,24 @@ def test_the_tool_list_echoed_from_the_prompt_is_not_a_call():
     assert score_tool_call(llama_style, {"name": "get_stock_price", "arguments": {}}, STOCK)["correct"]
 
 
+def test_checks_score_the_answer_after_a_think_block():
+    """The reasoning recipe trains `<think> ... </think>` then the answer: only the answer is scored."""
+    assert not mentions_identity("<think>Am I Orca? I should not say.</think>I am an assistant.", "Orca")
+    assert mentions_identity("<think>Who made me?</think>I am Orca.", "Orca")
+    assert not mentions_identity("<think>I am Orca, so", "Orca")  # still thinking: no answer yet
+    assert same_language("你是谁？", "<think>The user asks who I am; answer in Chinese.</think>我是一个助手。")
+    assert not same_language("Who?", "<think>The user asks who I am.</think>我是一个助手。")
+    thought = '<think>Call {"name": "get_weather", "arguments": {"city": "Paris"}}? Not needed.</think>'
+    assert score_no_call(thought + "It is sunny in Paris.")["no_call"]
+    assert score_no_call('<think><tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>? '
+                         "No.</think>Sunny.")["no_call"]
+    s = score_tool_call(thought + "I cannot check the weather.", {"name": "get_weather", "arguments": {}}, WEATHER)
+    assert not (s["parsed"] or s["names_function"] or s["correct"])
+    s = score_tool_call('<think>Not {"name": "get_time", "arguments": {}}.</think><tool_call>{"name": "get_weather", '
+                        '"arguments": {"city": "Paris"}}</tool_call>', {"name": "get_weather"}, WEATHER)
+    assert s["correct"] and s["names_function"]
+
+
 @pytest.mark.parametrize(("text", "verdict"), [("A", "A"), (" b.", "B"), ("Tie", "tie"), ("Answer B is better", "B"),
                                                ("Both are equally good", "tie"), ("I like cheese", None),
                                                ("Answer A and Answer B", None),

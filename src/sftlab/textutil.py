@@ -22,6 +22,8 @@ def script(text: str) -> str:
 
 
 def same_language(prompt: str, reply: str) -> bool:
+    """The reply's answer (not a think block before it) is in the prompt's script."""
+    reply = answer_of(reply)
     return bool(reply.strip()) and script(prompt) == script(reply)
 
 
@@ -62,6 +64,12 @@ def after_reasoning(text: str) -> str | None:
     if opened > closed:
         return None
     return text[closed + len(THINK_CLOSE):] if closed >= 0 else text
+
+
+def answer_of(reply: str) -> str:
+    """What a reply answers, its think block left out ('' while one is still open): thinking out loud about a name,
+    a tool or in another language is not the answer the checks score."""
+    return after_reasoning(reply) or ""
 
 
 def extract_final_number(text: str) -> str | None:

@@ -5,15 +5,16 @@ from __future__ import annotations
 import math
 import re
 
-from sftlab.textutil import CJK, same_language, script
+from sftlab.textutil import CJK, answer_of, same_language, script
 
 __all__ = ["mentions_identity", "rate", "same_language", "script", "wilson_interval"]
 
 
 def mentions_identity(text: str, name: str, author: str | None = None) -> bool:
     """The reply names the model or its maker ("I am built by <author>" counts), as a word of its own: "Ada" is not
-    in "Canada" nor "Meta" in "metadata". Next to Chinese characters, which have no spaces between words, it is."""
-    low = text.lower()
+    in "Canada" nor "Meta" in "metadata". Next to Chinese characters, which have no spaces between words, it is.
+    Only the answer counts, not a think block before it."""
+    low = answer_of(text).lower()
     return _names(low, name.lower()) or bool(author and _names(low, author.lower()))
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import jsonschema
 
 from sftlab.data.schema import Conversation
+from sftlab.textutil import answer_of
 
 _TAGGED = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.S)
 _FENCED = re.compile(r"```(?:json)?\s*(.*?)```", re.S)
@@ -34,7 +35,9 @@ def _json_objects(text: str):
 
 def parse_tool_call(text: str) -> dict[str, Any] | None:
     """The first call in a reply as {"name", "arguments": dict}: `<tool_call>{...}</tool_call>`, a fenced JSON
-    block, or a bare JSON object; `arguments` given as a JSON string is decoded. None when there is none."""
+    block, or a bare JSON object; `arguments` given as a JSON string is decoded. None when there is none. A call
+    written in a think block is only thought of, not made."""
+    text = answer_of(text)
     candidates = [m.group(1) for m in _TAGGED.finditer(text)] + [m.group(1) for m in _FENCED.finditer(text)] + [text]
     for chunk in candidates:
         for obj in _json_objects(chunk):
@@ -90,7 +93,9 @@ def score_tool_call(reply: str, expected: dict[str, Any], tools: list[dict[str, 
     reply that should call `expected`. correct: the right function with valid arguments; names_function: the first
     `"name": "..."` in the reply is the right function, whether or not the call parses (knowing the tool apart from
     writing valid JSON); args_valid: the arguments satisfy the schema of the function called (see
-    `argument_error`); same_arguments: the right function with exactly the expected arguments."""
+    `argument_error`); same_arguments: the right function with exactly the expected arguments. A think block before
+    the answer is left out."""
+    reply = answer_of(reply)
     call = parse_tool_call(reply)
     named = _NAME.search(reply)
     out = {"parsed": call is not None, "right_function": False, "args_valid": False, "same_arguments": False,
@@ -117,7 +122,9 @@ def _started_call(text: str) -> str | None:
 
 
 def score_no_call(reply: str) -> dict[str, Any]:
-    """{"parsed", "no_call", "error"} for a reply that should answer without calling a tool."""
+    """{"parsed", "no_call", "error"} for a reply that should answer without calling a tool (a call only thought
+    of, in a think block, is none)."""
+    reply = answer_of(reply)
     call = parse_tool_call(reply)
     started = None if call else _started_call(reply)
     error = (f"called {call['name']!r} where no call was needed" if call else
