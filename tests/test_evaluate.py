@@ -85,6 +85,18 @@ def test_tool_call_without_schema_needs_the_expected_arguments():
     assert parse_tool_call('{"x": 1} then {"name": "f", "arguments": {}}') == {"name": "f", "arguments": {}}
 
 
+@pytest.mark.parametrize(("reply", "call"), [
+    ('Here is the user: {"name": "Bob", "age": 3}', None),  # was a call to 'Bob': data with a name is no call
+    ('```json\n{"name": "Bob", "age": 3}\n```', None),
+    ('{"name": "Bob"}', None),
+    ('<tool_call>{"name": "get_time"}</tool_call>', {"name": "get_time", "arguments": {}}),  # a call block says so
+    ('Calling: {"name": "get_time", "arguments": {}}', {"name": "get_time", "arguments": {}}),
+])
+def test_only_an_object_with_arguments_or_in_a_call_block_is_a_call(reply, call):
+    assert parse_tool_call(reply) == call
+    assert score_no_call(reply)["no_call"] is (call is None)
+
+
 @pytest.mark.parametrize(("reply", "no_call"), [
     ("I'm sorry, I can't book tickets. I can help you find a movie instead.", True),
     # replies of a tuned gemma-3-270m where no call was needed: a call cut off at the token budget, a brace short

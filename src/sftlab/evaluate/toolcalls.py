@@ -36,15 +36,16 @@ def _json_objects(text: str):
 def parse_tool_call(text: str) -> dict[str, Any] | None:
     """The first call in a reply as {"name", "arguments": dict}: `<tool_call>{...}</tool_call>`, a fenced JSON
     block, or a bare JSON object; `arguments` given as a JSON string is decoded. None when there is none. A call
-    written in a think block is only thought of, not made."""
+    written in a think block is only thought of, not made. Outside a `<tool_call>` block an object needs its
+    "arguments" (or "parameters"): {"name": "Bob", "age": 3} in an answer is data, not a call."""
     text = answer_of(text)
-    candidates = [m.group(1) for m in _TAGGED.finditer(text)] + [m.group(1) for m in _FENCED.finditer(text)] + [text]
-    for chunk in candidates:
+    tagged = [(m.group(1), {}) for m in _TAGGED.finditer(text)]
+    for chunk, no_args in tagged + [(m.group(1), None) for m in _FENCED.finditer(text)] + [(text, None)]:
         for obj in _json_objects(chunk):
             call = obj.get("function", obj) if isinstance(obj.get("function"), dict) else obj
             if _is_definition(call):
                 continue
-            name, args = call.get("name"), call.get("arguments", call.get("parameters", {}))
+            name, args = call.get("name"), call.get("arguments", call.get("parameters", no_args))
             if isinstance(args, str):
                 try:
                     args = json.loads(args)
