@@ -632,6 +632,19 @@ def test_a_final_answer_that_starts_a_calculation_is_its_result(reply, number):
     assert extract_final_number(reply) == number
 
 
+@pytest.mark.parametrize(("reply", "number"), [
+    ("The answer is -$3.", "-3"),  # was 3: the marker did not match "-$", so the last number, unsigned
+    ("The answer is -$3.50", "-3.5"),
+    ("#### -$1,250", "-1250"),
+    ("The answer is $5 - $8 = -$3.", "-3"),  # was 5: the calculation's result did not match either
+    ("The answer is $-3.", "-3"),
+])
+def test_a_negative_amount_of_money_keeps_its_sign(reply, number):
+    from sftlab.textutil import extract_final_number
+
+    assert extract_final_number(reply) == number
+
+
 @pytest.mark.parametrize(("text", "name", "author", "expected"), [
     ("Canada is a large country.", "Ada", None, False),  # was True: "ada" inside "Canada"
     ("The maximum is 3.", "Max", None, False),

@@ -50,10 +50,11 @@ def ngrams(tokens: list[str], n: int) -> list[str]:
 
 
 # the final answer's markers; the last one in the text wins: "#### 42", "the answer is 42", "Answer: **42**", \boxed{42}
-_FINAL_MARKER = re.compile(r"####\s*(-?[\d,]*\.?\d+)|answer(?:\s+is|\s*:)[:\s$*\\(]*(-?[\d,]*\.?\d+)"
-                           r"|\\boxed\{(-?[\d,]*\.?\d+)\}", re.IGNORECASE)
+_MARKED = r"(-?\$?[\d,]*\.?\d+)"  # a negative amount of money is written "-$3"
+_FINAL_MARKER = re.compile(rf"####\s*{_MARKED}|answer(?:\s+is|\s*:)[:\s$*\\(]*{_MARKED}|\\boxed\{{{_MARKED}\}}",
+                           re.IGNORECASE)
 # a calculation that goes on from the marked number: "the answer is 3 * 6 = 18" -> its result, 18
-_CALCULATION = re.compile(r"(?:\s*[-+*/×÷x]\s*\$?\d[\d,]*(?:\.\d+)?)+\s*=\s*\$?(-?\d[\d,]*(?:\.\d+)?)")
+_CALCULATION = re.compile(r"(?:\s*[-+*/×÷x]\s*\$?\d[\d,]*(?:\.\d+)?)+\s*=\s*\$?(-?\$?\d[\d,]*(?:\.\d+)?)")
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
 
@@ -92,7 +93,7 @@ def _marked_number(text: str, m: re.Match) -> str:
 
 
 def _canon_number(s: str) -> str | None:
-    s = s.replace(",", "").rstrip(".")
+    s = s.replace(",", "").replace("$", "").rstrip(".")
     try:
         v = float(s)
     except ValueError:
