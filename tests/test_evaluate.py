@@ -645,6 +645,22 @@ def test_a_negative_amount_of_money_keeps_its_sign(reply, number):
     assert extract_final_number(reply) == number
 
 
+@pytest.mark.parametrize(("reply", "number"), [
+    ("The answer is 3/4.", "0.75"),  # was 3: the numerator
+    ("\\boxed{3/4}", "0.75"),  # was 4: no marker matched, so the last number
+    ("The answer is 1/2 + 1/4 = 3/4", "0.75"),  # was 3
+    ("#### -3/4", "-0.75"),
+    ("The answer is 12/4 = 3.", "3"),
+    ("The answer is 5/0.", None),
+    ("On 3/4 she baked 12 pies. The answer is 12.", "12"),  # a date in running text is not the answer
+    ("She baked 3/4 of the pies on 12/25", "25"),  # nor without a marker: the last number, as before
+])
+def test_a_fraction_as_the_final_answer_is_its_value(reply, number):
+    from sftlab.textutil import extract_final_number
+
+    assert extract_final_number(reply) == number
+
+
 @pytest.mark.parametrize(("text", "name", "author", "expected"), [
     ("Canada is a large country.", "Ada", None, False),  # was True: "ada" inside "Canada"
     ("The maximum is 3.", "Max", None, False),

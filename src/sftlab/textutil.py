@@ -50,11 +50,11 @@ def ngrams(tokens: list[str], n: int) -> list[str]:
 
 
 # the final answer's markers; the last one in the text wins: "#### 42", "the answer is 42", "Answer: **42**", \boxed{42}
-_MARKED = r"(-?\$?[\d,]*\.?\d+)"  # a negative amount of money is written "-$3"
+_MARKED = r"(-?\$?[\d,]*\.?\d+(?:/\d+)?)"  # a negative amount of money is written "-$3"; a fraction "3/4"
 _FINAL_MARKER = re.compile(rf"####\s*{_MARKED}|answer(?:\s+is|\s*:)[:\s$*\\(]*{_MARKED}|\\boxed\{{{_MARKED}\}}",
                            re.IGNORECASE)
 # a calculation that goes on from the marked number: "the answer is 3 * 6 = 18" -> its result, 18
-_CALCULATION = re.compile(r"(?:\s*[-+*/×÷x]\s*\$?\d[\d,]*(?:\.\d+)?)+\s*=\s*\$?(-?\$?\d[\d,]*(?:\.\d+)?)")
+_CALCULATION = re.compile(r"(?:\s*[-+*/×÷x]\s*\$?\d[\d,]*(?:\.\d+)?)+\s*=\s*\$?(-?\$?\d[\d,]*(?:\.\d+)?(?:/\d+)?)")
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
 
@@ -93,9 +93,10 @@ def _marked_number(text: str, m: re.Match) -> str:
 
 
 def _canon_number(s: str) -> str | None:
-    s = s.replace(",", "").replace("$", "").rstrip(".")
+    """'1,250.' -> '1250', '-$3.50' -> '-3.5', '3/4' -> '0.75': equal numbers written differently compare equal."""
+    numerator, _, denominator = s.replace(",", "").replace("$", "").rstrip(".").partition("/")
     try:
-        v = float(s)
-    except ValueError:
+        v = float(numerator) / float(denominator or 1)
+    except (ValueError, ZeroDivisionError):
         return None
     return str(int(v)) if v == int(v) else str(v)
