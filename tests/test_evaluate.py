@@ -661,6 +661,16 @@ def test_a_fraction_as_the_final_answer_is_its_value(reply, number):
     assert extract_final_number(reply) == number
 
 
+@pytest.mark.parametrize("reply", ["The answer is " + "9" * 400, "1" * 400, "The answer is " + "9" * 400 + "/1"])
+def test_a_number_too_big_for_a_float_is_no_answer_not_a_crash(reply):
+    """A degenerate reply (a run of digits until max_new_tokens) raised OverflowError and ended the whole evaluation."""
+    from sftlab.curate.rewards import numeric_match
+    from sftlab.textutil import extract_final_number
+
+    assert extract_final_number(reply) is None
+    assert numeric_match([], reply, "#### 72") == 0.0
+
+
 @pytest.mark.parametrize(("text", "name", "author", "expected"), [
     ("Canada is a large country.", "Ada", None, False),  # was True: "ada" inside "Canada"
     ("The maximum is 3.", "Max", None, False),

@@ -97,6 +97,6 @@ def _canon_number(s: str) -> str | None:
     numerator, _, denominator = s.replace(",", "").replace("$", "").rstrip(".").partition("/")
     try:
         v = float(numerator) / float(denominator or 1)
-    except (ValueError, ZeroDivisionError):
+        return str(int(v)) if v == int(v) else str(v)
+    except (ValueError, ZeroDivisionError, OverflowError):  # overflow: a degenerate reply's 400 digits are 'inf'
         return None
-    return str(int(v)) if v == int(v) else str(v)
