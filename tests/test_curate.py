@@ -20,6 +20,7 @@ from sftlab.data.loading import DataSpec, load_conversations
 from sftlab.data.schema import Conversation, Turn
 from sftlab.errors import ConfigError, SftlabError
 from sftlab.generation import SamplingParams, TransformersGenerator
+from sftlab.generation.base import as_messages
 from sftlab.generation.cache import GenerationCache
 from sftlab.templates.chat_templates import ensure_chat_template
 
@@ -146,6 +147,46 @@ def test_cache_avoids_paying_twice(tiny_gen, tmp_path):
     assert first.cache_hits == 0 and second.cache_hits == 6
     strip = [{k: v for k, v in r.items()} for r in _rows(tmp_path / "a.jsonl")]
     assert [r["messages"] for r in strip] == [r["messages"] for r in _rows(tmp_path / "b.jsonl")]
+
+
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+
+
+def _tool_prompt(tools=TOOLS):
+    return Conversation([Turn("user", "Weather in Paris?"), Turn("assistant", "", tool_calls=[
+        {"name": "get_weather", "arguments": {"city": "Paris"}}])], id="w", tools=tools)
+
+
+def test_distill_shows_the_teacher_the_tools_and_keeps_them(tiny_gen, tmp_path):
+    """The teacher answers a tool prompt as training renders it, tools included (it was given the messages
+    alone, so the records carried tools their replies were written without); the records keep the tools."""
+    params = SamplingParams(max_new_tokens=8)
+    shown = tiny_gen.generate([_tool_prompt()], params)[0][0].text
+    assert shown != tiny_gen.generate([as_messages(_tool_prompt())], params)[0][0].text  # the tools matter
+    distill([_tool_prompt()], tiny_gen, tmp_path / "d.jsonl", params, system_prompt="Be brief.",
+            keep_unfinished=True)
+    row = _rows(tmp_path / "d.jsonl")[0]
+    system = Conversation([Turn("system", "Be brief."), *_tool_prompt().turns], tools=TOOLS)
+    assert row["messages"][-1]["content"] == tiny_gen.generate([system], params)[0][0].text
+    assert row["tools"] == TOOLS and [m["role"] for m in row["messages"]] == ["system", "user", "assistant"]
+    best_of_k([_tool_prompt()], tiny_gen, lambda p, r, ref: 1.0, tmp_path / "b.jsonl", params, keep_unfinished=True)
+    row = _rows(tmp_path / "b.jsonl")[0]
+    assert row["messages"][-1]["content"] == shown and row["tools"] == TOOLS
+
+
+def test_the_cache_never_answers_a_prompt_with_other_tools(tiny_gen, tmp_path):
+    """The key is the prompt: its messages and tools (not the record's id or reference reply, as in other runs)."""
+    cache = GenerationCache(tmp_path / "cache.sqlite")
+    params = SamplingParams(max_new_tokens=4)
+    other = [{"type": "function", "function": {"name": "book_table", "parameters": {"type": "object"}}}]
+    renamed = Conversation([*_tool_prompt().turns[:-1], Turn("assistant", "Sunny.")], id="w2", tools=TOOLS)
+    first = distill([_tool_prompt()], tiny_gen, tmp_path / "a.jsonl", params, keep_unfinished=True, cache=cache)
+    second = distill([_tool_prompt(other)], tiny_gen, tmp_path / "b.jsonl", params, keep_unfinished=True,
+                     cache=cache)
+    again = distill([renamed], tiny_gen, tmp_path / "c.jsonl", params, keep_unfinished=True, cache=cache)
+    assert (first.cache_hits, second.cache_hits, again.cache_hits) == (0, 0, 1)  # `second` was a hit
+    assert _rows(tmp_path / "b.jsonl")[0]["messages"][-1]["content"] == \
+        tiny_gen.generate([_tool_prompt(other)], params)[0][0].text
 
 
 def test_torn_last_line_is_dropped_on_resume(tmp_path):

@@ -202,6 +202,42 @@ def test_credentials_in_an_endpoint_url_are_never_logged_or_shown(caplog):
     assert not any(secret in text for text in shown for secret in ("s3cret", "hunter2", "alice", "bob")), shown
 
 
+class _Recording(BaseHTTPRequestHandler):
+    """An endpoint that keeps every request's body and answers "ok"."""
+
+    bodies: list = []
+
+    def do_POST(self):  # noqa: N802
+        type(self).bodies.append(json.loads(self.rfile.read(int(self.headers["content-length"]))))
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.end_headers()
+        self.wfile.write(b'{"choices": [{"index": 0, "message": {"content": "ok"}, "finish_reason": "stop"}]}')
+
+    def log_message(self, *a):
+        pass
+
+
+def test_a_tool_prompt_is_sent_with_its_tools(tmp_path):
+    """Distilling through an endpoint, a prompt's tools go in the request (they were left out of it)."""
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+    convs = [Conversation([Turn("user", "Weather?"), Turn("assistant", "Sunny.")], id="t", tools=tools),
+             Conversation([Turn("user", "Hi")], id="h")]
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), type("Rec", (_Recording,), {"bodies": []}))
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        gen = OpenAIHTTPGenerator(f"http://127.0.0.1:{srv.server_address[1]}/v1", "tiny", api_key_env=None)
+        distill(convs, gen, tmp_path / "d.jsonl", SamplingParams(max_new_tokens=4))
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    sent = {b["messages"][0]["content"]: b for b in srv.RequestHandlerClass.bodies}
+    assert sent["Weather?"]["tools"] == tools and "tools" not in sent["Hi"]
+    assert sent["Weather?"]["messages"] == [{"role": "user", "content": "Weather?"}]  # the reply is not sent
+    rows = [json.loads(x) for x in (tmp_path / "d.jsonl").read_text().splitlines()]
+    assert [r.get("tools") for r in rows] == [tools, None]
+
+
 def test_least_loaded_dispatch_and_resting_endpoints():
     pool = EndpointPool(["http://a", "http://b", "http://c"], rest=60)
     a, b, c = pool.endpoints

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from sftlab.curate.store import CurationFiles, ResumableJsonl
-from sftlab.data.schema import Conversation
+from sftlab.data.schema import Conversation, Turn
 from sftlab.errors import ConfigError, SftlabError
 from sftlab.generation.base import Generation, GenerationError, Generator, Messages, SamplingParams, as_messages
 from sftlab.generation.cache import CachedGenerator, GenerationCache
@@ -29,8 +29,14 @@ class PromptItem:
     key: str
     source_id: str
     messages: Messages
-    conv: Conversation
+    conv: Conversation  # the source conversation (with the added system turn): its tools are part of the prompt
     reference: str | None = None
+
+    @property
+    def prompt(self) -> Messages | Conversation:
+        """What the engine answers: with tools the Conversation, so the teacher is shown them as training renders
+        them (messages alone dropped them); without, the messages as before."""
+        return self.conv if self.conv.tools else self.messages
 
 
 @dataclass
@@ -106,7 +112,8 @@ def prompt_items(convs: list[Conversation], system_prompt: str | None = None) ->
     for c in convs:
         msgs = as_messages(c)
         if system_prompt and (not msgs or msgs[0]["role"] != "system"):
-            msgs = [{"role": "system", "content": system_prompt}, *msgs]
+            c = Conversation([Turn("system", system_prompt), *c.turns], c.id, c.tools, c.meta)
+            msgs = as_messages(c)
         ref = c.turns[-1].content if c.turns and c.turns[-1].role == "assistant" else None
         items.append(PromptItem(stable_key(c.id, msgs), c.id, msgs, c, ref))
     return items
@@ -150,12 +157,12 @@ class CurationRun:
     def _generate_isolated(self, items: list[PromptItem]) -> list[list[Generation] | Exception]:
         hits = self.cache.hits if self.cache else 0
         try:
-            out: list = self.generator.generate([it.messages for it in items], self.params)
+            out: list = self.generator.generate([it.prompt for it in items], self.params)
         except GenerationError:
             out = []
             for it in items:  # isolate the failing prompt(s)
                 try:
-                    out.append(self.generator.generate([it.messages], self.params)[0])
+                    out.append(self.generator.generate([it.prompt], self.params)[0])
                 except GenerationError as e:
                     out.append(e)
             if all(isinstance(g, Exception) for g in out):
@@ -167,7 +174,7 @@ class CurationRun:
         return out
 
     def run(self, items: list[PromptItem], handle: Callable[[PromptItem, list[Generation]], list[dict[str, Any]]],
-            encode: Callable[[Messages], list[int]] | None = None) -> RunStats:
+            encode: Callable[[Messages | Conversation], list[int]] | None = None) -> RunStats:
         t0 = time.time()
         self.stats.prompts = len(items)
         pending, seen = [], set()
@@ -180,7 +187,7 @@ class CurationRun:
                 self.stats.already_done += 1
             elif not any(m["content"].strip() for m in it.messages if m["role"] == "user"):
                 self.stats.skipped["empty prompt"] += 1
-            elif encode and self.max_prompt_tokens and len(encode(it.messages)) > self.max_prompt_tokens:
+            elif encode and self.max_prompt_tokens and len(encode(it.prompt)) > self.max_prompt_tokens:
                 self.stats.skipped["prompt longer than the context window"] += 1
             else:
                 pending.append(it)

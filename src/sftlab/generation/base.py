@@ -51,8 +51,9 @@ class Generator(Protocol):
 
     model_id: str
 
-    def generate(self, prompts: list[Messages], params: SamplingParams) -> list[list[Generation]]:
-        """`params.n` generations for each prompt, in prompt order."""
+    def generate(self, prompts: list[Messages | Conversation], params: SamplingParams) -> list[list[Generation]]:
+        """`params.n` generations for each prompt, in prompt order. A prompt with tools comes as a Conversation
+        (its prompt turns and tools, e.g. through `prompt_ids`): messages alone would hide the tools."""
         ...
 
 

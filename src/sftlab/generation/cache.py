@@ -10,7 +10,8 @@ import json
 import sqlite3
 from pathlib import Path
 
-from sftlab.generation.base import Generation, Generator, Messages, SamplingParams
+from sftlab.data.schema import Conversation
+from sftlab.generation.base import Generation, Generator, Messages, SamplingParams, as_messages
 from sftlab.kvstore import SqliteKV, stable_key
 
 __all__ = ["CachedGenerator", "GenerationCache", "stable_key"]
@@ -57,10 +58,13 @@ class CachedGenerator:
         self.cache_id = cache_id or generator.model_id
         self.context_window = getattr(generator, "context_window", None)
 
-    def _key(self, msgs: Messages, params: SamplingParams) -> str:
-        return stable_key(self.cache_id, msgs, params.to_dict())
+    def _key(self, prompt: Messages | Conversation, params: SamplingParams) -> str:
+        """A Conversation's tools are part of its prompt (other tools, another answer); without tools the key is the
+        messages' as before, so earlier caches still answer."""
+        tools = prompt.tools if isinstance(prompt, Conversation) else None
+        return stable_key(self.cache_id, as_messages(prompt), params.to_dict(), *([tools] if tools else []))
 
-    def generate(self, prompts: list[Messages], params: SamplingParams) -> list[list[Generation]]:
+    def generate(self, prompts: list[Messages | Conversation], params: SamplingParams) -> list[list[Generation]]:
         out: list[list[Generation] | None] = [self.cache.get(self._key(p, params)) for p in prompts]
         todo = [i for i, o in enumerate(out) if o is None]
         if todo:

@@ -16,7 +16,8 @@ from typing import Any
 
 import httpx
 
-from sftlab.generation.base import Generation, GenerationError, Messages, SamplingParams
+from sftlab.data.schema import Conversation
+from sftlab.generation.base import Generation, GenerationError, Messages, SamplingParams, as_messages
 from sftlab.generation.endpoints import Endpoint, EndpointPool, endpoint_urls
 
 log = logging.getLogger(__name__)
@@ -42,15 +43,19 @@ class OpenAIHTTPGenerator:
     def close(self) -> None:
         self.client.close()
 
-    def generate(self, prompts: list[Messages], params: SamplingParams | None = None) -> list[list[Generation]]:
+    def generate(self, prompts: list[Messages | Conversation], params: SamplingParams | None = None
+                 ) -> list[list[Generation]]:
         params = params or SamplingParams()
         with ThreadPoolExecutor(max_workers=self.concurrency * len(self.pool.endpoints)) as pool:
             return list(pool.map(lambda p: self._one(p, params), prompts))
 
-    def _one(self, messages: Messages, params: SamplingParams) -> list[Generation]:
-        body: dict[str, Any] = {"model": self.model_id, "messages": messages, "n": params.n,
+    def _one(self, prompt: Messages | Conversation, params: SamplingParams) -> list[Generation]:
+        """A Conversation's tools go in the request's `tools`, where the server's template shows them."""
+        body: dict[str, Any] = {"model": self.model_id, "messages": as_messages(prompt), "n": params.n,
                                 "max_tokens": params.max_new_tokens, "temperature": params.temperature,
                                 "top_p": params.top_p, "seed": params.seed}
+        if isinstance(prompt, Conversation) and prompt.tools:
+            body["tools"] = prompt.tools
         errors: dict[str, str] = {}
         for attempt in range(self.max_retries + 1):
             tried: set[str] = set()

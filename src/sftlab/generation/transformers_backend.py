@@ -69,7 +69,7 @@ class TransformersGenerator:
         return prompt_ids(self.tokenizer, prompt if isinstance(prompt, Conversation) else as_messages(prompt))
 
     @torch.no_grad()
-    def generate(self, prompts: list[Messages], params: SamplingParams | None = None,
+    def generate(self, prompts: list[Messages | Conversation], params: SamplingParams | None = None,
                  should_stop: Callable[[], bool] | None = None) -> list[list[Generation]]:
         """`should_stop`: checked every step; once true, every reply ends where it is (unfinished)."""
         params = params or SamplingParams()
