@@ -143,6 +143,29 @@ def test_checks_score_the_answer_after_a_think_block():
     assert s["correct"] and s["names_function"]
 
 
+@pytest.mark.parametrize(("reply", "answered"), [
+    ("<think>The user says hello.</think>", False),  # was True: only a think block, no answer after it
+    ("<think>The user says hello.</think>  \n", False),
+    ("<think>The user says hello, so I", False),  # was True: still thinking when it stopped
+    ("<think>A greeting.</think>Hello!", True),
+    ("Hello!", True),
+])
+def test_answered_and_stopped_needs_an_answer_after_the_think_block(reply, answered):
+    """A reply that only thinks answered nothing, though its text is not empty."""
+    from sftlab.evaluate.runner import Subject, eval_instruction
+    from sftlab.generation.base import Generation
+
+    class Fixed:
+        model_id = "fixed"
+
+        def generate(self, prompts, params):
+            return [[Generation(reply, 3, True)] for _ in prompts]
+
+    suite = make_suite({"evaluators": [{"type": "instruction_following", "prompts": ["Hello"]}]})
+    metrics, _ = eval_instruction(suite.evaluators[0], Subject("fixed", Fixed()), 8)
+    assert metrics["answered_and_stopped"]["value"] == float(answered)
+
+
 @pytest.mark.parametrize(("text", "verdict"), [("A", "A"), (" b.", "B"), ("Tie", "tie"), ("Answer B is better", "B"),
                                                ("Both are equally good", "tie"), ("I like cheese", None),
                                                ("Answer A and Answer B", None),

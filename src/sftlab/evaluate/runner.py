@@ -50,6 +50,7 @@ from sftlab.evaluate.suite import (
 )
 from sftlab.evaluate.toolcalls import tool_cases
 from sftlab.generation.base import GENERATION_BATCH, Generation, Generator, Messages, SamplingParams, as_messages
+from sftlab.textutil import answer_of
 from sftlab.userfn import import_callable
 
 
@@ -121,7 +122,8 @@ def eval_instruction(ev: InstructionEval, subject: Subject, budget: int) -> tupl
     prompts = [c.prompt_turns[-1].content for c in convs]
     gens = _generate(subject, [as_messages(c) for c in convs], budget)
     replies = [g[0] for g in gens]
-    ok = [bool(r.text.strip()) and r.finished and not runs_into_new_turn(r.text) for r in replies]
+    # answered: something after any think block (a reply that only thinks, or never stops thinking, answers nothing)
+    ok = [bool(answer_of(r.text).strip()) and r.finished and not runs_into_new_turn(r.text) for r in replies]
     return {
         "answered_and_stopped": rate_metric(ok),
         "stopped_at_end_of_turn": rate_metric([r.finished for r in replies]),
