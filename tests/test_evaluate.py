@@ -684,6 +684,23 @@ def test_a_fraction_as_the_final_answer_is_its_value(reply, number):
     assert extract_final_number(reply) == number
 
 
+@pytest.mark.parametrize(("reply", "number"), [
+    ("The answer is \u22123", "-3"),  # was 3: the minus sign (U+2212) was not read as a sign
+    ("#### \u2212$1,250", "-1250"),
+    ("The answer is 5 \u2212 8 = \u22123.", "-3"),  # was 5
+    ("The temperature fell to \u22123 degrees", "-3"),  # was 3
+    ("\\boxed{\\frac{3}{4}}", "0.75"),  # was 4: the denominator
+    ("The answer is \\frac{3}{4}.", "0.75"),  # was 4
+    ("The answer is $\\dfrac{12}{4}$", "3"),  # was 4
+    ("\\boxed{-\\frac{3}{4}}", "-0.75"),  # was 4
+    ("The answer is \\frac{1}{2} + \\frac{1}{4} = \\frac{3}{4}", "0.75"),  # was 4
+])
+def test_a_minus_sign_and_a_latex_fraction_are_read_like_plain_ones(reply, number):
+    from sftlab.textutil import extract_final_number
+
+    assert extract_final_number(reply) == number
+
+
 @pytest.mark.parametrize("reply", ["The answer is " + "9" * 400, "1" * 400, "The answer is " + "9" * 400 + "/1"])
 def test_a_number_too_big_for_a_float_is_no_answer_not_a_crash(reply):
     """A degenerate reply (a run of digits until max_new_tokens) raised OverflowError and ended the whole evaluation."""

@@ -55,6 +55,8 @@ _FINAL_MARKER = re.compile(rf"####\s*{_MARKED}|answer(?:\s+is|\s*:)[:\s$*\\(]*{_
                            re.IGNORECASE)
 # a calculation that goes on from the marked number: "the answer is 3 * 6 = 18" -> its result, 18
 _CALCULATION = re.compile(r"(?:\s*[-+*/×÷x]\s*\$?\d[\d,]*(?:\.\d+)?)+\s*=\s*\$?(-?\$?\d[\d,]*(?:\.\d+)?(?:/\d+)?)")
+# a LaTeX fraction, \frac{3}{4} (or \dfrac, \tfrac): read as the plain fraction 3/4 (a whole denominator, as _MARKED)
+_LATEX_FRACTION = re.compile(r"\\[dt]?frac\s*\{\s*(-?\d[\d,]*(?:\.\d+)?)\s*\}\s*\{\s*(\d[\d,]*)\s*\}")
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
 
@@ -79,11 +81,18 @@ def extract_final_number(text: str) -> str | None:
     answer = after_reasoning(text)
     if answer is None:
         return None
+    answer = _plain_numbers(answer)
     marked = list(_FINAL_MARKER.finditer(answer))
     if marked:
         return _canon_number(_marked_number(answer, marked[-1]))
     nums = _NUMBER.findall(answer)
     return _canon_number(nums[-1]) if nums else None
+
+
+def _plain_numbers(text: str) -> str:
+    """Numbers as the patterns read them: the minus sign '−' as '-' (else "−3" lost its sign) and \\frac{3}{4} as 3/4
+    (else its denominator, 4, was the answer)."""
+    return _LATEX_FRACTION.sub(r"\1/\2", text.replace("\u2212", "-"))
 
 
 def _marked_number(text: str, m: re.Match) -> str:
