@@ -146,12 +146,16 @@ class _Failing(BaseHTTPRequestHandler):
         pass
 
 
-def _failing_server(hang: bool) -> tuple[ThreadingHTTPServer, str]:
-    handler = type("Hang" if hang else "Err500", (_Failing,), {"hang": hang, "calls": 0})
+def _local_server(handler: type[BaseHTTPRequestHandler]) -> tuple[ThreadingHTTPServer, str]:
+    """A real local HTTP server on 127.0.0.1 with `handler`, and its OpenAI-style base URL."""
     srv = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     srv.daemon_threads = True
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     return srv, f"http://127.0.0.1:{srv.server_address[1]}/v1"
+
+
+def _failing_server(hang: bool) -> tuple[ThreadingHTTPServer, str]:
+    return _local_server(type("Hang" if hang else "Err500", (_Failing,), {"hang": hang, "calls": 0}))
 
 
 def test_refused_5xx_and_timeout_endpoints_cost_a_retry_elsewhere(two_servers, tmp_path):
@@ -223,10 +227,9 @@ def test_a_tool_prompt_is_sent_with_its_tools(tmp_path):
     tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
     convs = [Conversation([Turn("user", "Weather?"), Turn("assistant", "Sunny.")], id="t", tools=tools),
              Conversation([Turn("user", "Hi")], id="h")]
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), type("Rec", (_Recording,), {"bodies": []}))
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    srv, url = _local_server(type("Rec", (_Recording,), {"bodies": []}))
     try:
-        gen = OpenAIHTTPGenerator(f"http://127.0.0.1:{srv.server_address[1]}/v1", "tiny", api_key_env=None)
+        gen = OpenAIHTTPGenerator(url, "tiny", api_key_env=None)
         distill(convs, gen, tmp_path / "d.jsonl", SamplingParams(max_new_tokens=4))
     finally:
         srv.shutdown()
