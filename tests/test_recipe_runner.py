@@ -147,6 +147,9 @@ def test_never_removes_a_folder_it_did_not_create(in_tmp, tiny_model_dir):
     (lambda r: r["stages"].append(dict(r["stages"][0])), "stage ids must be unique"),
     (lambda r: r["stages"][0].update(colour="red"), "colour"),
     (lambda r: r["result"].update(eval="sft"), "not an eval stage"),
+    (lambda r: r["result"].update(metrics=[]), "name at least one metric"),
+    (lambda r: r.update(result={"metrics": ["identity.identity_correct"]}), "name an eval stage"),
+    (lambda r: r.update(result={"measures": ["sft"]}), "'sft' is not a prepare stage"),
 ])
 def test_a_bad_recipe_is_one_clear_error_before_anything_runs(in_tmp, tiny_model_dir, change, message):
     raw = _recipe(tiny_model_dir)
@@ -313,6 +316,34 @@ def test_a_failed_rerun_keeps_the_rows_last_measured(in_tmp, tiny_model_dir):
     assert [("error" in r, r["recipe"]) for r in rows] == [(False, "toy"), (True, "toy")]  # was: the error row alone
     page = (in_tmp / "RESULTS.md").read_text()
     assert "| toy | sft: lora |" in page and "| toy | failed:" in page and "learning_rat" in page
+
+
+def test_a_recipe_that_only_measures_is_listed_with_its_time_and_machine(in_tmp):
+    """A recipe without an eval stage (the filter's checks) has no table row: its measures, and where they were made."""
+    (in_tmp / "recipes").mkdir()
+    raw = {"name": "checks", "stages": [{"id": "pool", "type": "prepare", "function": "corrupt_pool",
+                                         "params": {"source": str(_alpaca_like(in_tmp)), "pool": 8,
+                                                    "corrupt_share": 0.5}},
+                                        {"id": "precision", "type": "prepare", "function": "pool_selection_quality",
+                                         "params": {"selection": "${pool}/pool.jsonl",
+                                                    "labels": "${pool}/labels.jsonl"}}],
+           "result": {"measures": ["precision"]}}
+    (in_tmp / "recipes/checks.yaml").write_text(yaml.safe_dump(raw))
+    res = CliRunner().invoke(app, ["results", "checks", "--store", "store"])
+    assert res.exit_code == 0, res.output
+    stored = json.loads((in_tmp / "store/checks.json").read_text())
+    assert stored["rows"] == [] and stored["measures"]["precision"]["selected"] == 8
+    page = (in_tmp / "RESULTS.md").read_text()
+    assert "- checks / precision (0.0 min of stage time, " in page and "cores, " in page
+    assert "- checks: `sftlab run recipes/checks.yaml`" in page
+
+
+def _alpaca_like(folder: Path) -> Path:
+    path = folder / "pool.json"
+    path.write_text(json.dumps([{"instruction": f"Name a colour number {i}.", "input": "",
+                                 "output": f"Colour number {i} is a shade of blue that painters like to use."}
+                                for i in range(80)]))
+    return path
 
 
 def test_a_second_run_of_a_recipe_in_use_stops_before_touching_it(in_tmp, tiny_model_dir, other_process):

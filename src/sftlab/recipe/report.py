@@ -73,16 +73,21 @@ def _metric(res: SuiteResult, spec: str) -> dict[str, Any]:
     return {"name": spec, **per}
 
 
+def _when_and_where(run, recipe_path: str | Path, quick: bool) -> dict[str, Any]:
+    """What every result carries: the stage time, the command that reruns it, the date and the machine."""
+    return {"wall_s": round(sum(s["seconds"] for s in run.stages.values())),
+            "command": f"sftlab run {recipe_path}" + (" --quick" if quick else ""),
+            "date": time.strftime("%Y-%m-%d"), "machine": machine()}
+
+
 def result_rows(run, recipe_path: str | Path, quick: bool) -> list[dict[str, Any]]:
     """One row per trained model of the result's eval stage (and one per head-to-head pair)."""
     spec, recipe = run.recipe.result, run.recipe
-    if spec is None:
+    if spec is None or spec.eval is None:
         return []
     results = run.stages[spec.eval]["outputs"]["results"]
-    wall = sum(s["seconds"] for s in run.stages.values())
     common = {"recipe": recipe.name, "student": recipe.student, "teacher": recipe.teacher,
-              "wall_s": round(wall), "command": f"sftlab run {recipe_path}" + (" --quick" if quick else ""),
-              "date": time.strftime("%Y-%m-%d"), "machine": machine(), "quick": quick}
+              **_when_and_where(run, recipe_path, quick), "quick": quick}
     rows = []
     for model, path in results.items():
         res = read_record(Path(path), SuiteResult)
@@ -150,7 +155,7 @@ def write_run_report(run, recipe_path: str | Path, quick: bool) -> Path:
         raise ConfigError(f"{recipe_path}: result.metrics: {'; '.join(missing)}")
     measures = {m: run.stages[m]["outputs"]["made"] for m in (run.recipe.result.measures if run.recipe.result else [])}
     write_json(run.run_dir / "result.json", {"recipe": run.recipe.name, "rows": rows, "measures": measures,
-                                             "command": rows[0]["command"] if rows else f"sftlab run {recipe_path}"})
+                                             **_when_and_where(run, recipe_path, quick)})
     _train_reports(run)
     lines = [f"# Recipe {run.recipe.name}", "", run.recipe.description, "",
              f"`sftlab run {recipe_path}`{' --quick (tiny models: the numbers mean nothing)' if quick else ''}; "

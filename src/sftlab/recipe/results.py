@@ -98,12 +98,19 @@ def read_stored(path: Path) -> dict[str, Any]:
     return stored
 
 
+def _measured_when(stored: dict[str, Any]) -> str:
+    """A measure's recipe time, date and machine (results stored before they were recorded have none)."""
+    if "wall_s" not in stored:
+        return ""
+    return f" ({stored['wall_s'] / 60:.1f} min of stage time, {stored['date']}, {stored['machine']})"
+
+
 def render_results(store: Path) -> str:
     """RESULTS.md from every stored recipe result: the table, then the command that produced each recipe's rows."""
     stored = [read_stored(p) for p in sorted(store.glob("*.json"))]
     rows = [row for s in stored for row in s["rows"]]
     commands = sorted({(s["recipe"], s.get("command") or "") for s in stored})
-    measures = [f"- {s['recipe']} / {stage}: `{json.dumps(made, ensure_ascii=False)}`"
+    measures = [f"- {s['recipe']} / {stage}{_measured_when(s)}: `{json.dumps(made, ensure_ascii=False)}`"
                 for s in stored for stage, made in (s.get("measures") or {}).items()]
     notes = store / "NOTES.md"
     return "\n".join(["# Results", "",

@@ -92,12 +92,22 @@ class ResultSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    eval: str = Field(description="The eval stage whose results are the recipe's result.")
-    metrics: list[str] = Field(min_length=1, description="EVALUATOR.METRIC (e.g. identity.identity_rate), or "
-                                                         "EVALUATOR for a judge's win-rate.")
+    eval: str | None = Field(None, description="The eval stage whose results are the recipe's result (none for a "
+                                               "recipe that only measures).")
+    metrics: list[str] = Field(default_factory=list, description="EVALUATOR.METRIC (e.g. identity.identity_rate), "
+                                                                 "or EVALUATOR for a judge's win-rate.")
     method: dict[str, str] = Field(default_factory=dict, description="Per model: how it was trained, in words.")
     measures: list[str] = Field(default_factory=list, description="Prepare stages whose returned numbers are results "
                                                                   "too (e.g. a scorer's AUC), listed under the table.")
+
+    @model_validator(mode="after")
+    def _shows_something(self) -> ResultSpec:
+        """An eval stage needs its headline metrics; without one the recipe's result is its measures."""
+        if self.eval and not self.metrics:
+            raise ValueError("result.metrics: name at least one metric of the eval stage")
+        if not self.eval and not self.measures:
+            raise ValueError("result: name an eval stage with its metrics, or measures")
+        return self
 
 
 class Recipe(BaseModel):
@@ -137,7 +147,7 @@ class Recipe(BaseModel):
                     if seen.get(m) != "train":
                         raise ValueError(f"stage '{stage.id}': '{m}' is not an earlier train stage")
             seen[stage.id] = stage.type
-        if self.result and seen.get(self.result.eval) != "eval":
+        if self.result and self.result.eval and seen.get(self.result.eval) != "eval":
             raise ValueError(f"result.eval '{self.result.eval}' is not an eval stage")
         for m in self.result.measures if self.result else []:
             if seen.get(m) != "prepare":
