@@ -10,7 +10,7 @@ import torch
 
 from sftlab.errors import ModelError
 from sftlab.fsutil import check_folder_output, replace_folder, staging_folder, write_marker
-from sftlab.models.loading import load_model, load_tokenizer, resolve_model_path
+from sftlab.models.loading import load_model, load_tokenizer, recorded_model, resolve_model_path
 from sftlab.models.lora import is_adapter_dir, load_adapter
 
 
@@ -48,7 +48,8 @@ def recorded_base(adapter_dir: Path) -> str:
     meta = adapter_dir / "sftlab.json"
     try:
         if meta.exists():
-            return json.loads(meta.read_text())["base_model"]
+            record = json.loads(meta.read_text())
+            return recorded_model(record["base_model"], record.get("model_spec"))
         return json.loads((adapter_dir / "adapter_config.json").read_text())["base_model_name_or_path"]
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ModelError(f"{adapter_dir}: cannot tell which base model the adapter belongs to ({e}); "

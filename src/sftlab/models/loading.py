@@ -20,7 +20,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from sftlab.errors import ModelError
-from sftlab.models.packaged import PACKAGED, conversion_options, packaged_gguf
+from sftlab.models.packaged import PACKAGED, conversion_options, packaged_gguf, packaged_name_of
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,11 @@ def _one_gguf_reader():
 
 
 def resolve_model_path(spec: str) -> str:
-    """A loadable HF folder or hub id for `spec`: packaged name | *.gguf | local folder | hub id."""
+    """A loadable HF folder or hub id for `spec`: packaged name | *.gguf | local folder | hub id. A packaged model's
+    converted folder that is gone (a record from another cache) is converted again under the current cache."""
+    if spec not in PACKAGED and not Path(spec).exists() and (name := packaged_name_of(spec)):
+        log.info("%s not found: using packaged model %s under %s", spec, name, cache_dir())
+        spec = name
     if spec in PACKAGED:
         return str(gguf_to_hf(packaged_gguf(spec), **conversion_options(spec)))
     p = Path(spec)
@@ -123,6 +127,12 @@ def resolve_model_path(spec: str) -> str:
     if spec.startswith((".", "/", "~")):
         raise ModelError(f"model path not found: {spec}")
     return spec  # hub id; needs network unless cached by huggingface_hub
+
+
+def recorded_model(path: str, spec: str | None = None) -> str:
+    """The base model a record names, loadable now: its resolved path while it exists, else the packaged model
+    (`spec`) it was converted from, since the cache may have moved since."""
+    return spec if spec in PACKAGED and not Path(path).exists() else path
 
 
 PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")

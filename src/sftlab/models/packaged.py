@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,13 @@ PACKAGED = {
 # How gguf_to_hf converts a model, where fp32 (1.5B = 6 GB) or the GGUF's single eos would not do.
 CONVERSION = {
     "qwen2.5-coder-1.5b-instruct": {"dtype": "bfloat16", "stop_tokens": ("<|im_end|>", "<|endoftext|>")},
+}
+
+# name -> the stem of its GGUF file: its converted checkpoint is the cache folder "<stem>-<fingerprint>-<dtype>"
+GGUF_STEMS = {
+    "gemma-3-270m": "gemma-3-270m-q4_k_m",
+    "smollm2-135m-instruct": "SmolLM2-135M-Instruct.Q4_1",
+    "qwen2.5-coder-1.5b-instruct": "qwen2.5-coder-1.5b-instruct-q4_k_m",
 }
 
 QWEN_CODER_GGUF = "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
@@ -65,6 +73,13 @@ class Part:
 def conversion_options(name: str) -> dict:
     """Keyword arguments of gguf_to_hf for a packaged model (its checkpoint dtype and stop tokens)."""
     return dict(CONVERSION.get(name, {}))
+
+
+def packaged_name_of(path: str | Path) -> str | None:
+    """The packaged model whose converted checkpoint folder `path` names: a record written under another cache
+    (moved, cleared, another machine) still finds its base model."""
+    found = re.fullmatch(r"(.+)-[0-9a-f]{12}-(?:float32|bfloat16|float16)", Path(path).name)
+    return next((name for name, stem in GGUF_STEMS.items() if found and found[1] == stem), None)
 
 
 def packaged_gguf(name: str) -> Path:

@@ -135,17 +135,19 @@ def run_train(stage, folder: Path, ctx: StageContext, resuming: bool) -> dict[st
     cfg = _train_config(stage, folder, ctx)
     resume = resuming and any(RunFolder(folder / "model").checkpoints.glob("checkpoint-*"))
     result = train(cfg, resume=resume, overwrite=not resume, console=ctx.console)
-    return {"base_model": result.base_model, "final_dir": str(result.final_dir), "method": cfg.method,
-            "run_dir": str(result.run_dir), "metrics": result.metrics}
+    return {"base_model": result.base_model, "model_spec": cfg.model, "final_dir": str(result.final_dir),
+            "method": cfg.method, "run_dir": str(result.run_dir), "metrics": result.metrics}
 
 
 def _subjects(train_out: dict[str, Any], cache: Path, stage, ctx: StageContext) -> list:
     """[base, tuned]; generations already made by the runs this recipe requires are reused."""
     from sftlab.evaluate.subjects import load_subjects
+    from sftlab.models.loading import recorded_model
 
     weights = {"adapter" if train_out["method"] == "lora" else "tuned": train_out["final_dir"]}
     reuse = [run_folder(name, ctx.quick) / "generations.sqlite" for name in ctx.requires]
-    return load_subjects(train_out["base_model"], cache_path=cache, batch_size=stage.batch_size, dtype=stage.dtype,
+    base = recorded_model(train_out["base_model"], train_out.get("model_spec"))
+    return load_subjects(base, cache_path=cache, batch_size=stage.batch_size, dtype=stage.dtype,
                          reuse=reuse, **weights)
 
 
