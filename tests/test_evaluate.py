@@ -41,6 +41,26 @@ def test_runs_into_new_turn(reply, expected):
     assert runs_into_new_turn(reply) is expected
 
 
+@pytest.mark.parametrize(("reply", "expected"), [
+    # notes in a think block are no new turn (each was one: the whole reply was read, think block and all)
+    ("<think>\nQuestion: what is the capital of France?\nIt is Paris.\n</think>Paris.", False),
+    ("<think>\nSystem:\nx + y = 10\nx - y = 2\n</think>x = 6, y = 4.", False),
+    ("<think>\nQ: which city?\nModel: the answer is a capital.\n</think>Paris.", False),
+    ("Let me see.\nQuestion: the capital?</think>Paris.", False),  # the prompt opened the think block
+    ("<think>The user asked about France.</think>Paris.", False),
+    # a turn written anywhere, think block included, or a new question after it, is one
+    ("<think>\nThe capital.\nUser: what about Spain?\n</think>Paris.", True),
+    ("<think>Paris, so<|im_start|>user\nAnd Spain?", True),  # never closed: answer_of reads ''
+    ("<think>a</think>Paris.\nQuestion: and Spain?", True),
+    ("<think>a</think>Paris.\n<think>b</think>\nQ: and Spain?", True),  # a second think block: answer_of 's last
+    ("<think>a</think>\nuser\nWhat about Spain?", True),
+])
+def test_runs_into_new_turn_reads_think_blocks_for_turns_only(reply, expected):
+    """Role tags and dialogue-turn lines count anywhere; a restated question or a 'System:' of equations in a think
+    block are the model's notes, not a new turn (a reasoning model's answered replies were counted as running on)."""
+    assert runs_into_new_turn(reply) is expected
+
+
 def test_rate_metric_has_n_and_wilson_interval():
     m = rate_metric([True, True, False, True])
     assert m["value"] == 0.75 and m["n"] == 4 and 0.2 < m["ci95"][0] < 0.75 < m["ci95"][1] <= 1.0
@@ -148,6 +168,7 @@ def test_checks_score_the_answer_after_a_think_block():
     ("<think>The user says hello.</think>  \n", False),
     ("<think>The user says hello, so I", False),  # was True: still thinking when it stopped
     ("<think>A greeting.</think>Hello!", True),
+    ("<think>\nQuestion: hello?\nA greeting.\n</think>Hello!", True),  # was False: its notes read as a new turn
     ("Hello!", True),
 ])
 def test_answered_and_stopped_needs_an_answer_after_the_think_block(reply, answered):

@@ -50,7 +50,7 @@ from sftlab.evaluate.suite import (
 )
 from sftlab.evaluate.toolcalls import tool_cases
 from sftlab.generation.base import GENERATION_BATCH, Generation, Generator, Messages, SamplingParams, as_messages
-from sftlab.textutil import answer_of
+from sftlab.textutil import THINK_CLOSE, THINK_OPEN, answer_of
 from sftlab.userfn import import_callable
 
 
@@ -78,13 +78,39 @@ def rate_metric(flags: list[bool]) -> dict[str, Any]:
     return metric(sum(flags) / n if n else None, n, sum(flags))
 
 
-# A reply that runs on into a new turn: role tags or an invented next question.
-_NEW_TURN = re.compile(r"(^|\n)\s*(user|human|assistant|model|system|### ?(instruction|input|response)|q|question)"
-                       r"\s*[:\n]|<\|?(im_start|start_of_turn|end_of_turn|user|assistant)\|?>", re.I)
+# A reply that runs on into a new turn: a chat template's role tags, or a line that opens a dialogue turn
+# ("User: ...", "Assistant:", a role name alone on its line as a template header decodes) - anywhere, a think
+# block included: a model that writes the next turn has run into it, whatever it wraps that in.
+_TURN_START = re.compile(r"<\|?(im_start|start_of_turn|end_of_turn|user|assistant)\|?>"
+                         r"|(^|\n)\s*((user|human|assistant)\s*[:\n]|(model|system)[ \t]*\n)", re.I)
+# ... and, in the answer only, an invented next question or prompt-format header. In a think block these lines are
+# the model's notes ("Question: <the prompt restated>", "System: 2x + y = 7", "Model: f(x) = ..."), not a turn.
+_ANSWER_TURN_START = re.compile(r"(^|\n)\s*(model|system|### ?(instruction|input|response)|q|question)\s*[:\n]",
+                                re.I)
+
+
+def _thoughts_and_answer(reply: str) -> tuple[list[str], list[str]]:
+    """The reply's think blocks and the text outside them, each piece on its own (a piece's start is a line start).
+    A '</think>' before any '<think>' closes a block the prompt opened; a block never closed runs to the end."""
+    thoughts, rest, pos = [], [], 0
+    close, opened = reply.find(THINK_CLOSE), reply.find(THINK_OPEN)
+    if close >= 0 and (opened < 0 or close < opened):
+        thoughts.append(reply[:close])
+        pos = close + len(THINK_CLOSE)
+    while (start := reply.find(THINK_OPEN, pos)) >= 0:
+        rest.append(reply[pos:start])
+        end = reply.find(THINK_CLOSE, start)
+        thoughts.append(reply[start + len(THINK_OPEN):end if end >= 0 else len(reply)])
+        pos = end + len(THINK_CLOSE) if end >= 0 else len(reply)
+    rest.append(reply[pos:])
+    return thoughts, rest
 
 
 def runs_into_new_turn(reply: str) -> bool:
-    return bool(_NEW_TURN.search(reply))
+    """Role tags or a dialogue-turn line anywhere; an invented question or prompt header outside think blocks."""
+    thoughts, answer = _thoughts_and_answer(reply)
+    return (any(_TURN_START.search(t) for t in thoughts + answer)
+            or any(_ANSWER_TURN_START.search(a) for a in answer))
 
 
 def _prompt_convs(ev) -> list[Conversation]:
