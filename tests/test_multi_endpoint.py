@@ -241,6 +241,92 @@ def test_a_tool_prompt_is_sent_with_its_tools(tmp_path):
     assert [r.get("tools") for r in rows] == [tools, None]
 
 
+class _ToolCalling(BaseHTTPRequestHandler):
+    """An endpoint answering as vLLM, llama.cpp or OpenAI do when the request offered tools: no content, the call as
+    structured `tool_calls` with its arguments as JSON text (cut off for the prompt "Broken?"); "Hello!" otherwise."""
+
+    def do_POST(self):  # noqa: N802
+        body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+        asked = body["messages"][-1]["content"]
+        if body.get("tools"):
+            args = '{"city": "Par' if asked == "Broken?" else '{"city": "Paris", "unit": "C"}'
+            call = {"id": "call_0", "type": "function", "function": {"name": "get_weather", "arguments": args}}
+            choice = {"index": 0, "finish_reason": "tool_calls",
+                      "message": {"role": "assistant", "content": None, "tool_calls": [call]}}
+        else:
+            choice = {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "Hello!"}}
+        reply = json.dumps({"choices": [choice], "usage": {"completion_tokens": 12}}).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.end_headers()
+        self.wfile.write(reply)
+
+    def log_message(self, *a):
+        pass
+
+
+def test_a_structured_tool_call_is_kept_in_the_distilled_record(tmp_path, tiny_tokenizer):
+    """Before: only `message.content` was read, so a reply that was a structured tool call came back empty (and
+    unfinished: finish_reason "tool_calls"): its prompt gave no record, the call was lost. Now the call is the
+    assistant turn's tool_calls, the record loads, validates and trains on it; arguments that are not JSON are a
+    counted skip."""
+    from sftlab.data.loading import load_conversations
+    from sftlab.templates.chat_templates import ensure_chat_template
+    from sftlab.templates.masking import IGNORE_INDEX, tokenize_conversation
+
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}, "unit": {"type": "string"}}}}}]
+    call = {"name": "get_weather", "arguments": {"city": "Paris", "unit": "C"}}
+    convs = [Conversation([Turn("user", "Weather in Paris?")], id="w", tools=tools),
+             Conversation([Turn("user", "Broken?")], id="b", tools=tools),
+             Conversation([Turn("user", "Hi")], id="h")]
+    srv, url = _local_server(_ToolCalling)
+    try:
+        gen = OpenAIHTTPGenerator(url, "teacher", api_key_env=None)
+        (weather,), (broken,), (hello,) = gen.generate(convs, SamplingParams(max_new_tokens=64))
+        stats = distill(convs, gen, tmp_path / "d.jsonl", SamplingParams(max_new_tokens=64))
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert stats.records == 2 and dict(stats.skipped) == {"invalid tool call": 1}
+
+    rows = {r["id"]: r for r in map(json.loads, (tmp_path / "d.jsonl").read_text().splitlines())}
+    assert rows["w-0"]["messages"][-1] == {"role": "assistant", "content": "",
+                                           "tool_calls": [{"type": "function", "function": call}]}
+    assert rows["h-0"]["messages"][-1] == {"role": "assistant", "content": "Hello!"}
+    loaded, report = load_conversations(str(tmp_path / "d.jsonl"))
+    assert not report.skipped and [c.turns[-1].tool_calls for c in loaded] == [[call], None]
+    tok = tiny_tokenizer
+    ensure_chat_template(tok, "chatml")
+    ex = tokenize_conversation(tok, loaded[0])
+    trained = tok.decode([i for i, lab in zip(ex.input_ids, ex.labels, strict=True) if lab != IGNORE_INDEX])
+    assert "<tool_call>" in trained and '"get_weather"' in trained and '"Paris"' in trained
+    assert (weather.text, weather.tool_calls, weather.finished) == ("", [call], True)
+    assert broken.tool_calls is None and "not valid JSON" in broken.tool_call_error
+    assert (hello.text, hello.tool_calls, hello.finished) == ("Hello!", None, True)
+
+
+def test_best_of_k_scores_and_keeps_a_structured_tool_call(tmp_path):
+    """The reward reads a structured call as the template renders it (`<tool_call>` JSON); one whose arguments are
+    not JSON is never kept (before: both replies were empty text, scored 0 and dropped as unfinished)."""
+    from sftlab.curate.best_of_k import best_of_k
+    from sftlab.curate.rewards import make_reward
+
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+    convs = [Conversation([Turn("user", q)], id=q, tools=tools) for q in ("Weather in Paris?", "Broken?")]
+    srv, url = _local_server(_ToolCalling)
+    try:
+        gen = OpenAIHTTPGenerator(url, "policy", api_key_env=None)
+        stats = best_of_k(convs, gen, make_reward("json_valid"), tmp_path / "b.jsonl", SamplingParams(n=1),
+                          reward_name="json_valid", min_score=1.0)
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    (row,) = map(json.loads, (tmp_path / "b.jsonl").read_text().splitlines())
+    assert row["meta"]["score"] == 1.0 and row["messages"][-1]["tool_calls"][0]["function"]["name"] == "get_weather"
+    assert stats.skipped["invalid tool call"] == 1 and stats.extra["pass@1"] == 0.5
+
+
 def test_least_loaded_dispatch_and_resting_endpoints():
     pool = EndpointPool(["http://a", "http://b", "http://c"], rest=60)
     a, b, c = pool.endpoints

@@ -57,24 +57,29 @@ def best_of_k(prompts: list[Conversation], policy: Generator, reward: RewardFn, 
     passes = (lambda s: s >= min_score) if min_score is not None else (lambda s: s > 0)
 
     def handle(item: PromptItem, gens: list[Generation]) -> list[dict]:
-        pairs = [(item.messages, g.text) for g in gens]
+        pairs = [(item.messages, g.text_with_calls) for g in gens]  # a structured call as the template shows it
         if hasattr(reward, "score_many"):
             scores = list(reward.score_many(pairs))  # batched judges / reward models
         else:
-            scores = [float(reward(item.messages, g.text, item.reference)) for g in gens]
+            scores = [float(reward(item.messages, text, item.reference)) for _, text in pairs]
         bad = next((s for s in scores if not math.isfinite(s)), None)
         if bad is not None:  # NaN ranks anywhere and is not JSON: a broken reward, not a score
             raise SftlabError(f"reward '{reward_name}' gave {bad} for prompt {item.source_id}: a reward must be a "
                               "finite number (the prompts done so far are kept; fix the reward and re-run to resume)")
         scores_all.append(scores)
-        successes.append([passes(s) and (g.finished or keep_unfinished) for s, g in zip(scores, gens, strict=True)])
+        successes.append([passes(s) and (g.finished or keep_unfinished) and not g.tool_call_error
+                          for s, g in zip(scores, gens, strict=True)])
         for s in scores:
             hist[round(s, 1)] += 1
         ranked = sorted(range(len(gens)), key=lambda j: -scores[j])
-        unfinished = [j for j in ranked if not gens[j].finished and not keep_unfinished]
+        invalid = [j for j in ranked if gens[j].tool_call_error]  # never kept: its record would not validate
+        unfinished = [j for j in ranked if not gens[j].finished and not keep_unfinished and j not in invalid]
+        if invalid:
+            run.stats.skipped["invalid tool call"] += len(invalid)
         if unfinished:
             run.stats.skipped["reply hit max_new_tokens"] += len(unfinished)
-        ok = [j for j in ranked if j not in unfinished and (min_score is None or scores[j] >= min_score)]
+        ok = [j for j in ranked if j not in unfinished and j not in invalid
+              and (min_score is None or scores[j] >= min_score)]
         keep = ok[:1] if select == "best" else ok
         if not keep:
             run.stats.skipped["no acceptable sample"] += 1

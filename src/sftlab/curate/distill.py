@@ -40,7 +40,9 @@ def distill(prompts: list[Conversation], teacher: Generator, out_path: str | Pat
     def handle(item: PromptItem, gens: list[Generation]) -> list[dict]:
         out = []
         for j, g in enumerate(gens):
-            if not g.text.strip():
+            if g.tool_call_error:  # e.g. arguments that are not JSON: a record would fail validation
+                run.stats.skipped["invalid tool call"] += 1
+            elif not g.text.strip() and not g.tool_calls:
                 run.stats.skipped["empty reply"] += 1
             elif not g.finished and not keep_unfinished:
                 run.stats.skipped["reply hit max_new_tokens"] += 1

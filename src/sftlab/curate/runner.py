@@ -228,7 +228,8 @@ def output_record(item: PromptItem, gen: Generation, generator: Generator, param
                   **meta: Any) -> dict[str, Any]:
     """An ordinary SFT record (`messages`) plus its provenance."""
     conv = Conversation(turns=[*item.conv.prompt_turns], tools=item.conv.tools)
-    msgs = [*item.messages, {"role": "assistant", "content": gen.text}]
+    # a call the engine returned structured goes in the turn's tool_calls, as a dataset's calls do
+    msgs = [*item.messages, Turn("assistant", gen.text, tool_calls=gen.tool_calls).to_dict()]
     rec: dict[str, Any] = {"id": f"{item.source_id}-{index}", "messages": msgs}
     if conv.tools:
         rec["tools"] = conv.tools

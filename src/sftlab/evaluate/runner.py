@@ -192,7 +192,7 @@ def eval_tool_calls(ev: ToolCallEval, subject: Subject, budget: int) -> tuple[di
     tool's schema, shown or not) or, where it made none, a reply without a call."""
     cases = tool_cases(load_conversations(ev.data)[0], ev.tools_in_prompt)
     gens = _generate(subject, [c.messages for c in cases], budget)
-    scores = [c.score(g[0].text) for g, c in zip(gens, cases, strict=True)]
+    scores = [c.score(g[0].text_with_calls) for g, c in zip(gens, cases, strict=True)]  # a structured call too
     calls = [s for s, c in zip(scores, cases, strict=True) if c.expected]
     none_needed = [s for s, c in zip(scores, cases, strict=True) if not c.expected]
     samples = [{"prompt": c.prompt, "kind": c.kind, **g[0].to_dict(), "expected": c.expected and c.expected["name"],

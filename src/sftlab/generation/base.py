@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
@@ -41,9 +42,25 @@ class Generation:
     text: str
     n_tokens: int
     finished: bool  # ended with an end-of-turn/EOS token within the budget
+    # calls an endpoint returned as structured `tool_calls` (beside or instead of text), as Turn.tool_calls holds
+    # them: [{"name": str, "arguments": dict}]; a local engine's calls stay in `text` as the template wrote them
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_error: str | None = None  # why a call the endpoint returned could not be read (e.g. arguments not JSON)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"text": self.text, "n_tokens": self.n_tokens, "finished": self.finished}
+        d: dict[str, Any] = {"text": self.text, "n_tokens": self.n_tokens, "finished": self.finished}
+        if self.tool_calls:
+            d["tool_calls"] = self.tool_calls
+        if self.tool_call_error:
+            d["tool_call_error"] = self.tool_call_error
+        return d
+
+    @property
+    def text_with_calls(self) -> str:
+        """The reply as one text, each structured call as the `<tool_call>` block the named chat templates render
+        (what scorers that read a call from text, e.g. the json_valid reward, look for)."""
+        calls = [f"<tool_call>\n{json.dumps(c, ensure_ascii=False)}\n</tool_call>" for c in self.tool_calls or []]
+        return "\n".join([self.text, *calls] if self.text else calls)
 
 
 class Generator(Protocol):

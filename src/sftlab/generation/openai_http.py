@@ -7,6 +7,7 @@ and connection errors once every endpoint failed. The API key comes from an envi
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -22,6 +23,7 @@ from sftlab.generation.endpoints import Endpoint, EndpointPool, endpoint_urls
 
 log = logging.getLogger(__name__)
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
+FINISHED = {"stop", "tool_calls", "function_call"}  # finish reasons of a reply that ended its turn
 
 
 class OpenAIHTTPGenerator:
@@ -105,18 +107,56 @@ class OpenAIHTTPGenerator:
 
     @staticmethod
     def _parse(r: httpx.Response, n: int) -> list[Generation]:
+        """Each choice's text and, for a prompt that offered tools, the calls the server parsed out of the reply
+        (`message.tool_calls`, content then null or empty): a call ends the turn as "stop" does."""
         try:
             data = r.json()
             choices = sorted(data["choices"], key=lambda c: c.get("index", 0))
-            gens = [Generation(text=(c["message"].get("content") or "").strip(),
-                               n_tokens=int(data.get("usage", {}).get("completion_tokens", 0)) // max(1, len(choices)),
-                               finished=c.get("finish_reason") == "stop") for c in choices]
+            gens = []
+            for c in choices:
+                msg = c["message"]
+                calls, error = _tool_calls(msg.get("tool_calls") or ([{"function": msg["function_call"]}]
+                                                                     if msg.get("function_call") else None))
+                if error:
+                    log.warning("a reply's tool call is not usable: %s", error)
+                gens.append(Generation(
+                    text=(msg.get("content") or "").strip(),
+                    n_tokens=int(data.get("usage", {}).get("completion_tokens", 0)) // max(1, len(choices)),
+                    finished=c.get("finish_reason") in FINISHED, tool_calls=calls, tool_call_error=error))
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise GenerationError(f"malformed chat completion response ({type(e).__name__}: {e}): "
                                   f"{r.text[:200]!r}") from None
         if len(gens) != n:
             raise GenerationError(f"asked for {n} choices, got {len(gens)}")
         return gens
+
+
+def _tool_calls(raw: Any) -> tuple[list[dict[str, Any]] | None, str | None]:
+    """OpenAI's `tool_calls` ([{"type": "function", "function": {"name", "arguments": "<JSON text>"}}]) as
+    Turn.tool_calls holds them ([{"name", "arguments": dict}]), or why they cannot be (None and the reason): a
+    call whose arguments are not a JSON object would fail validation or train on a broken call."""
+    if not raw:
+        return None, None
+    if not isinstance(raw, list):
+        return None, f"tool_calls is a {type(raw).__name__}, not a list"
+    calls = []
+    for i, call in enumerate(raw):
+        fn = call.get("function") if isinstance(call, dict) else None
+        name = fn.get("name") if isinstance(fn, dict) else None
+        if not isinstance(name, str) or not name:
+            return None, f"tool call {i} has no function name: {json.dumps(call)[:200]}"
+        args = fn.get("arguments")
+        if isinstance(args, str):
+            try:
+                args = json.loads(args) if args.strip() else None
+            except json.JSONDecodeError as e:
+                return None, f"the arguments of tool call {i} ({name}) are not valid JSON ({e}): {args[:200]!r}"
+        if args is None:
+            args = {}
+        if not isinstance(args, dict):
+            return None, f"the arguments of tool call {i} ({name}) are a {type(args).__name__}, not a JSON object"
+        calls.append({"name": name, "arguments": args})
+    return calls, None
 
 
 def _retry_after(r: httpx.Response) -> float | None:
