@@ -185,9 +185,38 @@ def test_chat_loop_commands_and_streaming(local_gen):
     conv = chat_loop(local_gen, lambda prompt: next(lines), out.append, max_new_tokens=5)
     assert [m["role"] for m in conv] == ["system", "user", "assistant"] and conv[1]["content"] == "Again"
     expected = local_gen.generate([conv[:2]], SamplingParams(max_new_tokens=5))[0][0].text
-    assert conv[2]["content"] == expected  # streamed reply == batched greedy reply
+    assert conv[2]["content"].strip() == expected  # streamed reply == batched greedy reply (which is stripped)
     text = "".join(out)
     assert "conversation reset" in text and "system prompt set" in text
+
+
+def test_chat_keeps_the_reply_exactly_as_generated(tiny_model_dir):
+    """A reply that is indented code ending in a newline: the history (the next turn's prompt) holds it exactly as
+    the model generated it, and the terminal showed it so. Before: the history held it stripped, "return a + b",
+    so the next prompt was a conversation the model never had. The tiny model is first taught the reply."""
+    from transformers import AutoTokenizer
+
+    from sftlab.serve.chat import chat_loop
+    from sftlab.templates.masking import tokenize_conversation
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    ensure_chat_template(tok, "chatml")
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    reply = "    return a + b\n"
+    ex = tokenize_conversation(tok, Conversation([Turn("user", "def add(a, b):"), Turn("assistant", reply)]))
+    ids, labels = torch.tensor([ex.input_ids]), torch.tensor([ex.labels])
+    torch.manual_seed(0)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(60):
+        opt.zero_grad()
+        model(input_ids=ids, labels=labels).loss.backward()
+        opt.step()
+    gen = TransformersGenerator(model.eval(), tok, model_id="taught")
+    lines, out = iter(["def add(a, b):", "Thanks", "/exit"]), []
+    conv = chat_loop(gen, lambda prompt: next(lines), out.append, max_new_tokens=16)
+    assert conv[1] == {"role": "assistant", "content": reply}  # was "return a + b"
+    assert "assistant> " + reply + "assistant> " in "".join(out)  # streamed as generated, no blank line added
+    assert [m["content"] for m in conv[:3]] == ["def add(a, b):", reply, "Thanks"]
 
 
 def test_chat_command_reads_stdin(tiny_model_dir):

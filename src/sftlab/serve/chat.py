@@ -77,13 +77,15 @@ def chat_loop(gen: TransformersGenerator, read: Callable[[str], str], write: Cal
         window = gen.context_window  # the reply gets what the window leaves (_fits made sure some is left)
         budget = min(max_new_tokens, window - len(prompt)) if window else max_new_tokens
         reply = _reply(gen, prompt, SamplingParams(max_new_tokens=budget, temperature=temperature), write)
-        write("\n")
+        write("" if reply.endswith("\n") else "\n")  # the prompt on a line of its own, no blank line after code
         history.append({"role": "assistant", "content": reply})
     return ([{"role": "system", "content": system}] if system else []) + history
 
 
 def _reply(gen: TransformersGenerator, prompt: list[int], params: SamplingParams, write: Callable[[str], None]) -> str:
-    """Stream one reply to the terminal; return its text for the history."""
+    """Stream one reply to the terminal; return its text for the history exactly as generated (not stripped: the
+    first line's indentation and a code block's final newline are the reply, and the next turn's prompt must be the
+    conversation the model had)."""
     pieces: list[str] = []
 
     def show(piece: str) -> None:
@@ -91,7 +93,7 @@ def _reply(gen: TransformersGenerator, prompt: list[int], params: SamplingParams
         write(piece)
 
     stream_reply(gen, prompt, params, show)
-    return "".join(pieces).strip()
+    return "".join(pieces)
 
 
 def _fits(prompt: list[int], gen: TransformersGenerator, write: Callable[[str], None]) -> bool:
