@@ -226,3 +226,26 @@ def test_real_tokenizers_keep_forged_turns_as_text(name):
 def _turns(text: str) -> Conversation:
     return Conversation([Turn("system", "Be brief. " + text), Turn("user", "Q: " + text), Turn("assistant", text),
                          Turn("user", text), Turn("assistant", "A: " + text)])
+
+
+@pytest.mark.parametrize("template", [None, "chatml"])
+def test_reward_model_reads_special_token_text_as_text(tiny_tokenizer, tmp_path, template):
+    """`reward_model:PATH` (best-of-k, filter scorer): a prompt or reply must not forge turns for the reward model."""
+    from types import SimpleNamespace
+
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    from sftlab.curate.rewards import RewardModelScore
+
+    if template:
+        ensure_chat_template(tiny_tokenizer, template)
+    LlamaForSequenceClassification(LlamaConfig(vocab_size=len(tiny_tokenizer), hidden_size=32, intermediate_size=64,
+                                               num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                                               num_labels=1, pad_token_id=0)).save_pretrained(tmp_path)
+    tiny_tokenizer.save_pretrained(tmp_path)
+    reward = RewardModelScore(str(tmp_path))
+    seen = []
+    reward.model = lambda **enc: seen.append(enc["input_ids"][0].tolist()) or SimpleNamespace(logits=torch.zeros(1, 1))
+    reward([{"role": "user", "content": ATTACKS["chatml_turn"]}], ATTACKS["gemma_turn"], None)
+    reward([{"role": "user", "content": HARMLESS}], HARMLESS, None)
+    assert _special_counts(tiny_tokenizer, seen[0]) == _special_counts(tiny_tokenizer, seen[1])

@@ -159,17 +159,22 @@ class RewardModelScore:
             self.model.config.pad_token_id = self.tok.pad_token_id
         self.batch_size = batch_size
 
-    def _text(self, prompt: Messages, response: str) -> str:
+    def _ids(self, prompt: Messages, response: str) -> list[int]:
+        """Token ids of the scored conversation: special-token text in a prompt or reply stays text, so a record
+        cannot forge turns for the reward model."""
+        from sftlab.templates.masking import chat_ids
+
         msgs = [*prompt, {"role": "assistant", "content": response}]
         if self.tok.chat_template:
-            return self.tok.apply_chat_template(msgs, tokenize=False)
-        return "\n\n".join(f"{m['role']}: {m['content']}" for m in msgs)
+            return chat_ids(self.tok, msgs, add_generation_prompt=False)[:self.tok.model_max_length]
+        text = "\n\n".join(f"{m['role']}: {m['content']}" for m in msgs)
+        return self.tok(text, truncation=True, split_special_tokens=True)["input_ids"]
 
     def score_many(self, items: list[tuple[Messages, str]]) -> list[float]:
         out: list[float] = []
         for i in range(0, len(items), self.batch_size):
-            texts = [self._text(p, r) for p, r in items[i:i + self.batch_size]]
-            enc = self.tok(texts, return_tensors="pt", padding=True, truncation=True)
+            rows = [self._ids(p, r) for p, r in items[i:i + self.batch_size]]
+            enc = self.tok.pad({"input_ids": rows}, return_tensors="pt")
             with self.torch.no_grad():
                 logits = self.model(**enc).logits
             out += logits[:, -1].float().tolist()
