@@ -8,7 +8,7 @@ from sftlab.errors import ConfigError
 from sftlab.evaluate.checks import mentions_identity, same_language, script
 from sftlab.evaluate.judge import pairwise_winrate, parse_verdict
 from sftlab.evaluate.runner import rate_metric, runs_into_new_turn
-from sftlab.evaluate.suite import load_suite, make_suite
+from sftlab.evaluate.suite import load_suite, make_suite, read_prompt_file
 from sftlab.evaluate.toolcalls import parse_tool_call, score_no_call, score_tool_call
 
 
@@ -235,6 +235,15 @@ def test_suite_yaml_errors_name_the_field(tmp_path):
     suite = make_suite({"evaluators": [{"type": "identity", "name": "Orca"}, {"type": "identity", "name": "Bo"},
                                        {"type": "nll", "label": "heldout", "data": {"path": "x.jsonl"}}]})
     assert suite.unique_names() == ["identity", "identity_2", "heldout"]
+
+
+@pytest.mark.parametrize(("name", "text"), [("p.txt", "Say hi.\nSay bye.\n"),
+                                            ("p.jsonl", '{"prompt": "Say hi."}\n{"prompt": "Say bye."}\n')])
+def test_prompt_file_saved_with_a_bom_reads_like_one_without(tmp_path, name, text):
+    """`sftlab eval --prompts`: was the BOM glued to the first prompt (text) or 'not valid JSON' (JSONL)."""
+    path = tmp_path / name
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode())
+    assert read_prompt_file(path) == ["Say hi.", "Say bye."]
 
 
 def test_shipped_suites_are_valid():

@@ -168,9 +168,10 @@ def load_suite(path: str | Path) -> EvalSuite:
 
 
 def read_prompt_file(path: Path) -> list[str]:
-    """Prompts from a file: one a line, or JSONL records with a `prompt` field."""
+    """Prompts from a file: one a line, or JSONL records with a `prompt` field. A UTF-8 BOM (Windows editors
+    write one) is not part of the first prompt, as the data readers read it."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as e:
         raise DataError(f"not UTF-8 text (invalid byte at offset {e.start})", source=str(path)) from None
     prompts = []
