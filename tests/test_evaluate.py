@@ -246,6 +246,20 @@ def test_prompt_file_saved_with_a_bom_reads_like_one_without(tmp_path, name, tex
     assert read_prompt_file(path) == ["Say hi.", "Say bye."]
 
 
+@pytest.mark.parametrize("text", ["", "\n  \n"])
+def test_an_empty_prompt_file_is_an_error_naming_it_before_any_model_loads(tmp_path, text):
+    """Was: the base model loaded, then "evaluator 'instruction_following' needs `prompts` or `data`"."""
+    from typer.testing import CliRunner
+
+    from sftlab.cli import app
+
+    path = tmp_path / "p.txt"
+    path.write_text(text)
+    r = CliRunner().invoke(app, ["eval", str(tmp_path / "no-model"), "--adapter", str(tmp_path), "--prompts",
+                                 str(path), "--out", str(tmp_path / "ev")])
+    assert r.exit_code == 2 and f"{path}: no prompts" in r.output, r.output
+
+
 def test_shipped_suites_are_valid():
     from pathlib import Path
 

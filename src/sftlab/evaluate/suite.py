@@ -189,6 +189,9 @@ def read_prompt_file(path: Path) -> list[str]:
             raise DataError("expected a JSON object with a text `prompt`", source=str(path), record=f"line {i}",
                             field="prompt")
         prompts.append(record["prompt"])
+    if not prompts:  # else the base model loads, then the evaluator fails as if --prompts had not been given
+        raise DataError("no prompts: the file is empty or holds only blank lines", source=str(path),
+                        reason="empty source")
     return prompts
 
 
