@@ -127,3 +127,14 @@ def test_report_on_a_run_with_a_damaged_config_is_a_clear_error(tmp_path, text):
     r = CliRunner().invoke(app, ["report", str(tmp_path)])
     assert r.exit_code == 2, r.output
     assert r.output.startswith("error: ") and "config.yaml" in r.output and "Traceback" not in r.output
+
+
+@pytest.mark.parametrize("given", ["--eval", "--curation", "data_stats.json", "train_metrics.json"])
+def test_report_given_a_file_that_is_not_utf8_is_a_clear_error(tmp_path, given):
+    """Was a UnicodeDecodeError traceback, exit 1: a Latin-1 file passed as --eval/--curation, or a damaged record."""
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n')
+    bad = tmp_path / ("latin.json" if given.startswith("--") else given)
+    bad.write_bytes(b'{"name": "caf\xe9"}\n')
+    r = CliRunner().invoke(app, ["report", str(tmp_path), "--out", str(tmp_path / "rep"),
+                                 *([given, str(bad)] if given.startswith("--") else [])])
+    assert r.exit_code == 2 and f"{bad}: not UTF-8 text" in r.output, r.output

@@ -167,10 +167,14 @@ R = TypeVar("R", bound=Record)
 
 
 def read_json(path: Path) -> Any:
+    """A JSON file; one that is not JSON, or not UTF-8 (`report --eval/--curation` given the wrong file), is a
+    DataError naming it."""
     try:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise DataError(f"not valid JSON (line {e.lineno}: {e.msg})", source=str(path)) from None
+    except UnicodeDecodeError as e:
+        raise DataError(f"not UTF-8 text (invalid byte at offset {e.start})", source=str(path)) from None
 
 
 def read_record(path: Path, kind: type[R]) -> R:
