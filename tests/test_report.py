@@ -138,3 +138,11 @@ def test_report_given_a_file_that_is_not_utf8_is_a_clear_error(tmp_path, given):
     r = CliRunner().invoke(app, ["report", str(tmp_path), "--out", str(tmp_path / "rep"),
                                  *([given, str(bad)] if given.startswith("--") else [])])
     assert r.exit_code == 2 and f"{bad}: not UTF-8 text" in r.output, r.output
+
+
+def test_report_on_a_metrics_log_with_a_step_that_is_not_a_number_is_a_clear_error(tmp_path):
+    """Was a TypeError traceback ('>' not supported between 'str' and 'int'), exit 1: a hand-edited metrics.jsonl."""
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n{"step": "x", "loss": 1.0}\n')
+    r = CliRunner().invoke(app, ["report", str(tmp_path), "--out", str(tmp_path / "rep")])
+    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+    assert "metrics.jsonl, line 2, field 'step': expected a number" in r.output, r.output

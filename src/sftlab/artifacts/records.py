@@ -240,8 +240,22 @@ def read_metrics_log(path: Path) -> list[dict[str, Any]]:
                 raise DataError("not valid JSON", source=str(path), record=f"line {i}") from None
             if not isinstance(row, dict):
                 raise DataError("expected a JSON object", source=str(path), record=f"line {i}")
+            _check_metric_numbers(row, path, i)
             rows.append(row)
     return rows
+
+
+METRIC_NUMBERS = ("step", "loss", "eval_loss", "learning_rate", "grad_norm", "tokens_seen", "trained_tokens_seen",
+                  "tokens_per_s", "elapsed_s", "rss_mb", "gpu_peak_mb")  # what reports compute and plot with
+
+
+def _check_metric_numbers(row: dict[str, Any], path: Path, line: int) -> None:
+    """A hand-edited or damaged row (`"step": "x"`) is a DataError naming the field, not a TypeError in the report."""
+    for key in METRIC_NUMBERS:
+        value = row.get(key, 0)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise DataError(f"expected a number, got {json.dumps(value)}", source=str(path), record=f"line {line}",
+                            field=key)
 
 
 def write_record(path: Path, record: Record) -> Path:
