@@ -300,6 +300,19 @@ def test_sql_query_naming_a_column_twice_is_an_error(tmp_path):
         load_conversations(DataSpec(path=str(db), type="sql", query=query))
 
 
+@pytest.mark.parametrize("command", ["check", "convert"])
+def test_cli_database_url_without_a_query_says_how_to_pass_one(tmp_path, command):
+    db = _one_row_db(tmp_path / "pool.db", "text", "'a'")
+    out = [str(tmp_path / "out.jsonl")] if command == "convert" else []
+    r = runner.invoke(app, ["data", command, f"sqlite:///{db}", *out])
+    assert r.exit_code == 2 and "file not found" not in r.output, r.output  # was: 'file not found'
+    assert f"sqlite:///{db}, field 'query': a SQL source needs a query: pass --query" in r.output, r.output
+    r = runner.invoke(app, ["data", command, f"sqlite:///{db}", *out, "--query", "select * from t"])
+    assert r.exit_code == 0, r.output  # convert: was 'No such option: --query'
+    if out:
+        assert [m["content"] for m in json.loads(Path(out[0]).read_text())["messages"]] == ["q", "a"]
+
+
 # ---------------------------------------------------------------- empty sources
 
 @pytest.mark.parametrize(("name", "content"), [

@@ -40,10 +40,12 @@ def data_check(path: str = typer.Argument(..., help="File, dataset folder or dat
 
 
 @data_app.command("convert")
-def data_convert(src: str = typer.Argument(...),
+def data_convert(src: str = typer.Argument(..., help="File, dataset folder or database URL."),
                  dst: Path = typer.Argument(..., help="Output: .jsonl (messages), .parquet, or a folder (--out-format "
                                                       "hf)."),
-                 format: str = typer.Option("auto"), on_error: str = typer.Option("raise"),
+                 format: str = typer.Option("auto"), type: str = typer.Option(None),
+                 query: str = typer.Option(None, help="SQL query (for a database)."),
+                 on_error: str = typer.Option("raise"),
                  out_format: str = typer.Option("auto", help="jsonl | parquet | hf (a save_to_disk folder); auto: "
                                                              ".parquet is Parquet, anything else JSONL."),
                  overwrite: bool = typer.Option(False, help="Replace DST if it exists (never the input)."),
@@ -56,7 +58,8 @@ def data_convert(src: str = typer.Argument(...),
     try:
         out_format = output_format(dst, out_format)
         check_set_output(dst, out_format, inputs=[src], overwrite=overwrite)
-        spec = make_spec(dict(path=src, format=format, on_error=on_error, allow_empty=allow_empty), "data convert")
+        spec = make_spec(dict(path=src, format=format, type=type, query=query, on_error=on_error,
+                              allow_empty=allow_empty), "data convert")
         convs, report = load_conversations(spec)
         if not allow_empty:
             require_records(report)

@@ -224,16 +224,26 @@ def read_hf(path_or_id: str, split: str | None = None) -> Iterator[Record]:
         yield f"record {i}", rec
 
 
+def _read_sql_source(path: str | None, query: str | None) -> Iterator[Record]:
+    """A database URL given without a query (`data check sqlite:///pool.db`) is told how to pass one, not sent
+    looking for a file of that name."""
+    from sftlab.data.sql import read_sql, source_name
+
+    if not path:
+        raise DataError("a SQL source needs `path` (database URL or SQLite file)", reason="missing field")
+    if not query:
+        raise DataError("a SQL source needs a query: pass --query 'SELECT ...' (`query:` in a data spec)",
+                        source=source_name(path, "sql"), field="query", reason="missing field")
+    yield from read_sql(path, query)
+
+
 def read_records(path: str | None = None, *, type: str | None = None, split: str | None = None,
                  query: str | None = None) -> Iterator[Record]:
     """Dispatch on `type` (inferred from the path when not given)."""
-    if type == "sql" or query is not None:
-        if not path or not query:
-            raise DataError("a SQL source needs both `path` (database URL or SQLite file) and `query`",
-                            reason="missing field")
-        from sftlab.data.sql import read_sql
+    from sftlab.data.sql import is_sql_source
 
-        yield from read_sql(path, query)
+    if is_sql_source(path, type, query):
+        yield from _read_sql_source(path, query)
         return
     if path is None:
         raise DataError("no data path given", reason="missing source")

@@ -99,6 +99,11 @@ def _redact(url: str) -> str:
         return "<database url>"
 
 
+def is_sql_source(path: str | None, type: str | None = None, query: str | None = None) -> bool:
+    """A database URL (`sqlite:///pool.db`) is a SQL source even when `type: sql` was left out."""
+    return type == "sql" or query is not None or (type is None and "://" in (path or ""))
+
+
 def source_name(path: str, type: str | None = None, query: str | None = None) -> str:
     """How a source is named in messages: a database URL without its password, anything else as given."""
-    return _redact(path) if type == "sql" or query is not None else path
+    return _redact(path) if is_sql_source(path, type, query) else path
