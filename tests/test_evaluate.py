@@ -649,8 +649,10 @@ def test_comparisons_that_share_judges_grade_each_answer_once(tiny_model_dir, tu
     ("not_object.jsonl", b'{"prompt": "hi"}\n\n[1, 2]\n', "not_object.jsonl, line 3, field 'prompt'"),
     ("number.jsonl", b'{"prompt": 5}\n', "number.jsonl, line 1, field 'prompt'"),
     ("torn.jsonl", b'{"prompt": "hi"}\n{"prompt": "h\n', "torn.jsonl, line 2: not valid JSON"),
-    ("latin1.txt", "caf\u00e9?\n".encode("latin-1"), "latin1.txt: not UTF-8 text"),
-], ids=["no_prompt_field", "not_an_object", "prompt_not_text", "invalid_json", "not_utf8"])
+    ("latin1.txt", "caf\u00e9?\n".encode("latin-1"), "latin1.txt, line 1: not valid UTF-8 (byte 0xe9 at byte 4"),
+    ("bom.jsonl", b'\xef\xbb\xbf{"prompt": "hi"}\n{"prompt": "caf\xe9"}\n',  # was 'offset 32': no line, BOM uncounted
+     "bom.jsonl, line 2: not valid UTF-8 (byte 0xe9 at byte 16 of the line)"),
+], ids=["no_prompt_field", "not_an_object", "prompt_not_text", "invalid_json", "not_utf8", "not_utf8_after_bom"])
 def test_eval_prompt_file_problems_name_the_file_and_line(tiny_model_dir, tmp_path, name, content, expected):
     """Before: a record without `prompt` or a non-object line was a KeyError/TypeError traceback; invalid JSON or
     non-UTF-8 bytes an error that named neither the file nor the line."""

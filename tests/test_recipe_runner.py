@@ -159,6 +159,16 @@ def test_a_bad_recipe_is_one_clear_error_before_anything_runs(in_tmp, tiny_model
     assert not (in_tmp / "runs").exists()
 
 
+@pytest.mark.parametrize("bom", [b"", b"\xef\xbb\xbf"], ids=["plain", "bom"])
+def test_cli_recipe_that_is_not_utf8_names_the_file_and_line(tmp_path, bom):
+    """Was 'toy.yaml: not UTF-8 text (invalid byte at offset 26)' (29 after a BOM): no line to look at."""
+    path = tmp_path / "toy.yaml"
+    path.write_bytes(bom + b"name: toy\ndescription: caf\xe9\n")
+    res = CliRunner().invoke(app, ["run", str(path)])
+    assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+    assert f"{path}, line 2: not valid UTF-8 (byte 0xe9 at byte 17 of the line)" in res.output, res.output
+
+
 def test_cli_lists_recipes_and_reports_errors_in_one_line(in_tmp, tiny_model_dir):
     (in_tmp / "recipes").mkdir()
     raw = _recipe(tiny_model_dir)

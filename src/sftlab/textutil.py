@@ -1,5 +1,5 @@
 """Small text helpers shared by curation and evaluation: writing-script detection, normalisation, n-grams,
-final numeric answers."""
+final numeric answers; where a file stops being UTF-8."""
 
 from __future__ import annotations
 
@@ -10,6 +10,15 @@ CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")  # Chinese characters (CJK ide
 _LATIN_WORD = re.compile(r"[A-Za-z]+")
 _WORD = re.compile(r"\w+", re.UNICODE)
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+
+
+def not_utf8(raw: bytes, e: UnicodeDecodeError) -> tuple[str, int]:
+    """Message and line number of the first undecodable byte in `raw` (`e` from decoding `raw` itself, byte order
+    mark included): enough to find it in an editor."""
+    line_start = raw.rfind(b"\n", 0, e.start) + 1
+    message = (f"not valid UTF-8 (byte 0x{raw[e.start]:02x} at byte {e.start - line_start + 1} of the line); "
+               "save the file as UTF-8")
+    return message, raw.count(b"\n", 0, line_start) + 1
 
 
 def script(text: str) -> str:

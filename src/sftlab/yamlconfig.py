@@ -12,6 +12,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from sftlab.errors import ConfigError
+from sftlab.textutil import not_utf8
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -30,13 +31,16 @@ def _read_text(path: Path, what: str) -> str:
     if path.is_dir():
         raise ConfigError(f"{path}: is a folder, not a {what} file")
     try:
-        return path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such {what} file") from None
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"{path}: not UTF-8 text (invalid byte at offset {e.start})") from None
     except OSError as e:
         raise ConfigError(f"{path}: cannot read the {what} file: {e.strerror or e}") from None
+    try:
+        return raw.decode("utf-8")  # a BOM stays: YAML drops it, and a bad byte's line counts from the file's start
+    except UnicodeDecodeError as e:
+        message, line = not_utf8(raw, e)
+        raise ConfigError(f"{path}, line {line}: {message}") from None
 
 
 def _parse_yaml(text: str, source: str | Path) -> Any:

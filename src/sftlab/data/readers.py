@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from sftlab.errors import DataError
+from sftlab.textutil import not_utf8
 
 # A record that could not even be parsed is yielded as its DataError so that on_error=skip can go on.
 Record = tuple[str, "dict[str, Any] | DataError"]
@@ -36,14 +37,6 @@ def parse_json(text: str | bytes) -> Any:
                         reason="nested too deep") from None
     except ValueError as e:  # e.g. an integer of more than 4300 digits
         raise DataError(f"invalid JSON ({e})", reason="invalid JSON") from None
-
-
-def _not_utf8(raw: bytes, e: UnicodeDecodeError) -> tuple[str, int]:
-    """Message and line number of the first undecodable byte in `raw`: enough to find it in an editor."""
-    line_start = raw.rfind(b"\n", 0, e.start) + 1
-    message = (f"not valid UTF-8 (byte 0x{raw[e.start]:02x} at byte {e.start - line_start + 1} of the line); "
-               "save the file as UTF-8")
-    return message, raw.count(b"\n", 0, line_start) + 1
 
 
 @contextmanager
@@ -92,7 +85,7 @@ def read_jsonl(path: str) -> Iterator[Record]:
         try:  # a bad line is yielded, not raised: on_error=skip reads on
             rec = parse_json(raw.decode("utf-8"))
         except UnicodeDecodeError as e:
-            rec = DataError(_not_utf8(raw, e)[0], reason="not UTF-8")
+            rec = DataError(not_utf8(raw, e)[0], reason="not UTF-8")
         except DataError as e:
             rec = e
         if not isinstance(rec, dict | DataError):
@@ -107,7 +100,7 @@ def read_json(path: str) -> Iterator[Record]:
     try:
         data = parse_json(raw.decode("utf-8"))
     except UnicodeDecodeError as e:
-        message, line = _not_utf8(raw, e)
+        message, line = not_utf8(raw, e)
         raise DataError(message, source=path, record=f"line {line}", reason="not UTF-8") from None
     except DataError as e:
         raise DataError(e.message, source=path, reason=e.reason) from None

@@ -37,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sftlab.data.loading import DataSpec
 from sftlab.data.shipped import heldout_prompts
 from sftlab.errors import DataError
+from sftlab.textutil import not_utf8
 from sftlab.yamlconfig import read_yaml_mapping, regex_error, validated
 
 
@@ -170,10 +171,12 @@ def load_suite(path: str | Path) -> EvalSuite:
 def read_prompt_file(path: Path) -> list[str]:
     """Prompts from a file: one a line, or JSONL records with a `prompt` field. A UTF-8 BOM (Windows editors
     write one) is not part of the first prompt, as the data readers read it."""
-    try:
-        text = path.read_text(encoding="utf-8-sig")
+    raw = path.read_bytes()
+    try:  # decoded whole, BOM and all, so a bad byte's line and column count in the file as it is
+        text = raw.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError as e:
-        raise DataError(f"not UTF-8 text (invalid byte at offset {e.start})", source=str(path)) from None
+        message, line = not_utf8(raw, e)
+        raise DataError(message, source=str(path), record=f"line {line}", reason="not UTF-8") from None
     prompts = []
     for i, line in enumerate(text.splitlines(), 1):
         if not line.strip():
