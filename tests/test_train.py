@@ -393,3 +393,18 @@ def test_attention_implementation_is_a_switch(tiny_model_dir, tmp_path):
     with pytest.raises(ModelError, match="could not load model"):
         train(_cfg(tiny_model_dir, tmp_path / "bad", attn_implementation="no_such_kernel",
                    output_dir=str(tmp_path / "bad" / "run")))
+
+
+def test_progress_bar_shows_the_logged_loss_of_a_one_step_run(tiny_model_dir, tmp_path):
+    """Trainer logs after `on_step_end`: the bar, updated there only, showed 'loss nan' for a 1-step run (and the
+    previous step's loss in longer ones) though metrics.jsonl had the real loss."""
+    import io
+
+    from rich.console import Console
+
+    out = io.StringIO()
+    result = train(_cfg(tiny_model_dir, tmp_path, max_steps=1, grad_accum=1),
+                   console=Console(file=out, width=200, force_terminal=False))
+    loss = next(m["loss"] for m in _metrics(result.run_dir) if "loss" in m)
+    shown = out.getvalue()
+    assert "nan" not in shown and f"loss {loss:.4f}" in shown, shown

@@ -136,7 +136,6 @@ class RichProgress(TrainerCallback):
         self.counter = counter
         self.console = console or Console(stderr=True)
         self.progress: Progress | None = None
-        self.loss = float("nan")
 
     def on_train_begin(self, args, state, control, **kwargs):
         if not state.is_world_process_zero:
@@ -150,13 +149,14 @@ class RichProgress(TrainerCallback):
                                            loss="-", tps="-")
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs and "loss" in logs:
-            self.loss = logs["loss"]
+        """Trainer logs a step's loss after `on_step_end`: shown here, it is the logged one (never 'nan' for a
+        1-step run, never the step before's)."""
+        if self.progress and logs and "loss" in logs:
+            self.progress.update(self.task, loss=f"{logs['loss']:.4f}")
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.progress:
-            self.progress.update(self.task, completed=state.global_step, loss=f"{self.loss:.4f}",
-                                 tps=f"{self.counter.rate():.0f}")
+            self.progress.update(self.task, completed=state.global_step, tps=f"{self.counter.rate():.0f}")
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.progress:
