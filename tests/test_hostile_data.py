@@ -313,6 +313,15 @@ def test_cli_database_url_without_a_query_says_how_to_pass_one(tmp_path, command
         assert [m["content"] for m in json.loads(Path(out[0]).read_text())["messages"]] == ["q", "a"]
 
 
+def test_convert_never_writes_over_the_database_it_reads(tmp_path):
+    db = _one_row_db(tmp_path / "pool.db", "text", "'a'")
+    before = db.read_bytes()
+    for url in (f"sqlite:///{db}", f"sqlite:///{db}?mode=ro"):
+        r = runner.invoke(app, ["data", "convert", url, str(db), "--query", "select * from t", "--overwrite"])
+        assert r.exit_code == 2 and "is the input" in r.output, r.output  # was: exit 0, the database replaced
+    assert db.read_bytes() == before
+
+
 # ---------------------------------------------------------------- empty sources
 
 @pytest.mark.parametrize(("name", "content"), [

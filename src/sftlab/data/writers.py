@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterable
 from contextlib import contextmanager
@@ -17,6 +18,15 @@ from sftlab.errors import ConfigError
 _WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}  # disk full, quota exceeded, file too large
 
 
+_SQLITE_URL = re.compile(r"sqlite(?:\+\w+)?:///([^?]+)")
+
+
+def _input_file(src: str | Path) -> str:
+    """The file an input reads: a SQLite URL's database too (`data convert sqlite:///pool.db pool.db`)."""
+    found = _SQLITE_URL.match(str(src))
+    return found[1] if found else str(src)
+
+
 def refuse_to_clobber(dst: str | Path, *, inputs: Iterable[str | Path] = (), overwrite: bool = False,
                       not_ours: str = "") -> None:
     """Nothing is lost: an output is never one of the inputs, never a folder, and replaces a file only when asked
@@ -26,7 +36,7 @@ def refuse_to_clobber(dst: str | Path, *, inputs: Iterable[str | Path] = (), ove
         raise ConfigError(f"{dst}: is a folder, expected the path of the output file")
     if not dst.exists():
         return
-    for src in inputs:
+    for src in map(_input_file, inputs):
         if src and Path(src).exists() and os.path.samefile(src, dst):
             raise ConfigError(f"{dst}: is the input ({src}): the output can never be an input; write the output "
                               "to another file")
