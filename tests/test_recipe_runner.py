@@ -344,7 +344,7 @@ def test_a_recipe_that_only_measures_is_listed_with_its_time_and_machine(in_tmp)
     stored = json.loads((in_tmp / "store/checks.json").read_text())
     assert stored["rows"] == [] and stored["measures"]["precision"]["selected"] == 8
     page = (in_tmp / "RESULTS.md").read_text()
-    assert "- checks / precision (0.0 min of stage time, " in page and "cores, " in page
+    assert "- checks / precision (its recipe: 0.0 min of stage time, " in page and "cores, " in page
     assert "- checks: `sftlab run recipes/checks.yaml`" in page
 
 

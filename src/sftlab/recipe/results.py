@@ -102,7 +102,7 @@ def _measured_when(stored: dict[str, Any]) -> str:
     """A measure's recipe time, date and machine (results stored before they were recorded have none)."""
     if "wall_s" not in stored:
         return ""
-    return f" ({stored['wall_s'] / 60:.1f} min of stage time, {stored['date']}, {stored['machine']})"
+    return f" (its recipe: {stored['wall_s'] / 60:.1f} min of stage time, {stored['date']}, {stored['machine']})"
 
 
 def render_results(store: Path) -> str:
