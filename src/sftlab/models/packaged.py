@@ -24,16 +24,16 @@ CONVERSION = {
     "qwen2.5-coder-1.5b-instruct": {"dtype": "bfloat16", "stop_tokens": ("<|im_end|>", "<|endoftext|>")},
 }
 
+QWEN_CODER_GGUF = "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
+QWEN_CODER_GGUF_SHA256 = "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"  # all 22 parts in order
+QWEN_CODER_GGUF_SIZE = 1_117_320_768
+
 # name -> the stem of its GGUF file: its converted checkpoint is the cache folder "<stem>-<fingerprint>-<dtype>"
 GGUF_STEMS = {
     "gemma-3-270m": "gemma-3-270m-q4_k_m",
     "smollm2-135m-instruct": "SmolLM2-135M-Instruct.Q4_1",
-    "qwen2.5-coder-1.5b-instruct": "qwen2.5-coder-1.5b-instruct-q4_k_m",
+    "qwen2.5-coder-1.5b-instruct": QWEN_CODER_GGUF.removesuffix(".gguf"),
 }
-
-QWEN_CODER_GGUF = "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
-QWEN_CODER_GGUF_SHA256 = "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"  # all 22 parts in order
-QWEN_CODER_GGUF_SIZE = 1_117_320_768
 QWEN_CODER_PART_SHA256 = (
     "7872c22da6ba1cc8ca26ec9151066865ccc8c1699fffac102b8f4148de6cc746",
     "a98fae57b5a5c29fceb14601ae8a8a6a0c43cb0793b72dcbad5521ee35e9c18b",
