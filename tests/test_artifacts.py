@@ -39,7 +39,7 @@ def test_an_eval_file_without_schema_version_reads_and_rewrites_unchanged(tmp_pa
     (b'{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}', [1, 2]),  # whole, only the newline missing
     (b'{"step": 1}\n{"st\n{"step": 3}\n', "line 2: not valid JSON"),
     (b'{"step": 1}\n[1]\n', "line 2: expected a JSON object"),
-    (b'{"step": 1}\n\xff\n', "not UTF-8"),
+    (b'{"step": 1}\n\xff\n', "line 2: not valid UTF-8"),
     (b'{"step": 1}\n{"step": "x", "loss": 1.0}\n', "line 2, field 'step': expected a number"),
     (b'{"step": 1, "loss": null}\n', "line 1, field 'loss': expected a number"),
 ], ids=["torn_last_line", "no_final_newline", "torn_inside", "not_an_object", "not_utf8", "step_not_a_number",

@@ -131,13 +131,15 @@ def test_report_on_a_run_with_a_damaged_config_is_a_clear_error(tmp_path, text):
 
 @pytest.mark.parametrize("given", ["--eval", "--curation", "data_stats.json", "train_metrics.json"])
 def test_report_given_a_file_that_is_not_utf8_is_a_clear_error(tmp_path, given):
-    """Was a UnicodeDecodeError traceback, exit 1: a Latin-1 file passed as --eval/--curation, or a damaged record."""
+    """Was a UnicodeDecodeError traceback, exit 1: a Latin-1 file passed as --eval/--curation, or a damaged record;
+    then 'not UTF-8 text (invalid byte at offset 15)', no line to go to."""
     (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n')
     bad = tmp_path / ("latin.json" if given.startswith("--") else given)
-    bad.write_bytes(b'{"name": "caf\xe9"}\n')
+    bad.write_bytes(b'{\n  "name": "caf\xe9"\n}\n')
     r = CliRunner().invoke(app, ["report", str(tmp_path), "--out", str(tmp_path / "rep"),
                                  *([given, str(bad)] if given.startswith("--") else [])])
-    assert r.exit_code == 2 and f"{bad}: not UTF-8 text" in r.output, r.output
+    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+    assert f"{bad}, line 2: not valid UTF-8 (byte 0xe9 at byte 15 of the line)" in " ".join(r.output.split())
 
 
 def test_report_on_a_metrics_log_with_a_step_that_is_not_a_number_is_a_clear_error(tmp_path):

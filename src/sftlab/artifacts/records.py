@@ -13,6 +13,7 @@ from typing_extensions import TypedDict
 
 from sftlab.artifacts.layout import CURATION_SUMMARY_SUFFIX, FILTER_REPORT_NAME
 from sftlab.errors import ConfigError, DataError, SftlabError
+from sftlab.textutil import not_utf8
 
 SCHEMA_VERSION = 1
 
@@ -170,11 +171,19 @@ def read_json(path: Path) -> Any:
     """A JSON file; one that is not JSON, or not UTF-8 (`report --eval/--curation` given the wrong file), is a
     DataError naming it."""
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
+        return json.loads(_read_utf8(path))
     except json.JSONDecodeError as e:
         raise DataError(f"not valid JSON (line {e.lineno}: {e.msg})", source=str(path)) from None
+
+
+def _read_utf8(path: Path) -> str:
+    """The file's text; a byte that is not UTF-8 is a DataError naming its line, which an editor can go to."""
+    raw = Path(path).read_bytes()
+    try:
+        return raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise DataError(f"not UTF-8 text (invalid byte at offset {e.start})", source=str(path)) from None
+        message, line = not_utf8(raw, e)
+        raise DataError(message, source=str(path), record=f"line {line}", reason="not UTF-8") from None
 
 
 def read_record(path: Path, kind: type[R]) -> R:
@@ -221,10 +230,7 @@ def read_curation(path: Path) -> CurationSummary | FilterReport:
 def read_metrics_log(path: Path) -> list[dict[str, Any]]:
     """metrics.jsonl: one JSON object per logged optimizer step (loss, learning rate, tokens/s, ...). A last line cut
     short (no newline: the run was killed while writing it) is left out, as resuming the run would."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise DataError(f"not UTF-8 text (invalid byte at offset {e.start})", source=str(path)) from None
+    text = _read_utf8(path)
     lines = text.splitlines()
     if lines and not text.endswith("\n"):
         try:
