@@ -369,6 +369,30 @@ def test_cache_key_changes_when_the_adapter_changes(tuned_tiny, tmp_path):
     assert weights_fingerprint(copy) != before
 
 
+def test_moved_models_keep_their_generation_cache_keys(tuned_tiny, tiny_model_dir, tmp_path):
+    """Was: the keys held the base model's path, so moving the model cache (or a run) regenerated every reply."""
+    import shutil
+
+    from sftlab.evaluate.subjects import load_subjects
+
+    adapter, _ = tuned_tiny
+    shutil.copytree(tiny_model_dir, tmp_path / "m")  # copies keep the files' times, as a move does
+    shutil.copytree(adapter, tmp_path / "a")
+
+    def keys(model: str, adapter: str) -> list[str]:
+        subjects = load_subjects(str(tmp_path / model), adapter=str(tmp_path / adapter), cache_path=tmp_path / "c.db")
+        return [s.generator.cache_id for s in subjects]
+
+    before = keys("m", "a")
+    (tmp_path / "m").rename(tmp_path / "m2")
+    (tmp_path / "a").rename(tmp_path / "a2")
+    assert keys("m2", "a2") == before
+    weights = tmp_path / "a2" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes())  # rewritten: a retrained adapter at the same path
+    moved = keys("m2", "a2")
+    assert moved[0] == before[0] and moved[1] != before[1]
+
+
 def test_demo_pipeline_on_tiny_model(tiny_model_dir, tmp_path):
     from sftlab.data.shipped import heldout_prompts
     from sftlab.data.shipped import prompt_key as _prompt_key

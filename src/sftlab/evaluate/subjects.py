@@ -38,15 +38,17 @@ def load_subjects(model: str, *, adapter: str | Path | None = None, tuned: str |
 
     template = hashlib.sha256(str(tok.chat_template).encode()).hexdigest()[:8]  # same weights, new template: new key
 
-    def subject(label: str, lm, model_id: str, weights, **extra) -> Subject:
+    def subject(label: str, lm, model_id: str, weights: str, **extra) -> Subject:
         gen = TransformersGenerator(lm.model, tok, batch_size=batch_size, model_id=model_id)
         on = next(lm.model.parameters()).device.type  # a GPU's kernels may pick other tokens than the CPU's
-        key = f"{label}:{weights_fingerprint(weights)}:{template}:{dtype}" + ("" if on == "cpu" else f":{on}")
+        key = f"{label}:{weights}:{template}:{dtype}" + ("" if on == "cpu" else f":{on}")
         return Subject(label, CachedGenerator(gen, cache, key) if cache else gen, lm.model, tok, **extra)
 
+    base_weights = weights_fingerprint(base.path)
     if adapter:
-        return [subject("base", base, model, base.path, context=base.model.disable_adapter),
-                subject("tuned", base, f"{model}+{adapter}", f"{base.path}|{weights_fingerprint(adapter)}",
+        return [subject("base", base, model, base_weights, context=base.model.disable_adapter),
+                subject("tuned", base, f"{model}+{adapter}", f"{base_weights}|{weights_fingerprint(adapter)}",
                         context=lambda: merged_token_rows(base.model))]
     tuned_lm = load_causal_lm(str(tuned), **options)
-    return [subject("base", base, model, base.path), subject("tuned", tuned_lm, str(tuned), tuned)]
+    return [subject("base", base, model, base_weights),
+            subject("tuned", tuned_lm, str(tuned), weights_fingerprint(tuned))]
