@@ -771,6 +771,19 @@ def test_a_minus_sign_and_a_latex_fraction_are_read_like_plain_ones(reply, numbe
     assert extract_final_number(reply) == number
 
 
+@pytest.mark.parametrize(("reply", "number"), [
+    ("It takes 10-15 minutes", "15"),  # was -15: the hyphen of a range read as a minus sign
+    ("Prices rose in 2019-2020", "2020"),  # was -2020
+    ("The temperature is -4", "-4"),
+    ("The change was (-4)", "-4"),
+    ("x = 7 -3", "-3"),
+])
+def test_a_hyphen_after_a_number_is_not_the_next_numbers_sign(reply, number):
+    from sftlab.textutil import extract_final_number
+
+    assert extract_final_number(reply) == number
+
+
 @pytest.mark.parametrize("reply", ["The answer is " + "9" * 400, "1" * 400, "The answer is " + "9" * 400 + "/1"])
 def test_a_number_too_big_for_a_float_is_no_answer_not_a_crash(reply):
     """A degenerate reply (a run of digits until max_new_tokens) raised OverflowError and ended the whole evaluation."""

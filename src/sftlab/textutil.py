@@ -9,7 +9,7 @@ import unicodedata
 CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")  # Chinese characters (CJK ideographs)
 _LATIN_WORD = re.compile(r"[A-Za-z]+")
 _WORD = re.compile(r"\w+", re.UNICODE)
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+_NUMBER = re.compile(r"(?:(?<![\w)])-)?\d[\d,]*(?:\.\d+)?")  # "10-15": a hyphen after a digit is no minus sign
 
 
 def not_utf8(raw: bytes, e: UnicodeDecodeError) -> tuple[str, int]:
