@@ -23,6 +23,44 @@ def test_batched_equals_unbatched_greedy(tiny_model_dir, tiny_tokenizer):
     assert [g[0].text for g in budgeted.generate(prompts, params)] == [g[0].text for g in single]
 
 
+def _a_stop_token_some_rows_reach(model, gen, prompts, max_new_tokens):
+    """A token that the greedy reply of some prompts holds within the budget and of others does not."""
+    replies = [model.generate(input_ids=torch.tensor([gen.encode(p)]), max_new_tokens=max_new_tokens, do_sample=False,
+                              pad_token_id=gen.pad_id)[0, -max_new_tokens:].tolist() for p in prompts]
+    for token in (t for reply in replies for t in reply[1:]):
+        if 0 < sum(token in reply for reply in replies) < len(replies):
+            return token
+    raise AssertionError("no token ends some replies and not others")
+
+
+def test_rows_that_ended_leave_the_batch_and_the_replies_stay_the_same(tiny_model_dir, tiny_tokenizer):
+    """Finished rows used to stay in the batch until its longest reply ended; now they leave every `chunk_tokens`."""
+    ensure_chat_template(tiny_tokenizer, "chatml")
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    prompts = [as_messages(p) for p in PROMPTS]
+    stop = _a_stop_token_some_rows_reach(model, TransformersGenerator(model, tiny_tokenizer), prompts, 11)
+    rows_seen: list[int] = []
+    model.register_forward_pre_hook(lambda _m, _a, kw: rows_seen.append(kw["input_ids"].shape[0]), with_kwargs=True)
+
+    def replies(chunk_tokens: int, params: SamplingParams) -> list[list[tuple[str, int, bool]]]:
+        gen = TransformersGenerator(model, tiny_tokenizer, batch_size=4, stop_ids=[stop], chunk_tokens=chunk_tokens)
+        rows_seen.clear()
+        return [[(g.text, g.n_tokens, g.finished) for g in out] for out in gen.generate(prompts, params)]
+
+    greedy = SamplingParams(max_new_tokens=11)
+    whole = replies(1000, greedy)
+    assert set(rows_seen) == {4}  # one chunk: every row to the end
+    chunked = replies(3, greedy)
+    assert chunked == whole
+    ended = [r[0][2] for r in whole]
+    assert any(ended) and not all(ended) and all(r[0][1] == 11 for r in whole if not r[0][2])
+    assert rows_seen[0] == 4 and rows_seen[-1] == ended.count(False)  # the replies that ended left the batch
+    sampled = SamplingParams(max_new_tokens=11, temperature=1.0, n=3, seed=1)
+    first = replies(2, sampled)
+    assert first == replies(2, sampled) and [len(r) for r in first] == [3] * len(PROMPTS)
+    assert all(n <= 11 and (finished or n == 11) for r in first for _, n, finished in r)
+
+
 def test_a_long_prompt_does_not_pad_a_whole_batch_to_its_length():
     from sftlab.generation.transformers_backend import length_batches
 

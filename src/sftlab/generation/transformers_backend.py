@@ -10,7 +10,14 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList
 
 from sftlab.data.schema import Conversation
-from sftlab.generation.base import GENERATION_TOKENS, Generation, Messages, SamplingParams, as_messages
+from sftlab.generation.base import (
+    GENERATION_CHUNK,
+    GENERATION_TOKENS,
+    Generation,
+    Messages,
+    SamplingParams,
+    as_messages,
+)
 from sftlab.models.causal_lm import stop_ids_of
 from sftlab.models.scoring import contiguous_head_input, left_pad
 from sftlab.templates.masking import prompt_ids
@@ -50,13 +57,14 @@ class StopWhen(StoppingCriteria):
 
 class TransformersGenerator:
     """Generate replies for chat prompts in batches of similar length (shortest first) so padding stays small:
-    at most `batch_size` prompts and `max_batch_tokens` padded tokens each; outputs come back in prompt order."""
+    at most `batch_size` prompts and `max_batch_tokens` padded tokens each, rows that ended leaving the batch every
+    `chunk_tokens` new tokens; outputs come back in prompt order."""
 
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, batch_size: int = 8,
                  stop_ids: list[int] | None = None, model_id: str | None = None,
-                 max_batch_tokens: int = GENERATION_TOKENS) -> None:
+                 max_batch_tokens: int = GENERATION_TOKENS, chunk_tokens: int = GENERATION_CHUNK) -> None:
         self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
-        self.max_batch_tokens = max_batch_tokens
+        self.max_batch_tokens, self.chunk_tokens = max_batch_tokens, chunk_tokens
         self.stop_ids = stop_ids or stop_ids_of(model, tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
         self.model_id = model_id or str(getattr(model, "name_or_path", "") or model.config.name_or_path)
@@ -77,22 +85,42 @@ class TransformersGenerator:
         encoded = [self.encode(p) for p in prompts]
         results: list[list[Generation]] = [[] for _ in encoded]
         device = next(self.model.parameters()).device
-        sample = params.temperature > 0
         for idx in length_batches([len(e) for e in encoded], self.batch_size, self.max_batch_tokens,
                                   params.max_new_tokens):
             ids, mask = left_pad([encoded[i] for i in idx], self.pad_id)  # every prompt ends where generation starts
-            longest = ids.shape[1]
-            if sample:
+            if params.temperature > 0:
                 torch.manual_seed(batch_seed(params.seed, [encoded[i] for i in idx]))
-            out = self.model.generate(
-                input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=params.max_new_tokens,
-                do_sample=sample, temperature=params.temperature if sample else None,
-                top_p=params.top_p if sample else None, top_k=None, num_return_sequences=params.n,
-                eos_token_id=self.stop_ids, pad_token_id=self.pad_id, stopping_criteria=stopping)
+            rows = self._generate_rows(ids.to(device), mask.to(device), params, stopping)
             for row, i in enumerate(idx):
-                for j in range(params.n):
-                    results[i].append(self._decode(out[row * params.n + j, longest:].tolist()))
+                results[i].extend(self._decode(new_ids) for new_ids in rows[row * params.n:(row + 1) * params.n])
         return results
+
+    def _generate_rows(self, ids: torch.Tensor, mask: torch.Tensor, params: SamplingParams,
+                       stopping: StoppingCriteriaList | None) -> list[list[int]]:
+        """Each row's new token ids (prompt by prompt, `params.n` each), `chunk_tokens` at a time with the KV cache
+        carried over: between chunks the rows that ended (a stop token, or the budget) leave the batch."""
+        sample = params.temperature > 0
+        options = {"do_sample": sample, "temperature": params.temperature if sample else None,
+                   "top_p": params.top_p if sample else None, "top_k": None, "eos_token_id": self.stop_ids,
+                   "pad_token_id": self.pad_id, "stopping_criteria": stopping, "return_dict_in_generate": True}
+        stops = torch.tensor(self.stop_ids, device=ids.device)
+        start, rows, copies, cache = ids.shape[1], torch.arange(ids.shape[0] * params.n), params.n, None
+        done: dict[int, list[int]] = {}
+        while True:
+            step = min(self.chunk_tokens, params.max_new_tokens - (ids.shape[1] - start))
+            out = self.model.generate(input_ids=ids, attention_mask=mask, cache=cache, max_new_tokens=step,
+                                      num_return_sequences=copies, **options)
+            new = out.sequences[:, ids.shape[1]:]  # fewer than `step` columns: every row ended (or should_stop)
+            ended = (torch.isin(new, stops).any(dim=1) | (new.shape[1] < step)
+                     | (out.sequences.shape[1] - start >= params.max_new_tokens)).cpu()
+            done.update(zip(rows[ended].tolist(), out.sequences[ended.to(ids.device), start:].tolist(), strict=True))
+            keep = (~ended).nonzero().flatten()
+            if not len(keep):
+                return [done[r] for r in range(len(done))]
+            mask = torch.cat([mask.repeat_interleave(copies, dim=0), mask.new_ones(len(new), new.shape[1])], dim=1)
+            rows, ids, mask = rows[keep], out.sequences[keep.to(ids.device)], mask[keep.to(ids.device)]
+            cache, copies = out.cache, 1
+            cache.batch_select_indices(keep.to(ids.device))
 
     def _decode(self, new_ids: list[int]) -> Generation:
         finished = False
