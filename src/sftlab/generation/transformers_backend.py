@@ -117,10 +117,10 @@ class TransformersGenerator:
             keep = (~ended).nonzero().flatten()
             if not len(keep):
                 return [done[r] for r in range(len(done))]
+            rows, keep = rows[keep], keep.to(ids.device)
             mask = torch.cat([mask.repeat_interleave(copies, dim=0), mask.new_ones(len(new), new.shape[1])], dim=1)
-            rows, ids, mask = rows[keep], out.sequences[keep.to(ids.device)], mask[keep.to(ids.device)]
-            cache, copies = out.cache, 1
-            cache.batch_select_indices(keep.to(ids.device))
+            ids, mask, cache, copies = out.sequences[keep], mask[keep], out.cache, 1
+            cache.batch_select_indices(keep)
 
     def _decode(self, new_ids: list[int]) -> Generation:
         finished = False
