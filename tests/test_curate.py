@@ -20,8 +20,8 @@ from sftlab.data.loading import DataSpec, load_conversations
 from sftlab.data.schema import Conversation, Turn
 from sftlab.errors import ConfigError, SftlabError
 from sftlab.generation import SamplingParams, TransformersGenerator
-from sftlab.generation.base import as_messages
-from sftlab.generation.cache import GenerationCache
+from sftlab.generation.base import Generation, as_messages
+from sftlab.generation.cache import GenerationCache, stable_key
 from sftlab.templates.chat_templates import ensure_chat_template
 
 
@@ -187,6 +187,19 @@ def test_the_cache_never_answers_a_prompt_with_other_tools(tiny_gen, tmp_path):
     assert (first.cache_hits, second.cache_hits, again.cache_hits) == (0, 0, 1)  # `second` was a hit
     assert _rows(tmp_path / "b.jsonl")[0]["messages"][-1]["content"] == \
         tiny_gen.generate([_tool_prompt(other)], params)[0][0].text
+
+
+def test_a_tool_reply_cached_before_calls_were_kept_is_generated_again(tiny_gen, tmp_path):
+    """Before 43ec8d2 a server's structured tool call was cached as an empty, unfinished reply, keyed by the
+    prompt's messages and tools; served from the cache, distill would drop the call on every rerun."""
+    cache = GenerationCache(tmp_path / "cache.sqlite")
+    params = SamplingParams(max_new_tokens=4)
+    prompt = Conversation(_tool_prompt().turns[:1], tools=TOOLS)
+    cache.put(stable_key(tiny_gen.model_id, as_messages(prompt), params.to_dict(), TOOLS),
+              [Generation(text="", n_tokens=9, finished=False)])
+    stats = distill([_tool_prompt()], tiny_gen, tmp_path / "a.jsonl", params, keep_unfinished=True, cache=cache)
+    assert stats.cache_hits == 0
+    assert _rows(tmp_path / "a.jsonl")[0]["messages"][-1]["content"] == tiny_gen.generate([prompt], params)[0][0].text
 
 
 def test_torn_last_line_is_dropped_on_resume(tmp_path):

@@ -49,6 +49,11 @@ def _read_only(path: Path) -> sqlite3.Connection:
     return sqlite3.connect(f"file:{Path(path).resolve()}?mode=ro", uri=True, check_same_thread=False)
 
 
+# In tool prompts' keys since the HTTP engine kept structured tool calls (43ec8d2): before, a server's call was
+# cached as an empty, unfinished reply under the same messages and tools, and a rerun would be served it again.
+_TOOL_REPLIES_KEPT = "tool_calls kept"
+
+
 class CachedGenerator:
     """Any `Generator` behind a `GenerationCache`; `cache_id` names the model version (e.g. path + weights hash)."""
 
@@ -62,7 +67,8 @@ class CachedGenerator:
         """A Conversation's tools are part of its prompt (other tools, another answer); without tools the key is the
         messages' as before, so earlier caches still answer."""
         tools = prompt.tools if isinstance(prompt, Conversation) else None
-        return stable_key(self.cache_id, as_messages(prompt), params.to_dict(), *([tools] if tools else []))
+        return stable_key(self.cache_id, as_messages(prompt), params.to_dict(),
+                          *([tools, _TOOL_REPLIES_KEPT] if tools else []))
 
     def generate(self, prompts: list[Messages | Conversation], params: SamplingParams) -> list[list[Generation]]:
         out: list[list[Generation] | None] = [self.cache.get(self._key(p, params)) for p in prompts]
